@@ -1,0 +1,397 @@
+"""The HPCM codec (Li et al., "Learned Image Compression with Hierarchical Progressive Context
+Modeling", ICCV 2025, arXiv 2507.19125).
+
+``forward`` (training and likelihood estimation), ``compress`` and ``decompress`` all walk the
+one schedule of :mod:`hpcm.schedule`; a per-step callback decides what a step does with its
+entropy parameters (quantize and measure, encode, or decode).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from hpcm.entropy import (
+    BufferedRansEncoder,
+    CodingTables,
+    GGMEntropyModel,
+    RansDecoder,
+    decode_symbols,
+    encode_symbols,
+    scale_indexes,
+    scale_table,
+)
+from hpcm.layers import (
+    PConvRB,
+    SpatialPrior,
+    WindowCrossAttention,
+    conv1x1,
+    conv2x2_down,
+    conv4x4_down,
+    deconv2x2_up,
+    deconv4x4_up,
+)
+from hpcm.schedule import NUM_ADAPTORS, SCALES, STEPS, CodingStep, SchedulePlan, plan_for
+
+# Image sides must be multiples of this: y is 1/16 of the image and the s1 attention windows
+# (4x4 at 1/4 of y) must tile it.
+SIZE_MULTIPLE = 256
+
+
+@dataclass(frozen=True)
+class HPCMConfig:
+    """Widths and depths. The defaults are HPCM-Base; see :data:`MODEL_CONFIGS`."""
+
+    M: int = 320  # latent channels of y
+    N: int = 256  # channels of z
+    g_channels: tuple[int, int, int] = (96, 192, 384)
+    g_blocks: tuple[int, int, int] = (2, 2, 4)
+    h_blocks: tuple[int, int] = (1, 3)  # PConvRB before/after the first hyper down-sampling
+    prior_s12_blocks: tuple[int, int] = (2, 1)  # DWConvRB in trunk and head, s1/s2 prior
+    prior_s3_blocks: tuple[int, int] = (3, 2)
+    attn_windows: tuple[int, int, int] = (4, 8, 8)
+    num_heads: int = 32
+    mlp_ratio: int = 4
+    partial_ratio: int = 4
+    beta: float = 1.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HPCMConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+MODEL_CONFIGS: dict[str, HPCMConfig] = {
+    "hpcm_base": HPCMConfig(),
+    "hpcm_large": HPCMConfig(g_blocks=(2, 2, 8), prior_s12_blocks=(3, 1), prior_s3_blocks=(4, 3)),
+    # Small widths for CPU tests and quick experiments; same schedule and entropy models.
+    "tiny": HPCMConfig(
+        M=32,
+        N=32,
+        g_channels=(16, 32, 64),
+        g_blocks=(1, 1, 1),
+        h_blocks=(1, 1),
+        prior_s12_blocks=(1, 1),
+        prior_s3_blocks=(1, 1),
+        num_heads=8,
+    ),
+}
+
+
+def _pconv_stage(ch: int, n: int, cfg: HPCMConfig) -> list[nn.Module]:
+    return [PConvRB(ch, cfg.partial_ratio, cfg.mlp_ratio) for _ in range(n)]
+
+
+def _analysis(cfg: HPCMConfig) -> nn.Sequential:
+    (c1, c2, c3), (n1, n2, n3) = cfg.g_channels, cfg.g_blocks
+    return nn.Sequential(
+        conv4x4_down(3, c1),
+        *_pconv_stage(c1, n1, cfg),
+        conv2x2_down(c1, c2),
+        *_pconv_stage(c2, n2, cfg),
+        conv2x2_down(c2, c3),
+        *_pconv_stage(c3, n3, cfg),
+        conv2x2_down(c3, cfg.M),
+    )
+
+
+def _synthesis(cfg: HPCMConfig) -> nn.Sequential:
+    (c1, c2, c3), (n1, n2, n3) = cfg.g_channels, cfg.g_blocks
+    return nn.Sequential(
+        deconv2x2_up(cfg.M, c3),
+        *_pconv_stage(c3, n3, cfg),
+        deconv2x2_up(c3, c2),
+        *_pconv_stage(c2, n2, cfg),
+        deconv2x2_up(c2, c1),
+        *_pconv_stage(c1, n1, cfg),
+        deconv4x4_up(c1, 3),
+    )
+
+
+def _ste_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def _add_noise(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.empty_like(x).uniform_(-0.5, 0.5)
+
+
+StepFn = Callable[
+    [CodingStep, SchedulePlan, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]
+
+
+@dataclass
+class _ScaleSums:
+    """Per-scale sums of masked step tensors, assembled to full resolution at the end."""
+
+    sums: list = field(default_factory=lambda: [None, None, None])
+
+    def add(self, scale_index: int, t: torch.Tensor) -> None:
+        s = self.sums[scale_index]
+        self.sums[scale_index] = t if s is None else s + t
+
+    def full(self, plan: SchedulePlan) -> torch.Tensor:
+        out = self.sums[0]
+        for scale in SCALES[1:]:
+            out = plan.up(out, scale) + self.sums[scale.index]
+        return out
+
+
+class HPCM(nn.Module):
+    """HPCM codec. ``forward(x)`` returns ``{"x_hat", "likelihoods": {"y", "z"}}`` (CompressAI's
+    convention); ``compress``/``decompress`` produce and read real rANS bitstreams."""
+
+    def __init__(self, config: HPCMConfig | None = None, name: str = "custom"):
+        super().__init__()
+        cfg = config or HPCMConfig()
+        self.config, self.name = cfg, name
+        M, N, C3 = cfg.M, cfg.N, 3 * cfg.M
+        self.g_a = _analysis(cfg)
+        self.g_s = _synthesis(cfg)
+        self.h_a = nn.Sequential(
+            *_pconv_stage(M, cfg.h_blocks[0], cfg),
+            conv2x2_down(M, N),
+            *_pconv_stage(N, cfg.h_blocks[1], cfg),
+            conv2x2_down(N, N),
+        )
+        self.h_s = nn.Sequential(
+            deconv2x2_up(N, N),
+            *_pconv_stage(N, cfg.h_blocks[1], cfg),
+            deconv2x2_up(N, 2 * M),
+            *_pconv_stage(2 * M, cfg.h_blocks[0], cfg),
+        )
+        # Context model: one 1x1 adaptor and one adaptive channel gain per non-hyper step, a
+        # prior shared by s1 and s2 and one for s3, a cross-attention per scale, and a 1x1
+        # context transition between scales.
+        self.adaptors = nn.ModuleList(conv1x1(C3, C3) for _ in range(NUM_ADAPTORS))
+        self.adaptive_params = nn.ParameterList(
+            nn.Parameter(torch.ones(1, C3, 1, 1)) for _ in range(NUM_ADAPTORS)
+        )
+        self.priors = nn.ModuleList(
+            [
+                SpatialPrior(C3, 2 * M, *cfg.prior_s12_blocks),
+                SpatialPrior(C3, 2 * M, *cfg.prior_s3_blocks),
+            ]
+        )
+        self.attn = nn.ModuleList(
+            WindowCrossAttention(2 * M, w, cfg.num_heads) for w in cfg.attn_windows
+        )
+        self.context_net = nn.ModuleList(conv1x1(2 * M, 2 * M) for _ in range(2))
+        # z prior: a generalized Gaussian per channel with learned mean and scale.
+        self.z_means = nn.Parameter(torch.zeros(1, N, 1, 1))
+        self.z_scales = nn.Parameter(torch.ones(1, N, 1, 1))
+        self.entropy = GGMEntropyModel(cfg.beta)
+        for buf in ("y_scale_table", "y_cdf", "y_cdf_length", "y_offset"):
+            self.register_buffer(buf, torch.empty(0))
+        for buf in ("z_cdf", "z_cdf_length", "z_offset"):
+            self.register_buffer(buf, torch.empty(0))
+        self._tables: dict[str, CodingTables] | None = None
+
+    # -- the one schedule walk -----------------------------------------------------------------
+    def _prior_index(self, step: CodingStep) -> int:
+        return 0 if step.scale.index < 2 else 1
+
+    def _walk(self, params: torch.Tensor, step_fn: StepFn) -> torch.Tensor:
+        """Run the 11 coding steps; ``step_fn`` returns each step's masked ``y_hat`` part.
+        Returns the full-resolution ``y_hat``."""
+        scales_all, means_all = params.chunk(2, 1)
+        plan = plan_for(scales_all.shape, params.device)
+        y_hat = _ScaleSums()
+        context = psi = None
+        for step in STEPS:
+            scale = step.scale
+            if step.adaptor is None:  # first step: the hyperprior alone
+                psi = context = torch.cat(
+                    (plan.hyper(scales_all, scale), plan.hyper(means_all, scale)), dim=1
+                )
+            else:
+                if scale.index > 0 and y_hat.sums[scale.index] is None:  # entering a new scale
+                    y_hat.sums[scale.index] = plan.up(y_hat.sums[scale.index - 1], scale)
+                    ctx_s, ctx_m = context.chunk(2, 1)
+                    context = torch.cat((plan.up(ctx_s, scale), plan.up(ctx_m, scale)), dim=1)
+                    hyper = torch.cat(
+                        (plan.hyper(scales_all, scale), plan.hyper(means_all, scale)), dim=1
+                    )
+                    context = self.context_net[scale.index - 1](context + hyper)
+                inputs = torch.cat((context, y_hat.sums[scale.index]), dim=1)
+                prior = self.priors[self._prior_index(step)]
+                psi = prior(self.adaptors[step.adaptor](inputs), self.adaptive_params[step.gain])
+                if step.index < len(STEPS) - 1:  # the last step's context update is never used
+                    context = self.attn[scale.index](psi, context)
+            scales, means = psi.chunk(2, 1)
+            mask = plan.masks[scale.index][step.mask]
+            y_hat.add(scale.index, step_fn(step, plan, scales, means, mask))
+        return y_hat.sums[2]
+
+    # -- training / estimation -----------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> dict:
+        self._check_size(x)
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_res = z - self.z_means
+        if self.training:
+            z_hat = _ste_round(z_res) + self.z_means
+            z_lik = self.entropy.likelihood(_add_noise(z_res), self.z_scales)
+        else:
+            z_q = torch.round(z_res)
+            z_hat = z_q + self.z_means
+            z_lik = self.entropy.likelihood(z_q, self.z_scales)
+        params = self.h_s(z_hat)
+        plan = plan_for(y.shape, y.device)
+        y_by_scale = [plan.down(y, s) for s in SCALES]
+        residuals, step_scales = _ScaleSums(), _ScaleSums()
+        quantize = _ste_round if self.training else torch.round
+
+        def measure(step, plan, scales, means, mask):
+            means = means * mask
+            res = (y_by_scale[step.scale.index] - means) * mask
+            residuals.add(step.scale.index, res)
+            step_scales.add(step.scale.index, scales * mask)
+            return quantize(res) + means
+
+        y_hat = self._walk(params, measure)
+        y_res = residuals.full(plan)
+        y_res = _add_noise(y_res) if self.training else torch.round(y_res)
+        y_lik = self.entropy.likelihood(y_res, step_scales.full(plan))
+        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_lik, "z": z_lik}}
+
+    # -- coding tables ---------------------------------------------------------------------------
+    def update(self, scales: torch.Tensor | None = None, force: bool = False) -> bool:
+        """Build the rANS tables (y from the scale table, z from the learned z scales). Returns
+        False when they exist already and ``force`` is not set."""
+        if self.y_cdf.numel() and not force:
+            return False
+        table = scale_table() if scales is None else scales.detach().float().cpu()
+        device = self.z_scales.device
+        y_cdf, y_len, y_off = self.entropy.build_tables(table)
+        z_cdf, z_len, z_off = self.entropy.build_tables(self.z_scales.detach().reshape(-1))
+        for name, t in zip(
+            ("y_scale_table", "y_cdf", "y_cdf_length", "y_offset", "z_cdf", "z_cdf_length"),
+            (table, y_cdf, y_len, y_off, z_cdf, z_len),
+        ):
+            setattr(self, name, t.to(device))
+        self.z_offset = z_off.to(device)
+        self._tables = None
+        return True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Table buffers are empty until update(): take whatever size the checkpoint holds.
+        for name, _ in self.named_buffers(recurse=False):
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key], device=self.z_scales.device))
+        self._tables = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def tables(self) -> dict[str, CodingTables]:
+        if not self.y_cdf.numel():
+            raise RuntimeError("coding tables are not built: call model.update() first")
+        if self._tables is None:
+            self._tables = {
+                "y": CodingTables.from_tensors(self.y_cdf, self.y_cdf_length, self.y_offset),
+                "z": CodingTables.from_tensors(self.z_cdf, self.z_cdf_length, self.z_offset),
+            }
+        return self._tables
+
+    # -- real bitstreams ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_size(x: torch.Tensor) -> None:
+        h, w = x.shape[-2:]
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+            raise ValueError(
+                f"HPCM needs image sides that are multiples of {SIZE_MULTIPLE}, got {h}x{w}: "
+                "pad first (hpcm.codec.pad_to_multiple)"
+            )
+
+    def _z_indexes(self, shape) -> torch.Tensor:
+        b, c, h, w = shape
+        return torch.arange(c, dtype=torch.int32).view(1, c, 1, 1).expand(b, c, h, w)
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor) -> dict:
+        """Encode a batch. Returns ``{"strings": [y_strings, z_strings], "shape": z size,
+        "symbol_crc": [crc32 of each image's coded symbols]}``."""
+        self._check_size(x)
+        tables = self.tables()
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_q = torch.round(z - self.z_means)
+        params = self.h_s(z_q + self.z_means)
+        plan = plan_for(y.shape, y.device)
+        y_by_scale = [plan.down(y, s) for s in SCALES]
+        symbols, indexes = [], []
+
+        def encode(step, plan, scales, means, mask):
+            means = means * mask
+            q = torch.round((y_by_scale[step.scale.index] - means) * mask)
+            symbols.append(plan.combine(q, step.scale).flatten(1))
+            indexes.append(
+                scale_indexes(plan.combine(scales * mask, step.scale), self.y_scale_table).flatten(
+                    1
+                )
+            )
+            return q + means
+
+        self._walk(params, encode)
+        # One transfer to the host for all steps; one rANS stream per image for y, one for z.
+        y_sym = torch.cat(symbols, 1).int().cpu()
+        y_idx = torch.cat(indexes, 1).cpu()
+        z_sym = z_q.int().cpu()
+        z_idx = self._z_indexes(z_q.shape)
+        y_strings, z_strings, crcs = [], [], []
+        for b in range(x.shape[0]):
+            enc = BufferedRansEncoder()
+            encode_symbols(enc, y_sym[b], y_idx[b], tables["y"])
+            y_strings.append(enc.flush())
+            enc = BufferedRansEncoder()
+            encode_symbols(enc, z_sym[b], z_idx[b], tables["z"])
+            z_strings.append(enc.flush())
+            crcs.append(_symbol_crc(z_sym[b], y_sym[b]))
+        return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:]), "symbol_crc": crcs}
+
+    @torch.no_grad()
+    def decompress(self, strings, shape) -> dict:
+        """Decode ``strings = [y_strings, z_strings]`` with z size ``shape``. Returns
+        ``{"x_hat": clamped reconstruction, "symbol_crc": [...]}``."""
+        tables = self.tables()
+        y_strings, z_strings = strings
+        device = self.z_means.device
+        n, (h, w) = len(y_strings), shape
+        z_idx = self._z_indexes((1, self.config.N, h, w))
+        z_q, y_decoded = [], [[] for _ in range(n)]
+        y_decoders = []
+        for b in range(n):
+            dec = RansDecoder()
+            dec.set_stream(z_strings[b])
+            z_q.append(decode_symbols(dec, z_idx, tables["z"]))
+            dec = RansDecoder()
+            dec.set_stream(y_strings[b])
+            y_decoders.append(dec)
+        z_q = torch.cat(z_q).to(device)
+        params = self.h_s(z_q + self.z_means)
+
+        def decode(step, plan, scales, means, mask):
+            idx = scale_indexes(plan.combine(scales * mask, step.scale), self.y_scale_table).cpu()
+            q = []
+            for b in range(n):
+                sym = decode_symbols(y_decoders[b], idx[b : b + 1], tables["y"])
+                y_decoded[b].append(sym.flatten())
+                q.append(sym)
+            q = torch.cat(q).to(device)
+            return (plan.spread(q, step.scale) + means) * mask
+
+        y_hat = self._walk(params, decode)
+        crcs = [_symbol_crc(z_q[b].cpu(), torch.cat(y_decoded[b])) for b in range(n)]
+        return {"x_hat": self.g_s(y_hat).clamp_(0, 1), "symbol_crc": crcs}
+
+
+def _symbol_crc(z_symbols: torch.Tensor, y_symbols: torch.Tensor) -> int:
+    crc = zlib.crc32(z_symbols.to(torch.int32).numpy().tobytes())
+    return zlib.crc32(y_symbols.to(torch.int32).numpy().tobytes(), crc)

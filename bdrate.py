@@ -1,0 +1,9 @@
+"""BD-rate tables and R-D plots: ``python bdrate.py CURVES... --reference REF [--out DIR]``.
+
+A thin entrypoint; the work is done in ``hpcm.report``.
+"""
+
+from hpcm.report import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

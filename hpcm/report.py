@@ -1,0 +1,398 @@
+"""BD-rate tables and R-D plots for CompressAI-style evaluation JSON.
+
+Curves are read from JSON files, folders of JSON files, or shipped anchors (``anchor:NAME``, see
+``hpcm.anchors``). Every curve is compared with one reference curve using the ``bjontegaard``
+package: BD-rate (%, negative = fewer bits for the same quality) and BD-PSNR / BD-MS-SSIM (dB).
+Results are printed as a Markdown table and written as Markdown, CSV and an R-D plot (PNG).
+
+Run ``python bdrate.py --help`` (or ``python -m hpcm.report --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bjontegaard as bd
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from hpcm import anchors
+
+METRICS = {"psnr": "psnr-rgb", "ms-ssim": "ms-ssim-db"}
+METRIC_TITLES = {"psnr-rgb": "PSNR", "ms-ssim-db": "MS-SSIM"}
+METHODS = ("pchip", "akima", "cubic")
+# The classic Bjontegaard cubic fit needs 4 points; pchip and akima are held to the same floor so
+# that one table never mixes standards.
+MIN_POINTS = 4
+# Same default as the bjontegaard package: the shared range must cover 75% of the joint range.
+DEFAULT_MIN_OVERLAP = 0.75
+ANCHOR_PREFIX = "anchor:"
+QUALITY_KEYS = ("psnr-rgb", "ms-ssim-rgb", "ms-ssim-db")
+
+
+class ReportError(Exception):
+    """A user-facing problem with the inputs; its message is one line."""
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One R-D curve: ``results`` holds per-point lists sorted by ``bpp``."""
+
+    label: str
+    source: str
+    results: dict[str, list[float]]
+    anchor: bool = False
+
+    @property
+    def bpp(self) -> list[float]:
+        return self.results["bpp"]
+
+
+def _numbers(values: Any, key: str, source: str) -> list[float]:
+    if not isinstance(values, list) or not values:
+        raise ReportError(f"{source}: results[{key!r}] must be a non-empty list")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ReportError(f"{source}: results[{key!r}] must hold numbers only")
+    if not all(math.isfinite(v) for v in values):
+        raise ReportError(f"{source}: results[{key!r}] holds a non-finite value")
+    return [float(v) for v in values]
+
+
+def parse_curve(data: Any, source: str, label: str = "", anchor: bool = False) -> Curve:
+    """Validate CompressAI ``eval_model`` JSON and return it as a ``Curve`` sorted by bpp.
+
+    A missing ``ms-ssim-db`` is derived from ``ms-ssim-rgb`` as -10*log10(1 - MS-SSIM); note that
+    this is the dB of the averaged MS-SSIM, not the average of per-image dB values.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise ReportError(f"{source}: not an eval JSON (expected an object with 'results')")
+    raw = data["results"]
+    if "bpp" not in raw:
+        raise ReportError(f"{source}: results has no 'bpp' list")
+    bpp = _numbers(raw["bpp"], "bpp", source)
+    if min(bpp) <= 0:
+        raise ReportError(f"{source}: bpp values must be positive")
+    results = {"bpp": bpp}
+    for key in QUALITY_KEYS:
+        if key in raw:
+            results[key] = _numbers(raw[key], key, source)
+            if len(results[key]) != len(bpp):
+                raise ReportError(f"{source}: results[{key!r}] and bpp differ in length")
+    if "ms-ssim-db" not in results and "ms-ssim-rgb" in results:
+        if max(results["ms-ssim-rgb"]) >= 1.0:
+            raise ReportError(f"{source}: ms-ssim-rgb of 1.0 or more has no dB value")
+        results["ms-ssim-db"] = [-10.0 * math.log10(1.0 - v) for v in results["ms-ssim-rgb"]]
+    order = sorted(range(len(bpp)), key=bpp.__getitem__)
+    results = {key: [values[i] for i in order] for key, values in results.items()}
+    name = data.get("name")
+    label = label or (name if isinstance(name, str) and name else Path(source).stem)
+    return Curve(label=label, source=source, results=results, anchor=anchor)
+
+
+def _load_file(path: Path) -> Curve:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: malformed JSON ({exc.msg}, line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    return parse_curve(data, str(path))
+
+
+def load_curves(spec: str, metric_key: str | None = None) -> list[Curve]:
+    """Curves named by ``spec``: a JSON file, a folder of ``*.json`` files, or ``anchor:NAME``.
+
+    ``metric_key`` lets an anchor name resolve to its MS-SSIM sibling (see ``hpcm.anchors``).
+    """
+    if spec.startswith(ANCHOR_PREFIX):
+        name = spec[len(ANCHOR_PREFIX) :]
+        try:
+            data = anchors.load_anchor(name, metric_key)
+        except KeyError as exc:
+            raise ReportError(exc.args[0]) from None
+        return [parse_curve(data, spec, label=data["name"], anchor=True)]
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(path.glob("*.json"))
+        if not files:
+            raise ReportError(f"{path}: folder holds no *.json files")
+        return [_load_file(f) for f in files]
+    if not path.exists():
+        raise ReportError(f"{path}: no such file or folder")
+    return [_load_file(path)]
+
+
+def unique_labels(curves: Sequence[Curve]) -> list[Curve]:
+    """Relabel curves whose labels collide with their file stem (then an index if needed)."""
+    counts = Counter(c.label for c in curves)
+    out = [
+        dataclasses.replace(c, label=f"{c.label} ({Path(c.source).stem})")
+        if counts[c.label] > 1
+        else c
+        for c in curves
+    ]
+    counts = Counter(c.label for c in out)
+    seen: Counter[str] = Counter()
+    result = []
+    for c in out:
+        seen[c.label] += 1
+        if counts[c.label] > 1:
+            c = dataclasses.replace(c, label=f"{c.label} #{seen[c.label]}")
+        result.append(c)
+    return result
+
+
+@dataclass(frozen=True)
+class BDResult:
+    """A BD value, or ``None`` with a note that says why it was not computed."""
+
+    value: float | None
+    note: str = ""
+
+    def cell(self, digits: int) -> str:
+        return f"{self.value:+.{digits}f}" if self.value is not None else self.note
+
+
+def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
+    """Shared range of ``a`` and ``b`` as a fraction of their joint range (as bjontegaard does)."""
+    joint = max(max(a), max(b)) - min(min(a), min(b))
+    shared = min(max(a), max(b)) - max(min(a), min(b))
+    return max(shared, 0.0) / joint if joint > 0 else 0.0
+
+
+def _increasing(values: Sequence[float]) -> bool:
+    return all(x < y for x, y in itertools.pairwise(values))
+
+
+def bd_delta(
+    kind: str,
+    reference: tuple[Sequence[float], Sequence[float]],
+    test: tuple[Sequence[float], Sequence[float]],
+    method: str = "pchip",
+    min_overlap: float = DEFAULT_MIN_OVERLAP,
+) -> BDResult:
+    """BD-rate (``kind="rate"``, %) or BD-metric (``kind="metric"``, dB) of ``test`` vs ``reference``.
+
+    Each curve is ``(bpp, quality)`` sorted by bpp. BD-rate integrates over the shared quality
+    range, BD-metric over the shared log-rate range; too little overlap gives a note, not a number.
+    """
+    (ref_bpp, ref_q), (test_bpp, test_q) = reference, test
+    if min(len(ref_bpp), len(test_bpp)) < MIN_POINTS:
+        return BDResult(None, f"n/a: needs >= {MIN_POINTS} points per curve")
+    if not (_increasing(ref_bpp) and _increasing(test_bpp)):
+        return BDResult(None, "n/a: repeated bpp values")
+    if not (_increasing(ref_q) and _increasing(test_q)):
+        return BDResult(None, "n/a: quality does not rise with rate")
+    if kind == "rate":
+        domain, overlap, func = "quality", _overlap(ref_q, test_q), bd.bd_rate
+    elif kind == "metric":
+        domain, overlap, func = "rate", _overlap(np.log10(ref_bpp), np.log10(test_bpp)), bd.bd_psnr
+    else:
+        raise ValueError(f"kind must be 'rate' or 'metric', not {kind!r}")
+    if overlap == 0:
+        return BDResult(None, f"n/a: {domain} ranges do not overlap")
+    if overlap < min_overlap:
+        return BDResult(None, f"n/a: {domain} overlap {overlap:.0%} < {min_overlap:.0%}")
+    value = func(
+        ref_bpp, ref_q, test_bpp, test_q, method, require_matching_points=False, min_overlap=0
+    )
+    return BDResult(float(value))
+
+
+@dataclass(frozen=True)
+class Row:
+    curve: Curve
+    bd_rate: BDResult
+    bd_metric: BDResult
+
+
+def compare(
+    curves: Sequence[Curve],
+    reference: Curve,
+    metric_key: str,
+    method: str = "pchip",
+    min_overlap: float = DEFAULT_MIN_OVERLAP,
+) -> list[Row]:
+    """One table row per curve: BD-rate and BD-metric against ``reference``."""
+    ref = (reference.bpp, reference.results[metric_key])
+    rows = []
+    for curve in curves:
+        if metric_key not in curve.results:
+            missing = BDResult(None, f"n/a: no {metric_key} data")
+            rows.append(Row(curve, missing, missing))
+            continue
+        test = (curve.bpp, curve.results[metric_key])
+        rows.append(
+            Row(
+                curve,
+                bd_delta("rate", ref, test, method, min_overlap),
+                bd_delta("metric", ref, test, method, min_overlap),
+            )
+        )
+    return rows
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table(
+    rows: Sequence[Row], reference: Curve, metric_key: str, method: str, min_overlap: float
+) -> str:
+    title = METRIC_TITLES[metric_key]
+    header = (
+        f"Reference: {_md(reference.label)} ({len(reference.bpp)} points); metric {metric_key}; "
+        f"method {method}; min overlap {min_overlap:.0%}"
+    )
+    lines = [
+        header,
+        "",
+        f"| curve | points | BD-rate (%) | BD-{title} (dB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        label = row.curve.label
+        label += " (reference)" if row.curve.source == reference.source else ""
+        lines.append(
+            f"| {_md(label)} | {len(row.curve.bpp)} | {_md(row.bd_rate.cell(2))} "
+            f"| {_md(row.bd_metric.cell(3))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(
+    rows: Sequence[Row], reference: Curve, metric_key: str, method: str, path: Path
+) -> None:
+    header = ["curve", "source", "points", "reference", "reference_points", "metric", "method"]
+    header += ["bd_rate_percent", "bd_metric_db", "note"]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in rows:
+            rate, quality = row.bd_rate, row.bd_metric
+            notes = [f"BD-rate {rate.note}" if rate.note else ""]
+            notes.append(f"BD-metric {quality.note}" if quality.note else "")
+            writer.writerow(
+                [row.curve.label, row.curve.source, len(row.curve.bpp), reference.label]
+                + [len(reference.bpp), metric_key, method]
+                + ["" if rate.value is None else repr(rate.value)]
+                + ["" if quality.value is None else repr(quality.value)]
+                + ["; ".join(n for n in notes if n)]
+            )
+
+
+def plot_curves(curves: Sequence[Curve], reference: Curve, metric_key: str, path: Path) -> None:
+    """R-D plot of the reference and all curves; anchors dashed, the reference drawn thicker."""
+    fig = Figure(figsize=(7, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for curve in [reference, *(c for c in curves if c.source != reference.source)]:
+        if metric_key not in curve.results:
+            continue
+        is_ref = curve is reference
+        ax.plot(
+            curve.bpp,
+            curve.results[metric_key],
+            linestyle="--" if curve.anchor else "-",
+            marker="o",
+            markersize=4,
+            linewidth=2.2 if is_ref else 1.4,
+            label=f"{curve.label} (reference)" if is_ref else curve.label,
+        )
+    ax.set_xlabel("bpp")
+    ax.set_ylabel(f"{METRIC_TITLES[metric_key]} (dB)")
+    ax.set_title(f"R-D curves, {METRIC_TITLES[metric_key]}")
+    ax.grid(True, alpha=0.4)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bdrate.py",
+        description="BD-rate / BD-PSNR of R-D curves (CompressAI eval JSON) against a reference.",
+    )
+    parser.add_argument(
+        "curves", nargs="*", help="JSON files, folders of JSON files, or anchor:NAME"
+    )
+    parser.add_argument("--reference", "-r", help="reference curve: a JSON file or anchor:NAME")
+    parser.add_argument("--metric", choices=sorted(METRICS), default="psnr")
+    parser.add_argument("--method", choices=METHODS, default="pchip", help="interpolation")
+    parser.add_argument(
+        "--min-overlap",
+        type=float,
+        default=DEFAULT_MIN_OVERLAP,
+        help="smallest shared fraction of the joint range that still gives a number",
+    )
+    parser.add_argument("--out", type=Path, default=Path("report"), help="output folder")
+    parser.add_argument("--list-anchors", action="store_true", help="list shipped anchors")
+    return parser
+
+
+def list_anchors() -> None:
+    for name in anchors.anchor_names():
+        data = anchors.load_anchor(name)
+        keys = [k for k in data["results"] if k != "bpp"]
+        print(f"{name:36s} {len(data['results']['bpp'])} points  {', '.join(keys)}")
+    print(f"(anchor:<model>/<dataset> picks the {anchors.MSSSIM_SUFFIX} set for --metric ms-ssim)")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Load, compare, print and write; raises ``ReportError`` on bad inputs."""
+    metric_key = METRICS[args.metric]
+    if not 0.0 <= args.min_overlap <= 1.0:
+        raise ReportError("--min-overlap must lie in [0, 1]")
+    refs = load_curves(args.reference, metric_key)
+    if len(refs) != 1:
+        raise ReportError(f"{args.reference}: the reference must be a single curve")
+    reference = refs[0]
+    if metric_key not in reference.results:
+        raise ReportError(f"{args.reference}: reference has no {metric_key} data")
+    curves = unique_labels([c for spec in args.curves for c in load_curves(spec, metric_key)])
+    rows = compare(curves, reference, metric_key, args.method, args.min_overlap)
+    table = markdown_table(rows, reference, metric_key, args.method, args.min_overlap)
+    print(table, end="")
+    out: Path = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stem = args.metric.replace("-", "")
+        paths = [out / f"bdrate_{stem}.md", out / f"bdrate_{stem}.csv", out / f"rd_{stem}.png"]
+        paths[0].write_text(table, encoding="utf-8")
+        write_csv(rows, reference, metric_key, args.method, paths[1])
+        plot_curves(curves, reference, metric_key, paths[2])
+    except OSError as exc:
+        raise ReportError(f"{out}: cannot write report ({exc.strerror or exc})") from None
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_anchors:
+        list_anchors()
+        return 0
+    if not args.curves or not args.reference:
+        print("error: give at least one curve and --reference (or --list-anchors)", file=sys.stderr)
+        return 2
+    try:
+        run(args)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

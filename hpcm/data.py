@@ -1,0 +1,428 @@
+"""Training and test images: an image-folder dataset, offline embedded samples, data loaders.
+
+Datasets return RGB float tensors in [0, 1], shape (3, H, W). Training samples are random crops
+with random horizontal and vertical flips (the HPCM recipe, spec section 10); test samples are
+deterministic centre crops or whole images (the model pads to multiples of 256 itself).
+
+Reproducibility: ``SeededSampler`` yields ``(index, seed)`` keys derived only from the loader seed
+and the epoch, and the datasets draw their crop and flips from that seed. The data order and the
+crops are therefore the same for a fixed seed whatever the number of workers, whatever else uses
+the global RNG (e.g. quantization noise), which lets two optimizers see exactly the same batches.
+A plain integer index falls back to the global torch RNG (torchvision-style behaviour).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import struct
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# Colour photographs shipped inside the scikit-image wheel (skimage/data), so they load with no
+# network: name (as in skimage.data) -> file. Two are held out for testing.
+EMBEDDED_FILES = {
+    "astronaut": "astronaut.png",
+    "chelsea": "chelsea.png",
+    "coffee": "coffee.png",
+    "hubble_deep_field": "hubble_deep_field.jpg",
+    "immunohistochemistry": "ihc.png",
+    "motorcycle_left": "motorcycle_left.png",
+    "motorcycle_right": "motorcycle_right.png",
+    "retina": "retina.jpg",
+    "rocket": "rocket.jpg",
+}
+EMBEDDED_TEST = ("astronaut", "coffee")
+EMBEDDED_TRAIN = tuple(name for name in EMBEDDED_FILES if name not in EMBEDDED_TEST)
+# How many file names a skip warning lists before "...".
+LISTED_FILES = 5
+
+# What PIL raises on broken, truncated or hostile files (varies by format plugin).
+PIL_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+
+CropSize = int | Sequence[int]
+SampleKey = int | tuple[int, int]
+
+
+class DataError(ValueError):
+    """A dataset cannot be built: missing folder, no usable images, undecodable file."""
+
+
+class DataWarning(UserWarning):
+    """Files were skipped while building a dataset."""
+
+
+# ----------------------------------------------------------------------------- image helpers
+def find_images(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """All files under ``root`` (recursive) with an image extension (any case), sorted."""
+    suffixes = {e.lower() for e in extensions}
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def as_size(size: CropSize) -> tuple[int, int]:
+    """``256`` or ``(256, 384)`` (also a Hydra ListConfig) -> ``(height, width)``."""
+    if isinstance(size, int):
+        height = width = size
+    else:
+        height, width = (int(s) for s in size)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"crop size must be positive, got {size}")
+    return height, width
+
+
+def to_uint8_tensor(image: Image.Image | np.ndarray) -> Tensor:
+    """PIL image or (H, W, 3) uint8 array -> (3, H, W) uint8 tensor (RGB)."""
+    if isinstance(image, Image.Image):
+        image = image.convert("RGB")
+    # A writable copy: PIL's array interface is read-only, skimage's arrays are shared.
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def random_crop_flip(
+    image: Tensor, size: tuple[int, int], generator: torch.Generator | None = None
+) -> Tensor:
+    """Random ``size`` crop, then horizontal and vertical flips with probability 1/2 each."""
+    height, width = size
+    top = int(torch.randint(image.shape[-2] - height + 1, (1,), generator=generator))
+    left = int(torch.randint(image.shape[-1] - width + 1, (1,), generator=generator))
+    crop = image[..., top : top + height, left : left + width]
+    flip_h, flip_v = (torch.rand(2, generator=generator) < 0.5).tolist()
+    if flip_h:
+        crop = crop.flip(-1)
+    if flip_v:
+        crop = crop.flip(-2)
+    return crop
+
+
+def center_crop(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Centre ``size`` crop (floor of the margins on the top/left)."""
+    height, width = size
+    top = (image.shape[-2] - height) // 2
+    left = (image.shape[-1] - width) // 2
+    return image[..., top : top + height, left : left + width]
+
+
+def _to_float(image: Tensor) -> Tensor:
+    return image.float().div_(255.0)
+
+
+def _fits(image_hw: tuple[int, int], size: tuple[int, int]) -> bool:
+    return image_hw[0] >= size[0] and image_hw[1] >= size[1]
+
+
+def _split_key(key: SampleKey) -> tuple[int, torch.Generator | None]:
+    if isinstance(key, tuple):
+        index, seed = key
+        return int(index), torch.Generator().manual_seed(int(seed))
+    return int(key), None
+
+
+def _warn_skipped(what: str, paths: Sequence[str | Path], root: str | Path) -> None:
+    if not paths:
+        return
+    listed = ", ".join(str(p) for p in paths[:LISTED_FILES])
+    more = ", ..." if len(paths) > LISTED_FILES else ""
+    warnings.warn(
+        f"skipped {len(paths)} {what} under {root}: {listed}{more}", DataWarning, stacklevel=3
+    )
+
+
+def _probe(path: Path, verify: bool) -> tuple[int, int] | None:
+    """(height, width) from the header, or None when PIL cannot read or verify the file."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if verify:
+                image.verify()
+    except PIL_ERRORS:
+        return None
+    return height, width
+
+
+# ----------------------------------------------------------------------------- datasets
+class ImageFolder(Dataset):
+    """Images found recursively under ``root`` (see ``IMAGE_EXTENSIONS``), in sorted order.
+
+    Args:
+        root: folder to search.
+        crop_size: crop size; ``None`` keeps whole images (only sensible for testing).
+        train: random crop + flips if True, centre crop (if ``crop_size``) otherwise.
+        verify: run PIL's cheap ``verify()`` on every file at construction.
+
+    Files PIL cannot open or verify, and images smaller than the crop, are skipped with one
+    ``DataWarning`` per kind naming the count and the first files.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        crop_size: CropSize | None = None,
+        train: bool = True,
+        verify: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"image folder not found: {self.root}")
+        self.crop_size = None if crop_size is None else as_size(crop_size)
+        self.train = train
+
+        self.paths: list[Path] = []
+        unreadable: list[Path] = []
+        too_small: list[Path] = []
+        for path in find_images(self.root):
+            image_hw = _probe(path, verify)
+            if image_hw is None:
+                unreadable.append(path)
+            elif self.crop_size is not None and not _fits(image_hw, self.crop_size):
+                too_small.append(path)
+            else:
+                self.paths.append(path)
+        _warn_skipped("unreadable image file(s)", unreadable, self.root)
+        _warn_skipped(f"image(s) smaller than the crop {self.crop_size}", too_small, self.root)
+        if not self.paths:
+            raise DataError(f"no usable images in {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: SampleKey) -> Tensor:
+        index, generator = _split_key(key)
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                pixels = to_uint8_tensor(image)
+        except PIL_ERRORS as error:
+            raise DataError(f"cannot decode image {path}: {error}") from error
+        size = self.crop_size or (pixels.shape[-2], pixels.shape[-1])
+        if self.train:
+            return _to_float(random_crop_flip(pixels, size, generator))
+        return _to_float(center_crop(pixels, size))
+
+
+def embedded_dir() -> Path:
+    """The folder of sample images inside the installed scikit-image package."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("scikit-image is not installed; it provides the embedded samples")
+    return Path(spec.submodule_search_locations[0]) / "data"
+
+
+@functools.cache
+def load_embedded(name: str) -> Tensor:
+    """One embedded photo (a key of ``EMBEDDED_FILES``) as a (3, H, W) uint8 tensor (cached).
+
+    Reads the file shipped in the scikit-image wheel directly, rather than through
+    ``skimage.data``, whose fetchers would try a download when a file is missing.
+    """
+    if name not in EMBEDDED_FILES:
+        raise DataError(f"unknown embedded image {name!r}; known: {', '.join(EMBEDDED_FILES)}")
+    path = embedded_dir() / EMBEDDED_FILES[name]
+    try:
+        with Image.open(path) as image:
+            return to_uint8_tensor(image)
+    except PIL_ERRORS as error:
+        raise DataError(f"embedded image {name!r} not readable at {path}: {error}") from error
+
+
+class EmbeddedSamples(Dataset):
+    """Offline default data: colour photos shipped inside scikit-image's wheel.
+
+    Train split (``EMBEDDED_TRAIN``): ``samples_per_epoch`` random crops with flips, sample ``i``
+    taken from image ``i % len(images)``. Test split (``EMBEDDED_TEST``, held out): one centre crop
+    per image, of ``crop_size`` or, when ``crop_size`` is None, of the largest multiple of
+    ``test_multiple`` in each side (the whole side where it is shorter than that).
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        crop_size: CropSize | None = 256,
+        samples_per_epoch: int = 512,
+        test_multiple: int = 256,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if split == "train" and crop_size is None:
+            raise ValueError("the embedded train split needs a crop_size")
+        if samples_per_epoch <= 0 or test_multiple <= 0:
+            raise ValueError("samples_per_epoch and test_multiple must be positive")
+        self.split = split
+        self.crop_size = None if crop_size is None else as_size(crop_size)
+        self.samples_per_epoch = samples_per_epoch
+        self.test_multiple = test_multiple
+        wanted = (
+            tuple(names)
+            if names is not None
+            else (EMBEDDED_TRAIN if split == "train" else EMBEDDED_TEST)
+        )
+        images = {name: load_embedded(name) for name in wanted}
+        if self.crop_size is not None:
+            too_small = [n for n, im in images.items() if not _fits(im.shape[-2:], self.crop_size)]
+            _warn_skipped(f"image(s) smaller than the crop {self.crop_size}", too_small, "skimage")
+            images = {n: im for n, im in images.items() if n not in too_small}
+        if not images:
+            raise DataError(f"no usable embedded images for split {split!r}")
+        self.names = list(images)
+        self.images = list(images.values())
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch if self.split == "train" else len(self.images)
+
+    def __getitem__(self, key: SampleKey) -> Tensor:
+        index, generator = _split_key(key)
+        if self.split == "train":
+            if not 0 <= index < len(self):
+                raise IndexError(f"sample {index} out of range ({len(self)})")
+            image = self.images[index % len(self.images)]
+            return _to_float(random_crop_flip(image, self.crop_size, generator))
+        image = self.images[index]
+        return _to_float(center_crop(image, self._test_size(image)))
+
+    def _test_size(self, image: Tensor) -> tuple[int, int]:
+        if self.crop_size is not None:
+            return self.crop_size
+        step = self.test_multiple
+        return tuple(s // step * step if s >= step else s for s in image.shape[-2:])
+
+
+# ----------------------------------------------------------------------------- loaders
+class SeededSampler(Sampler):
+    """Yields ``(index, sample_seed)``, shuffled per epoch, from ``(seed, epoch)`` alone.
+
+    Each ``iter()`` starts the next epoch (first: 0); ``set_epoch`` sets it, e.g. on resume.
+    With ``num_replicas > 1`` every rank draws the same permutation and takes every
+    ``num_replicas``-th key from ``rank`` (the list is wrapped to an equal length per rank).
+    """
+
+    def __init__(
+        self,
+        length: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if length <= 0:
+            raise ValueError(f"cannot sample from an empty dataset (length {length})")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} not in [0, {num_replicas})")
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.length / self.num_replicas)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)
+        generator = torch.Generator().manual_seed(int(state[0]))
+        self.epoch += 1
+        if self.shuffle:
+            order = torch.randperm(self.length, generator=generator)
+        else:
+            order = torch.arange(self.length)
+        seeds = torch.randint(torch.iinfo(torch.int64).max, (self.length,), generator=generator)
+        total = len(self) * self.num_replicas
+        keys = [(int(order[i % self.length]), int(seeds[i % self.length])) for i in range(total)]
+        return iter(keys[self.rank :: self.num_replicas])
+
+
+class DataLoaders(NamedTuple):
+    train: DataLoader
+    test: DataLoader
+
+
+def build_datasets(
+    name: str = "embedded",
+    train_dir: str | Path | None = None,
+    test_dir: str | Path | None = None,
+    crop_size: CropSize | None = 256,
+    test_crop_size: CropSize | None = None,
+    samples_per_epoch: int = 512,
+) -> tuple[Dataset, Dataset]:
+    """``(train, test)`` datasets for ``name`` = ``"embedded"`` or ``"folder"``."""
+    if name == "embedded":
+        return (
+            EmbeddedSamples("train", crop_size, samples_per_epoch),
+            EmbeddedSamples("test", test_crop_size),
+        )
+    if name == "folder":
+        if train_dir is None or test_dir is None:
+            raise DataError("data 'folder' needs both train_dir and test_dir")
+        return (
+            ImageFolder(train_dir, crop_size, train=True),
+            ImageFolder(test_dir, test_crop_size, train=False),
+        )
+    raise ValueError(f"unknown dataset {name!r}; allowed: embedded, folder")
+
+
+def build_dataloaders(
+    name: str = "embedded",
+    train_dir: str | Path | None = None,
+    test_dir: str | Path | None = None,
+    crop_size: CropSize | None = 256,
+    test_crop_size: CropSize | None = None,
+    batch_size: int = 8,
+    test_batch_size: int = 1,
+    num_workers: int = 0,
+    seed: int = 0,
+    samples_per_epoch: int = 512,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> DataLoaders:
+    """Train and test loaders with a data order and crops fixed by ``seed`` (see module doc).
+
+    Test images of different sizes (no ``test_crop_size``) need ``test_batch_size=1``. The test
+    loader is not sharded across ranks. ``loaders.train.sampler.set_epoch(e)`` resumes epoch e.
+    """
+    train_set, test_set = build_datasets(
+        name, train_dir, test_dir, crop_size, test_crop_size, samples_per_epoch
+    )
+    sampler = SeededSampler(len(train_set), seed, True, num_replicas, rank)
+    common = {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": num_workers > 0,
+    }
+    # Own generators, so that creating an iterator never draws from the global RNG.
+    train = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+        **common,
+    )
+    test = DataLoader(
+        test_set,
+        batch_size=test_batch_size,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(seed),
+        **common,
+    )
+    return DataLoaders(train, test)

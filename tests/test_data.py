@@ -1,0 +1,227 @@
+"""Datasets, bad-file handling, embedded offline samples and reproducible loaders."""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hpcm.data import (
+    EMBEDDED_FILES,
+    EMBEDDED_TEST,
+    EMBEDDED_TRAIN,
+    DataError,
+    DataWarning,
+    EmbeddedSamples,
+    ImageFolder,
+    SeededSampler,
+    build_dataloaders,
+    center_crop,
+    load_embedded,
+    random_crop_flip,
+)
+
+KODAK = Path("/work/shared/data/kodak")
+CROP = 64
+
+
+def save_png(path: Path, height: int, width: int, seed: int) -> np.ndarray:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> dict[str, np.ndarray]:
+    """Two good images (one nested, upper-case suffix), a corrupt, a truncated, a tiny one."""
+    good = {
+        "a.png": save_png(tmp_path / "a.png", 80, 100, seed=0),
+        "sub/b.PNG": save_png(tmp_path / "sub" / "b.PNG", 96, 72, seed=1),
+    }
+    save_png(tmp_path / "tiny.png", 16, 16, seed=2)
+    (tmp_path / "corrupt.jpg").write_bytes(b"definitely not a jpeg")
+    full = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(full[: len(full) // 2])
+    (tmp_path / "notes.txt").write_text("ignored")
+    return good
+
+
+def messages(record: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, DataWarning)]
+
+
+# ----------------------------------------------------------------------------- ImageFolder
+def test_folder_skips_bad_and_small_files_with_one_warning_each(
+    tmp_path: Path, folder: dict[str, np.ndarray]
+) -> None:
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        dataset = ImageFolder(tmp_path, crop_size=CROP, train=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in dataset.paths] == ["a.png", "sub/b.PNG"]
+    found = messages(record)
+    assert len(found) == 2
+    assert "skipped 2 unreadable" in found[0]
+    assert "corrupt.jpg" in found[0] and "truncated.png" in found[0]
+    assert "skipped 1 image(s) smaller than the crop (64, 64)" in found[1]
+    assert "tiny.png" in found[1]
+    for index in range(len(dataset)):
+        sample = dataset[(index, 123)]
+        assert sample.shape == (3, CROP, CROP) and sample.dtype == torch.float32
+        assert 0.0 <= sample.min() and sample.max() <= 1.0
+        assert torch.equal(sample, dataset[(index, 123)])
+
+
+def test_folder_test_split(tmp_path: Path, folder: dict[str, np.ndarray]) -> None:
+    with pytest.warns(DataWarning, match="unreadable"):
+        whole = ImageFolder(tmp_path, crop_size=None, train=False)
+    assert len(whole) == 3  # tiny images are fine without a crop
+    expected = torch.from_numpy(folder["a.png"]).permute(2, 0, 1).float() / 255
+    assert torch.equal(whole[0], expected)
+
+    with pytest.warns(DataWarning):
+        cropped = ImageFolder(tmp_path, crop_size=(48, 40), train=False)
+    assert len(cropped) == 2
+    assert torch.equal(cropped[0], expected[:, 16:64, 30:70])  # centre of 80x100
+
+
+def test_folder_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match="image folder not found: .*nowhere"):
+        ImageFolder(missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=f"no usable images in {empty}"):
+        ImageFolder(empty)
+    assert issubclass(DataError, ValueError)
+    (empty / "bad.png").write_bytes(b"xx")
+    with pytest.warns(DataWarning), pytest.raises(DataError, match="no usable images"):
+        ImageFolder(empty)
+
+
+def test_undecodable_file_after_cheap_verify_names_the_file(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.jpg")
+    full = (tmp_path / "x.jpg").read_bytes()
+    (tmp_path / "x.jpg").write_bytes(full[: len(full) // 2])  # passes PIL's verify()
+    dataset = ImageFolder(tmp_path, train=False)
+    with pytest.raises(DataError, match="x.jpg"):
+        dataset[0]
+
+
+@pytest.mark.skipif(not KODAK.is_dir(), reason="Kodak test images not available")
+def test_kodak_loads_24_images() -> None:
+    dataset = ImageFolder(KODAK, train=False)
+    assert len(dataset) == 24
+    assert dataset.paths[0].name == "kodim01.png"
+    assert {tuple(dataset[i].shape) for i in (0, 3)} <= {(3, 512, 768), (3, 768, 512)}
+
+
+# ----------------------------------------------------------------------------- transforms
+def test_random_crop_flip_covers_all_flips() -> None:
+    image = torch.arange(12, dtype=torch.uint8).reshape(1, 3, 4)
+    seen = {
+        tuple(random_crop_flip(image, (3, 4), torch.Generator().manual_seed(s)).flatten().tolist())
+        for s in range(32)
+    }
+    flips = {image, image.flip(-1), image.flip(-2), image.flip(-1).flip(-2)}
+    assert seen == {tuple(f.flatten().tolist()) for f in flips}
+    assert center_crop(image, (1, 2)).flatten().tolist() == [5, 6]
+
+
+# ----------------------------------------------------------------------------- embedded
+def test_embedded_samples_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    load_embedded.cache_clear()
+    train = EmbeddedSamples("train", crop_size=128, samples_per_epoch=10)
+    assert len(train) == 10 and train.names == list(EMBEDDED_TRAIN)
+    assert not set(train.names) & set(EMBEDDED_TEST)
+    assert set(train.names) | set(EMBEDDED_TEST) == set(EMBEDDED_FILES)
+    sample = train[(3, 7)]
+    assert sample.shape == (3, 128, 128) and torch.equal(sample, train[(3, 7)])
+    assert not torch.equal(sample, train[(3, 8)])
+
+    test = EmbeddedSamples("test", crop_size=None)
+    assert test.names == list(EMBEDDED_TEST)
+    shapes = [tuple(test[i].shape) for i in range(len(test))]
+    assert shapes == [(3, 512, 512), (3, 256, 512)]  # astronaut 512x512, coffee 400x600
+    assert torch.equal(test[1], test[1])
+
+
+def test_embedded_skips_images_smaller_than_crop() -> None:
+    with pytest.warns(DataWarning, match="chelsea"):
+        big = EmbeddedSamples("train", crop_size=(320, 320), samples_per_epoch=4)
+    assert "chelsea" not in big.names  # 300x451
+    with pytest.raises(DataError, match="no usable embedded images"), pytest.warns(DataWarning):
+        EmbeddedSamples("train", crop_size=4096)
+    with pytest.raises(DataError, match="unknown embedded image 'lily'"):
+        EmbeddedSamples("test", names=["lily"])  # not in the wheel: would need a download
+
+
+def test_embedded_files_match_skimage_data() -> None:
+    skdata = pytest.importorskip("skimage.data")
+    assert torch.equal(
+        load_embedded("astronaut"), torch.from_numpy(skdata.astronaut()).permute(2, 0, 1)
+    )
+    left, right, _ = skdata.stereo_motorcycle()
+    assert torch.equal(load_embedded("motorcycle_left"), torch.from_numpy(left).permute(2, 0, 1))
+    assert torch.equal(load_embedded("motorcycle_right"), torch.from_numpy(right).permute(2, 0, 1))
+    ihc = torch.from_numpy(skdata.immunohistochemistry()).permute(2, 0, 1)
+    assert torch.equal(load_embedded("immunohistochemistry"), ihc)
+
+
+# ----------------------------------------------------------------------------- loaders
+def collect(loader: torch.utils.data.DataLoader, epochs: int) -> list[torch.Tensor]:
+    return [batch for _ in range(epochs) for batch in loader]
+
+
+def test_same_seed_same_data_whatever_the_global_rng() -> None:
+    kwargs = {"crop_size": 32, "batch_size": 4, "samples_per_epoch": 12}
+    torch.manual_seed(0)
+    first = collect(build_dataloaders(seed=5, **kwargs).train, epochs=2)
+    torch.manual_seed(1)
+    second = collect(build_dataloaders(seed=5, **kwargs).train, epochs=2)
+    other = collect(build_dataloaders(seed=6, **kwargs).train, epochs=2)
+    assert len(first) == 6 and first[0].shape == (4, 3, 32, 32)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not torch.equal(first[0], other[0])
+    assert not torch.equal(first[0], first[3])  # epochs differ
+
+
+def test_workers_do_not_change_the_data() -> None:
+    kwargs = {"crop_size": 32, "batch_size": 2, "samples_per_epoch": 6, "seed": 3}
+    serial = collect(build_dataloaders(num_workers=0, **kwargs).train, epochs=2)
+    parallel = collect(build_dataloaders(num_workers=2, **kwargs).train, epochs=2)
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
+
+
+def test_seeded_sampler_epochs_and_ranks() -> None:
+    sampler = SeededSampler(10, seed=1)
+    epoch0, epoch1 = list(sampler), list(sampler)
+    assert sorted(i for i, _ in epoch0) == list(range(10)) and epoch0 != epoch1
+    sampler.set_epoch(1)
+    assert list(sampler) == epoch1
+    shards = [list(SeededSampler(10, seed=1, num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 4]
+    assert {i for s in shards for i, _ in s} == set(range(10))
+
+
+@pytest.mark.skipif(not KODAK.is_dir(), reason="Kodak test images not available")
+def test_folder_loaders_and_bad_names() -> None:
+    loaders = build_dataloaders(
+        "folder", train_dir=KODAK, test_dir=KODAK, crop_size=64, test_crop_size=256, batch_size=8
+    )
+    assert next(iter(loaders.train)).shape == (8, 3, 64, 64)
+    assert next(iter(loaders.test)).shape == (1, 3, 256, 256)
+    with pytest.raises(DataError, match="train_dir and test_dir"):
+        build_dataloaders("folder", train_dir=KODAK)
+    with pytest.raises(ValueError, match="embedded, folder"):
+        build_dataloaders("imagenet")

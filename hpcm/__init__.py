@@ -1,5 +1,6 @@
 """HPCM learned image codec with Balanced rate-distortion training."""
 
+from hpcm.checkpoint import CheckpointError, load_model
 from hpcm.model import HPCM, MODEL_CONFIGS, HPCMConfig
 
 
@@ -14,4 +15,4 @@ def build_model(name: str = "hpcm_base", **overrides) -> HPCM:
     return HPCM(config, name=name)
 
 
-__all__ = ["HPCM", "MODEL_CONFIGS", "HPCMConfig", "build_model"]
+__all__ = ["HPCM", "MODEL_CONFIGS", "CheckpointError", "HPCMConfig", "build_model", "load_model"]

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from hpcm.model import HPCM, MODEL_CONFIGS, HPCMConfig
+
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """Save with ``torch.save`` so that ``path`` is either the old file or the complete new one.
@@ -91,3 +93,90 @@ def convert_official_state_dict(state_dict: dict) -> dict:
     if unknown:
         raise KeyError(f"not an HPCM key: {', '.join(unknown[:5])}")
     return out
+
+
+CHECKPOINT_FORMAT = "hpcm-balanced"
+CHECKPOINT_VERSION = 1
+
+
+def model_checkpoint(model) -> dict:
+    """The model part of a project checkpoint; trainers add their own keys (epoch, optimizer
+    state ...) beside it. Everything in it loads with ``weights_only=True``."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model_name": model.name,
+        "model_config": model.config.to_dict(),
+        "state_dict": model.state_dict(),
+    }
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the requested model."""
+
+
+def load_model(source, name: str | None = None, device=None, update: bool = True):
+    """A ready-to-code model (eval mode, coding tables built) from a checkpoint.
+
+    ``source`` is a path or an already loaded dict: either a project checkpoint (see
+    :func:`model_checkpoint`) or an official HPCM state dict (``name`` then says which model,
+    default ``hpcm_base``; a bare dict under a ``state_dict`` key is accepted too). Released
+    official checkpoints lack ``adaptive_params_list.*``; those gains then keep their initial 1.
+    Files are loaded with ``weights_only=True``: no pickled code runs.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        try:
+            source = safe_torch_load(path)
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
+            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    if not isinstance(source, dict):
+        raise CheckpointError("a checkpoint must be a dict (project checkpoint or state dict)")
+    if source.get("format") == CHECKPOINT_FORMAT:
+        ckpt_name = source["model_name"]
+        if name is not None and name != ckpt_name:
+            raise CheckpointError(f"checkpoint holds model {ckpt_name!r}, not {name!r}")
+        model = HPCM(HPCMConfig.from_dict(source["model_config"]), name=ckpt_name)
+        state, strict = source["state_dict"], True
+    else:
+        state = source.get("state_dict", source)
+        if not is_official_state_dict(state):
+            raise CheckpointError("neither a project checkpoint nor an official HPCM state dict")
+        name = name or "hpcm_base"
+        if name not in MODEL_CONFIGS:
+            raise CheckpointError(f"unknown model {name!r}; choose from {', '.join(MODEL_CONFIGS)}")
+        model = HPCM(MODEL_CONFIGS[name], name=name)
+        state, strict = convert_official_state_dict(state), False
+    _check_fits(model, state, strict)
+    model.load_state_dict(state, strict=False)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    if update:
+        model.update()
+    return model
+
+
+def _check_fits(model, state: dict, strict: bool) -> None:
+    own = model.state_dict()
+    tables = {k for k in own if k.startswith(("y_", "z_cdf", "z_offset", "entropy."))}
+    missing = [k for k in own if k not in state and k not in tables]
+    if not strict:  # official checkpoints may lack the adaptive gains (they stay 1)
+        missing = [k for k in missing if not k.startswith("adaptive_params.")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and k not in tables and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(
+                f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs "
+                f"{tuple(own[k].shape)})"
+            )
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise CheckpointError(f"checkpoint does not fit model {model.name!r}: " + "; ".join(parts))

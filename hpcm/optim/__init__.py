@@ -1,0 +1,49 @@
+"""Optimisers and task balancing for any list of losses (no knowledge of the codec).
+
+- :class:`CautiousAdam`: Adam with the cautious mask (Liang et al., arXiv 2411.16085).
+- :class:`FAMOWeighting`: FAMO task weights (arXiv 2306.03072), solution 1 of Balanced R-D
+  (arXiv 2502.20161).
+- :func:`combine_gradients_qp`, :func:`qp_weights`: the two-task QP balance, solution 2 of
+  Balanced R-D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hpcm.optim.cautious import CautiousAdam
+from hpcm.optim.famo import FAMOWeighting
+from hpcm.optim.qp import combine_gradients_qp, qp_weights, snapshot_grads
+
+BASE_OPTIMIZERS = ("adam", "cautious_adam")
+
+
+def build_base_optimizer(
+    name: str,
+    params: Iterable[Tensor] | Iterable[dict[str, Any]],
+    lr: float,
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Builds the model optimiser by name: ``"adam"`` (``torch.optim.Adam``) or
+    ``"cautious_adam"`` (:class:`CautiousAdam`); ``kwargs`` go to the constructor."""
+    key = name.lower().replace("-", "_")
+    if key == "adam":
+        return torch.optim.Adam(params, lr=lr, **kwargs)
+    if key == "cautious_adam":
+        return CautiousAdam(params, lr=lr, **kwargs)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {BASE_OPTIMIZERS}")
+
+
+__all__ = [
+    "BASE_OPTIMIZERS",
+    "CautiousAdam",
+    "FAMOWeighting",
+    "build_base_optimizer",
+    "combine_gradients_qp",
+    "qp_weights",
+    "snapshot_grads",
+]

@@ -14,7 +14,40 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv1x1(in_ch: int, out_ch: int) -> nn.Conv2d:
+class Conv1x1(nn.Conv2d):
+    """1x1 convolution that can run on the CPU as one (batched) GEMM with the bias as the
+    initial accumulator (``gemm = True``, the default).
+
+    oneDNN's 1x1 convolution gives slightly different floats for different thread counts, which
+    desynchronises an encoder and a decoder that run with different thread settings. The GEMM
+    gives the same floats at any thread count. With ``gemm = False`` it is oneDNN's
+    convolution, bit for bit what the official implementation computes at the same thread
+    count. On other devices it is always the ordinary convolution.
+    """
+
+    gemm: bool = True
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__(in_ch, out_ch, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.gemm or x.device.type != "cpu":
+            return super().forward(x)
+        b, c, h, w = x.shape
+        weight = self.weight.view(self.out_channels, c)
+        x = x.reshape(b, c, h * w)
+        if b == 1:
+            out = torch.addmm(self.bias[:, None], weight, x[0]).unsqueeze(0)
+        else:
+            out = torch.baddbmm(self.bias[None, :, None], weight.expand(b, -1, -1), x)
+        return out.view(b, self.out_channels, h, w)
+
+
+def conv1x1(in_ch: int, out_ch: int, thread_invariant: bool = True) -> nn.Conv2d:
+    """A 1x1 convolution; ``thread_invariant`` picks :class:`Conv1x1` (entropy-parameter
+    path, which the decoder must reproduce exactly) over the plain oneDNN convolution."""
+    if thread_invariant:
+        return Conv1x1(in_ch, out_ch)
     return nn.Conv2d(in_ch, out_ch, kernel_size=1)
 
 
@@ -50,14 +83,20 @@ class PartialConv3x3(nn.Module):
 class PConvRB(nn.Module):
     """Residual block: partial 3x3 conv, 1x1 expansion, LeakyReLU, 1x1 projection."""
 
-    def __init__(self, channels: int, partial_ratio: int = 4, mlp_ratio: int = 4):
+    def __init__(
+        self,
+        channels: int,
+        partial_ratio: int = 4,
+        mlp_ratio: int = 4,
+        thread_invariant: bool = True,
+    ):
         super().__init__()
         hidden = channels * mlp_ratio
         self.branch = nn.Sequential(
             PartialConv3x3(channels, channels // partial_ratio),
-            conv1x1(channels, hidden),
+            conv1x1(channels, hidden, thread_invariant),
             nn.LeakyReLU(inplace=True),
-            conv1x1(hidden, channels),
+            conv1x1(hidden, channels, thread_invariant),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from hpcm.entropy import (
     scale_table,
 )
 from hpcm.layers import (
+    Conv1x1,
     PConvRB,
     SpatialPrior,
     WindowCrossAttention,
@@ -84,8 +85,10 @@ MODEL_CONFIGS: dict[str, HPCMConfig] = {
 }
 
 
-def _pconv_stage(ch: int, n: int, cfg: HPCMConfig) -> list[nn.Module]:
-    return [PConvRB(ch, cfg.partial_ratio, cfg.mlp_ratio) for _ in range(n)]
+def _pconv_stage(ch: int, n: int, cfg: HPCMConfig, entropy_path: bool = False) -> list[nn.Module]:
+    # Only the entropy-parameter path (h_s and the context model) must give the same floats at
+    # any thread count; the transforms keep oneDNN's convolutions, like the official code.
+    return [PConvRB(ch, cfg.partial_ratio, cfg.mlp_ratio, entropy_path) for _ in range(n)]
 
 
 def _analysis(cfg: HPCMConfig) -> nn.Sequential:
@@ -163,9 +166,9 @@ class HPCM(nn.Module):
         )
         self.h_s = nn.Sequential(
             deconv2x2_up(N, N),
-            *_pconv_stage(N, cfg.h_blocks[1], cfg),
+            *_pconv_stage(N, cfg.h_blocks[1], cfg, entropy_path=True),
             deconv2x2_up(N, 2 * M),
-            *_pconv_stage(2 * M, cfg.h_blocks[0], cfg),
+            *_pconv_stage(2 * M, cfg.h_blocks[0], cfg, entropy_path=True),
         )
         # Context model: one 1x1 adaptor and one adaptive channel gain per non-hyper step, a
         # prior shared by s1 and s2 and one for s3, a cross-attention per scale, and a 1x1
@@ -193,6 +196,15 @@ class HPCM(nn.Module):
         for buf in ("z_cdf", "z_cdf_length", "z_offset"):
             self.register_buffer(buf, torch.empty(0))
         self._tables: dict[str, CodingTables] | None = None
+
+    def set_thread_invariant(self, enabled: bool = True) -> None:
+        """Choose how the entropy-parameter path runs on the CPU: thread-count invariant GEMMs
+        (default: an encoder and a decoder with different thread settings always agree) or
+        oneDNN convolutions exactly as the official code (reconstructions then equal the
+        official implementation's at the same thread count, and depend on it like it)."""
+        for module in self.modules():
+            if isinstance(module, Conv1x1):
+                module.gemm = enabled
 
     # -- the one schedule walk -----------------------------------------------------------------
     def _prior_index(self, step: CodingStep) -> int:

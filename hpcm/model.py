@@ -70,7 +70,7 @@ class HPCMConfig:
 
 MODEL_CONFIGS: dict[str, HPCMConfig] = {
     "hpcm_base": HPCMConfig(),
-    "hpcm_large": HPCMConfig(g_blocks=(2, 2, 8), prior_s12_blocks=(3, 1), prior_s3_blocks=(4, 3)),
+    "hpcm_large": HPCMConfig(g_blocks=(2, 2, 8), prior_s12_blocks=(2, 2), prior_s3_blocks=(4, 3)),
     # Small widths for CPU tests and quick experiments; same schedule and entropy models.
     "tiny": HPCMConfig(
         M=32,

@@ -1,0 +1,251 @@
+"""The ``.hpcm`` file format and ``python -m hpcm.codec encode|decode``.
+
+Layout (big-endian)::
+
+    magic "HPCM" | version u8 | name length u8 | model name | checkpoint path length u16 |
+    checkpoint path (utf-8, a hint for decode) | weights fingerprint u32 | height u16 |
+    width u16 | z height u16 | z width u16 | symbol crc32 u32 | y length u32 | z length u32 |
+    payload crc32 u32 | header crc32 u32 | y stream | z stream
+
+The symbol checksum lets the decoder notice a desynchronised decode (the entropy parameters
+came out differently on the decoding side: another numeric platform, CPU against GPU, another
+torch build) and refuse to write a wrong image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from hpcm.checkpoint import CheckpointError, load_model
+from hpcm.model import HPCM, SIZE_MULTIPLE
+
+MAGIC = b"HPCM"
+VERSION = 1
+_FIXED = struct.Struct(
+    ">IHHHHIIII"
+)  # fingerprint, h, w, zh, zw, sym crc, y len, z len, payload crc
+
+
+class CodecError(ValueError):
+    """A file that is not a valid ``.hpcm`` stream, or that does not decode correctly."""
+
+
+# -- padding ------------------------------------------------------------------------------------
+def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) so that H and W are multiples of ``multiple``, centred (the extra
+    pixel of an odd padding goes to the bottom/right), as the official test protocol does."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+
+
+def crop_center(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Undo :func:`pad_to_multiple`."""
+    h, w = size
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[..., top : top + h, left : left + w]
+
+
+# -- images ----------------------------------------------------------------------------------------
+def read_image(path: str | Path) -> torch.Tensor:
+    """An RGB image file as a (1, 3, H, W) float tensor in [0, 1]."""
+    try:
+        with Image.open(path) as img:
+            arr = np.array(img.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise CodecError(f"cannot read image {path}: {e}") from None
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).float().div(255)
+
+
+def write_image(x: torch.Tensor, path: str | Path) -> None:
+    arr = x[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(arr).save(path)
+
+
+# -- weights fingerprint -------------------------------------------------------------------------
+def weights_fingerprint(model: HPCM) -> int:
+    """CRC32 of every parameter's bytes: tells whether two models hold the same weights."""
+    cached = getattr(model, "_fingerprint", None)
+    if cached is not None:
+        return cached
+    crc = 0
+    for p in model.state_dict().values():
+        if p.is_floating_point() and p.numel():
+            crc = zlib.crc32(p.detach().float().cpu().contiguous().numpy().tobytes(), crc)
+    model._fingerprint = crc
+    return crc
+
+
+# -- the container ---------------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    model_name: str
+    checkpoint: str
+    fingerprint: int
+    size: tuple[int, int]
+    z_shape: tuple[int, int]
+    symbol_crc: int
+    y: bytes
+    z: bytes
+
+    @property
+    def num_bytes(self) -> int:
+        return len(self.y) + len(self.z)
+
+    def to_bytes(self) -> bytes:
+        name, ckpt = self.model_name.encode(), self.checkpoint.encode()
+        head = MAGIC + bytes([VERSION, len(name)]) + name + struct.pack(">H", len(ckpt)) + ckpt
+        head += _FIXED.pack(
+            self.fingerprint,
+            *self.size,
+            *self.z_shape,
+            self.symbol_crc,
+            len(self.y),
+            len(self.z),
+            zlib.crc32(self.y + self.z),
+        )
+        return head + struct.pack(">I", zlib.crc32(head)) + self.y + self.z
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Encoded:
+        if data[:4] != MAGIC:
+            raise CodecError("not an HPCM file (bad magic)")
+        if len(data) < 6 or data[4] != VERSION:
+            version = data[4] if len(data) > 4 else "?"
+            raise CodecError(f"unsupported HPCM file version {version} (this reads {VERSION})")
+        try:
+            pos = 6 + data[5]
+            name = data[6:pos].decode()
+            (ckpt_len,) = struct.unpack_from(">H", data, pos)
+            ckpt = data[pos + 2 : pos + 2 + ckpt_len].decode()
+            pos += 2 + ckpt_len
+            fp, h, w, zh, zw, sym_crc, y_len, z_len, payload_crc = _FIXED.unpack_from(data, pos)
+            pos += _FIXED.size
+            (head_crc,) = struct.unpack_from(">I", data, pos)
+        except (struct.error, UnicodeDecodeError):
+            raise CodecError("truncated or corrupt HPCM header") from None
+        if zlib.crc32(data[:pos]) != head_crc:
+            raise CodecError("corrupt HPCM header (checksum mismatch)")
+        pos += 4
+        if len(data) != pos + y_len + z_len:
+            raise CodecError(
+                f"truncated HPCM file: {len(data)} bytes, header says {pos + y_len + z_len}"
+            )
+        y, z = data[pos : pos + y_len], data[pos + y_len :]
+        if zlib.crc32(y + z) != payload_crc:
+            raise CodecError("corrupt HPCM payload (checksum mismatch)")
+        return cls(name, ckpt, fp, (h, w), (zh, zw), sym_crc, y, z)
+
+
+# -- encode / decode an image ----------------------------------------------------------------------
+def encode_image(model: HPCM, x: torch.Tensor, checkpoint: str = "") -> Encoded:
+    """Code one (1, 3, H, W) image of any size (padded here, cropped after decoding)."""
+    if x.dim() != 4 or x.shape[:2] != (1, 3):
+        raise CodecError(f"expected one RGB image (1, 3, H, W), got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if max(h, w) > 65535:
+        raise CodecError(f"image {h}x{w} is too large for the format (65535 px per side)")
+    device = next(model.parameters()).device
+    out = model.compress(pad_to_multiple(x.to(device)))
+    return Encoded(
+        model.name,
+        checkpoint,
+        weights_fingerprint(model),
+        (h, w),
+        tuple(out["shape"]),
+        out["symbol_crc"][0],
+        out["strings"][0][0],
+        out["strings"][1][0],
+    )
+
+
+def decode_image(model: HPCM, enc: Encoded) -> torch.Tensor:
+    """Decode to a (1, 3, H, W) image; raises :class:`CodecError` on any mismatch."""
+    if enc.model_name != model.name:
+        raise CodecError(f"file was encoded with model {enc.model_name!r}, not {model.name!r}")
+    if enc.fingerprint != weights_fingerprint(model):
+        raise CodecError("file was encoded with other weights than this checkpoint's")
+    out = model.decompress([[enc.y], [enc.z]], enc.z_shape)
+    if out["symbol_crc"][0] != enc.symbol_crc:
+        raise CodecError(
+            "decoding desynchronised: the decoded symbols differ from the encoded ones "
+            "(the entropy parameters differ between the two sides: another device, numeric "
+            "platform or torch build); decode on the platform that encoded"
+        )
+    return crop_center(out["x_hat"], enc.size)
+
+
+# -- command line --------------------------------------------------------------------------------
+def _device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hpcm.codec", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    enc = sub.add_parser("encode", help="image -> .hpcm file")
+    enc.add_argument("image")
+    enc.add_argument("output")
+    enc.add_argument("--checkpoint", required=True, help="project or official HPCM checkpoint")
+    enc.add_argument("--model", help="model name for official checkpoints (default hpcm_base)")
+    enc.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    dec = sub.add_parser("decode", help=".hpcm file -> PNG")
+    dec.add_argument("input")
+    dec.add_argument("output")
+    dec.add_argument("--checkpoint", help="default: the checkpoint path stored at encoding")
+    dec.add_argument("--model", help="model name for official checkpoints")
+    dec.add_argument("--device", help="must match the encoder's device type")
+    args = parser.parse_args(argv)
+    try:
+        with torch.inference_mode():
+            if args.command == "encode":
+                x = read_image(args.image)
+                ckpt = str(Path(args.checkpoint).resolve())
+                model = load_model(ckpt, name=args.model, device=_device(args.device))
+                start = time.perf_counter()
+                encoded = encode_image(model, x, ckpt)
+                Path(args.output).write_bytes(encoded.to_bytes())
+                h, w = encoded.size
+                print(
+                    f"{args.image}: {h}x{w}, {encoded.num_bytes} bytes, "
+                    f"{encoded.num_bytes * 8 / (h * w):.4f} bpp, "
+                    f"{time.perf_counter() - start:.2f} s"
+                )
+            else:
+                try:
+                    data = Path(args.input).read_bytes()
+                except OSError as e:
+                    raise CodecError(f"cannot read {args.input}: {e.strerror}") from None
+                encoded = Encoded.from_bytes(data)
+                ckpt = args.checkpoint or encoded.checkpoint
+                if not ckpt:
+                    raise CodecError("no checkpoint stored in the file: pass --checkpoint")
+                name = args.model or encoded.model_name
+                model = load_model(ckpt, name=name, device=_device(args.device))
+                start = time.perf_counter()
+                x_hat = decode_image(model, encoded)
+                write_image(x_hat, args.output)
+                print(f"{args.output}: {time.perf_counter() - start:.2f} s")
+    except (CodecError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""The codec: architecture, official compatibility, real bitstreams, file format, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from official_weights import SPEC, VECTORS, official_formula_state_dict
+from PIL import Image
+
+import hpcm
+from hpcm.checkpoint import atomic_torch_save, convert_official_state_dict, model_checkpoint
+from hpcm.codec import (
+    CodecError,
+    Encoded,
+    crop_center,
+    decode_image,
+    encode_image,
+    main,
+    pad_to_multiple,
+    read_image,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(1)
+    model = hpcm.build_model("tiny")
+    with torch.no_grad():  # larger weights than the init, so that the latents are not all zero
+        for p in model.g_a.parameters():
+            p.mul_(2.0)
+    model.eval().update()
+    return model
+
+
+def _forward_recon(model, x):
+    with torch.no_grad():
+        x_hat = model(pad_to_multiple(x))["x_hat"].clamp(0, 1)
+    return crop_center(x_hat, x.shape[-2:])
+
+
+def test_parameter_counts():
+    counts = {n: sum(p.numel() for p in hpcm.build_model(n).parameters()) for n in MODELS}
+    assert counts["hpcm_base"] == 68_505_299
+    assert counts["hpcm_large"] == 89_718_803
+    assert counts["tiny"] < 1_000_000
+    with pytest.raises(ValueError, match="unknown model"):
+        hpcm.build_model("hpcm_huge")
+
+
+MODELS = ("hpcm_base", "hpcm_large", "tiny")
+
+
+@pytest.mark.parametrize("name", ["HPCM_Base", "HPCM_Large"])
+def test_official_layout_maps_onto_every_parameter(name):
+    shapes = json.loads((SPEC / "official-hpcm-state-dict.json").read_text())[name]
+    converted = convert_official_state_dict({k: torch.empty(v) for k, v in shapes.items()})
+    model = hpcm.build_model(name.lower())
+    own = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    assert {k: tuple(v.shape) for k, v in converted.items()} == own
+
+
+def test_released_checkpoints_without_adaptive_params_load(tmp_path):
+    state = {k: v for k, v in official_formula_state_dict().items() if "adaptive" not in k}
+    path = tmp_path / "official.pth"
+    torch.save(state, path)
+    model = hpcm.load_model(path, name="hpcm_base", update=False)
+    assert all(torch.equal(p, torch.ones_like(p)) for p in model.adaptive_params)
+    assert not model.training
+    with pytest.raises(hpcm.CheckpointError, match="does not fit model 'hpcm_large'"):
+        hpcm.load_model(path, name="hpcm_large", update=False)
+
+
+@pytest.mark.slow
+def test_official_vectors_byte_exact(kodak):
+    """Formula-built official weights reproduce the official codec's streams byte for byte and,
+    on the official (oneDNN) path with one thread, its reconstruction pixel for pixel."""
+    ref = json.loads((VECTORS / "official-hpcm-base-kodim23.json").read_text())
+    model = hpcm.load_model(official_formula_state_dict(), name="hpcm_base")
+    model.set_thread_invariant(False)
+    x = read_image(kodak / ref["image"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = model.compress(x)
+        y, z = out["strings"][0][0], out["strings"][1][0]
+        assert (len(y), len(z)) == (ref["y_bytes"], ref["z_bytes"])
+        assert hashlib.sha256(y).hexdigest() == ref["y_sha256"]
+        assert hashlib.sha256(z).hexdigest() == ref["z_sha256"]
+        assert list(out["shape"]) == ref["z_shape"]
+        x_hat = model.decompress(out["strings"], out["shape"])["x_hat"]
+    finally:
+        torch.set_num_threads(threads)
+    official = np.array(Image.open(VECTORS / ref["recon_png"]).convert("RGB"))
+    ours = x_hat[0].mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(ours, official)
+    bpp = (len(y) + len(z)) * 8 / (x.shape[2] * x.shape[3])
+    assert bpp == pytest.approx(ref["bpp"], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_hpcm_base_round_trip_and_estimate(kodak):
+    """Thread-invariant path: the streams still match the official ones, decoding equals the
+    eval forward bit-exactly, and the real rate is within 2% of the likelihood estimate."""
+    ref = json.loads((VECTORS / "official-hpcm-base-kodim23.json").read_text())
+    model = hpcm.load_model(official_formula_state_dict(), name="hpcm_base")
+    x = read_image(kodak / ref["image"])
+    enc = encode_image(model, x)
+    assert hashlib.sha256(enc.y).hexdigest() == ref["y_sha256"]
+    with torch.no_grad():
+        out = model(x)
+    estimate = sum((-torch.log2(v)).sum() for v in out["likelihoods"].values()) / x[0, 0].numel()
+    assert float(estimate) == pytest.approx(ref["estimated_bpp"], rel=1e-6)
+    real = enc.num_bytes * 8 / x[0, 0].numel()
+    assert abs(real - float(estimate)) / real < 0.02
+    assert torch.equal(decode_image(model, enc), out["x_hat"].clamp(0, 1))
+
+
+def test_tiny_round_trip_on_kodak_photos(tiny, kodak):
+    for name in ("kodim01.png", "kodim04.png"):  # landscape and portrait
+        x = read_image(kodak / name)
+        enc = Encoded.from_bytes(encode_image(tiny, x).to_bytes())
+        x_hat = decode_image(tiny, enc)
+        assert x_hat.shape == x.shape
+        assert torch.equal(x_hat, _forward_recon(tiny, x))
+        assert enc.num_bytes > 100  # the latents are not trivial
+
+
+def test_odd_sizes_are_padded_and_cropped(tiny, kodak):
+    x = read_image(kodak / "kodim05.png")[..., 17:350, 3:503]  # 333 x 500
+    enc = encode_image(tiny, x)
+    assert enc.size == (333, 500)
+    x_hat = decode_image(tiny, enc)
+    assert x_hat.shape == (1, 3, 333, 500)
+    assert torch.equal(x_hat, _forward_recon(tiny, x))
+    assert pad_to_multiple(x).shape[-2:] == (512, 512)
+
+
+def test_unpadded_sizes_are_refused_with_a_clear_error(tiny):
+    with pytest.raises(ValueError, match="multiples of 256"):
+        tiny.compress(torch.rand(1, 3, 300, 256))
+
+
+def test_batch_compress_equals_single_images(tiny, kodak):
+    xs = [read_image(kodak / f"kodim0{i}.png")[..., :256, :512] for i in (2, 3)]
+    batch = tiny.compress(torch.cat(xs))
+    for i, x in enumerate(xs):
+        single = tiny.compress(x)
+        assert batch["strings"][0][i] == single["strings"][0][0]
+        assert batch["strings"][1][i] == single["strings"][1][0]
+    dec = tiny.decompress(batch["strings"], batch["shape"])
+    assert dec["symbol_crc"] == batch["symbol_crc"]
+
+
+def test_decoding_with_another_thread_count_agrees(tiny, kodak):
+    x = read_image(kodak / "kodim07.png")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        enc = encode_image(tiny, x)
+        reference = decode_image(tiny, enc)
+        torch.set_num_threads(1)
+        x_hat = decode_image(tiny, enc)  # raises CodecError on a desynchronised decode
+    finally:
+        torch.set_num_threads(threads)
+    assert (x_hat - reference).abs().max() < 1e-5  # only the synthesis transform may differ
+
+
+def test_desynchronised_decode_is_detected(tiny, kodak):
+    enc = encode_image(tiny, read_image(kodak / "kodim08.png")[..., :256, :256])
+    enc.symbol_crc ^= 1
+    with pytest.raises(CodecError, match="desynchronised"):
+        decode_image(tiny, enc)
+
+
+@pytest.fixture(scope="module")
+def cli_files(tiny, tmp_path_factory, kodak):
+    d = tmp_path_factory.mktemp("cli")
+    atomic_torch_save(model_checkpoint(tiny), d / "tiny.pth.tar")
+    x = read_image(kodak / "kodim09.png")[..., :300, :260]
+    Image.fromarray(x[0].mul(255).round().byte().permute(1, 2, 0).numpy()).save(d / "in.png")
+    assert (
+        main(
+            [
+                "encode",
+                str(d / "in.png"),
+                str(d / "x.hpcm"),
+                "--checkpoint",
+                str(d / "tiny.pth.tar"),
+            ]
+        )
+        == 0
+    )
+    return d
+
+
+def test_cli_round_trip(cli_files, capsys):
+    d = cli_files
+    assert main(["decode", str(d / "x.hpcm"), str(d / "out.png")]) == 0
+    out = np.array(Image.open(d / "out.png"))
+    assert out.shape == (300, 260, 3)
+    assert "out.png" in capsys.readouterr().out
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "mangle, message",
+    [
+        (lambda b: b[: len(b) - 7], "truncated"),
+        (lambda b: b[:20], "truncated"),
+        (lambda b: b[:-3] + bytes([b[-3] ^ 0xFF]) + b[-2:], "corrupt HPCM payload"),
+        (lambda b: b"\x89PNG" + b[4:], "not an HPCM file"),
+        (lambda b: b"", "not an HPCM file"),
+        (lambda b: b[:4] + b"\x09" + b[5:], "unsupported HPCM file version"),
+    ],
+)
+def test_cli_rejects_bad_files(cli_files, capsys, mangle, message):
+    bad = cli_files / "bad.hpcm"
+    bad.write_bytes(mangle((cli_files / "x.hpcm").read_bytes()))
+    assert main(["decode", str(bad), str(cli_files / "bad.png")]) == 1
+    assert message in _one_line_error(capsys)
+    assert not (cli_files / "bad.png").exists()
+
+
+def test_cli_rejects_other_weights_and_missing_files(cli_files, capsys):
+    other = hpcm.build_model("tiny")
+    atomic_torch_save(model_checkpoint(other), cli_files / "other.pth.tar")
+    args = ["decode", str(cli_files / "x.hpcm"), str(cli_files / "o.png")]
+    assert main([*args, "--checkpoint", str(cli_files / "other.pth.tar")]) == 1
+    assert "other weights" in _one_line_error(capsys)
+    assert main(["decode", str(cli_files / "missing.hpcm"), "o.png"]) == 1
+    assert "cannot read" in _one_line_error(capsys)
+    (cli_files / "junk.pth.tar").write_bytes(b"junk")
+    assert main([*args, "--checkpoint", str(cli_files / "junk.pth.tar")]) == 1
+    assert "cannot read checkpoint" in _one_line_error(capsys)
+
+
+def test_module_entrypoint_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "hpcm.codec", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "encode" in out.stdout and "decode" in out.stdout

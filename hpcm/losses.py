@@ -91,3 +91,22 @@ class RateDistortionLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"lmbda={self.lmbda}, metric={self.metric!r}"
+
+
+SCALE_NAMES = ("s1", "s2", "s3")
+
+
+def scale_rates(output: Mapping[str, Any], num_pixels: int) -> dict[str, Tensor]:
+    """Rate of each HPCM coding scale and of z, in bits per pixel, with gradients.
+
+    The rate of y separates exactly into the elements coded at s1, s2 and s3 (the model's
+    ``y_scale_map``), so ``bpp_s1 + bpp_s2 + bpp_s3 + bpp_z`` is the total rate.
+    """
+    bits = -torch.log2(output["likelihoods"]["y"])
+    scale_map = output["y_scale_map"].expand_as(bits)
+    rates = {
+        f"bpp_{name}": bits.masked_fill(scale_map != k, 0.0).sum() / num_pixels
+        for k, name in enumerate(SCALE_NAMES)
+    }
+    rates["bpp_z"] = bits_from_likelihoods(output["likelihoods"]["z"]) / num_pixels
+    return rates

@@ -272,7 +272,11 @@ class HPCM(nn.Module):
         y_res = residuals.full(plan)
         y_res = _add_noise(y_res) if self.training else torch.round(y_res)
         y_lik = self.entropy.likelihood(y_res, step_scales.full(plan))
-        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_lik, "z": z_lik}}
+        return {
+            "x_hat": self.g_s(y_hat),
+            "likelihoods": {"y": y_lik, "z": z_lik},
+            "y_scale_map": plan.scale_map,  # coding scale (0, 1, 2) of each element of y
+        }
 
     # -- coding tables ---------------------------------------------------------------------------
     def update(self, scales: torch.Tensor | None = None, force: bool = False) -> bool:

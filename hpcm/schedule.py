@@ -148,6 +148,14 @@ class SchedulePlan:
         self.hyper_s2_src = src.to(device)
         self.hyper_s2_dst = dst.to(device)
 
+        # Which scale codes each element of y (0 = s1, 1 = s2, 2 = s3): the rate of y separates
+        # into per-scale rates through this map.
+        s1_in_s3 = self.up(self.up(torch.ones(1, c, h1, w1, device=device), SCALES[1]), SCALES[2])
+        scale_map = torch.full((1, c, h, w), 2, dtype=torch.uint8, device=device)
+        scale_map[self.s2_in_s3] = 1
+        scale_map[s1_in_s3.bool()] = 0
+        self.scale_map = scale_map
+
     # -- moving between scales -----------------------------------------------------------------
     @staticmethod
     def _take(x: torch.Tensor, phases) -> torch.Tensor:

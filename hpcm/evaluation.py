@@ -1,0 +1,502 @@
+"""Evaluate checkpoints on an image folder with real bitstreams, as R-D curves per group.
+
+Follows the official HPCM test protocol (spec section 9): images in [0, 1], centred zero padding
+to a multiple of 256, real ``compress`` and ``decompress``, bpp from the y and z streams over the
+ORIGINAL pixels, PSNR on 8-bit images and MS-SSIM (also in dB) averaged per image. Checkpoints
+are grouped into R-D curves (by optimizer for project runs, by model name for official weights);
+each group becomes one CompressAI ``eval_model`` JSON, and every image one CSV row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from hpcm import codec
+from hpcm.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    is_official_state_dict,
+    load_model,
+    safe_torch_load,
+)
+from hpcm.codec import CodecError, read_image
+from hpcm.data import find_images
+from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
+from hpcm.model import HPCM, MODEL_CONFIGS
+
+# What a training run directory holds (hpcm/engine.py): the best checkpoint, else the last one.
+RUN_CHECKPOINTS = ("epoch_best.pth.tar", "last.pth.tar")
+RUN_MARKERS = ("config.yaml", ".hydra")  # the trainer's resolved config, Hydra's own folder
+CSV_NAME = "per_image.csv"
+CSV_FIELDS = (
+    "group",
+    "checkpoint",
+    "lambda",
+    "image",
+    "bpp",
+    "psnr",
+    "ms_ssim",
+    "ms_ssim_db",
+    "enc_time",
+    "dec_time",
+)
+
+
+class EvaluationError(Exception):
+    """A user-facing problem with the inputs; its message is one line."""
+
+
+# -- what a checkpoint is ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunInfo:
+    """One checkpoint to evaluate: its model, and for project runs what the trainer's resolved
+    config (the checkpoint's ``"config"``) says about the optimizer and lambda."""
+
+    path: Path
+    model_name: str
+    official: bool
+    optimizer: str | None = None
+    lmbda: float | None = None
+    metric: str | None = None  # distortion: "mse" or "msssim"
+    group: str = ""
+
+    @property
+    def label(self) -> str:
+        """Short name for progress output: the run directory and file."""
+        return f"{self.path.parent.name}/{self.path.name}"
+
+
+def _optimizer_name(config: dict) -> str | None:
+    opt = config.get("optimizer")
+    if isinstance(opt, dict):
+        opt = opt.get("name") or opt.get("_target_")
+    if not isinstance(opt, str):
+        return None
+    opt = opt.rsplit(".", 1)[-1].lower()
+    return next((known for known in ("balanced", "adam") if known in opt), opt)
+
+
+def _lambda(config: dict) -> float | None:
+    value = config.get("lmbda", config.get("lambda"))  # conf/lambda/*.yaml set ``lmbda``
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _metric(config: dict) -> str | None:
+    value = config.get("metric")  # conf/lambda: "mse" or "ms-ssim"
+    if not isinstance(value, str):
+        return None
+    value = re.sub(r"[^a-z]", "", value.lower())
+    return value or None
+
+
+def read_run_info(path: Path, data: dict, model_name: str, official: bool) -> RunInfo:
+    if official:
+        return RunInfo(path, model_name, official=True)
+    config = data.get("config")
+    config = config if isinstance(config, dict) else {}
+    return RunInfo(
+        path, model_name, False, _optimizer_name(config), _lambda(config), _metric(config)
+    )
+
+
+# -- finding checkpoints and images --------------------------------------------------------------
+def run_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint that stands for a run directory, or ``None`` if it holds none."""
+    for name in RUN_CHECKPOINTS:
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
+
+
+def find_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
+    """Checkpoint files named by ``paths``: files as given, a run directory's best (else last)
+    checkpoint, and for any other directory (a Hydra sweep) those of every run below it."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            own = run_checkpoint(path)
+            runs = [own] if own else _sweep_checkpoints(path)
+            if not runs:
+                names = " or ".join(RUN_CHECKPOINTS)
+                raise EvaluationError(f"{path}: no run directory with {names} in it")
+            found.extend(runs)
+        else:
+            raise EvaluationError(f"{path}: no such checkpoint file or directory")
+    unique = {p.resolve(): p for p in found}  # the same file named twice is evaluated once
+    return list(unique.values())
+
+
+def _sweep_checkpoints(sweep_dir: Path) -> list[Path]:
+    run_dirs = {p.parent for name in RUN_CHECKPOINTS for p in sweep_dir.rglob(name)}
+    # A run writes its config first: runs with a config but no checkpoint failed or still train.
+    markers = (p for marker in RUN_MARKERS for p in sweep_dir.rglob(marker))
+    started = {p.parent for p in markers if p.parent.name != ".hydra"}
+    empty = sorted(started - run_dirs, key=_natural_key)
+    if empty and run_dirs:
+        names = ", ".join(d.name for d in empty[:3]) + (", ..." if len(empty) > 3 else "")
+        print(
+            f"note: {len(empty)} run(s) in {sweep_dir} have no checkpoint: {names}", file=sys.stderr
+        )
+    return sorted((run_checkpoint(d) for d in run_dirs), key=_natural_key)
+
+
+def _natural_key(path: Path) -> list:
+    """Sort runs 0, 1, 2, ..., 10 (Hydra numbers them) rather than 0, 1, 10, 2."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def list_images(dataset: str | Path, limit: int | None = None) -> list[Path]:
+    root = Path(dataset)
+    if not root.is_dir():
+        problem = (
+            "the dataset is a file, not a folder" if root.exists() else "dataset folder not found"
+        )
+        raise EvaluationError(f"{root}: {problem}")
+    images = find_images(root)
+    if not images:
+        raise EvaluationError(f"{root}: no images in the dataset folder")
+    return images[:limit] if limit else images
+
+
+# -- reading checkpoints -------------------------------------------------------------------------
+def inspect_checkpoint(path: Path, model_name: str | None = None) -> RunInfo:
+    """Check that ``path`` loads into a model and say what it is (model, optimizer, lambda).
+
+    Official state dicts without ``model_name`` are matched against every known model."""
+    data = _load(path)
+    if not _is_project(data) and not is_official_state_dict(data.get("state_dict", data)):
+        raise EvaluationError(f"{path}: neither a project checkpoint nor an official HPCM one")
+    names = [model_name] if model_name or _is_project(data) else list(MODEL_CONFIGS)
+    errors = []
+    for name in names:
+        try:
+            model = load_model(data, name=name, update=False)
+        except CheckpointError as e:
+            errors.append(str(e))
+            continue
+        except (KeyError, TypeError) as e:  # a project dict with missing or unknown fields
+            errors.append(f"malformed {CHECKPOINT_FORMAT} checkpoint ({type(e).__name__}: {e})")
+            continue
+        return read_run_info(path, data, model.name, official=not _is_project(data))
+    if len(errors) > 1:
+        raise EvaluationError(f"{path}: fits none of the models {', '.join(names)}")
+    raise EvaluationError(f"{path}: {errors[0]}")
+
+
+def _is_project(data: dict) -> bool:
+    return data.get("format") == CHECKPOINT_FORMAT
+
+
+def _load(path: Path) -> dict:
+    try:
+        data = safe_torch_load(path)
+    except Exception as e:  # noqa: BLE001 - every unreadable file gets the same one-line error
+        raise EvaluationError(f"{path}: not a readable checkpoint ({_load_error(e)})") from None
+    if not isinstance(data, dict):
+        raise EvaluationError(f"{path}: not a checkpoint (holds a {type(data).__name__})")
+    return data
+
+
+def _load_error(e: Exception) -> str:
+    """The informative part of torch.load's (often many-line) message."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # weights_only refused the bytes: not plain data
+        detail = text.split("WeightsUnpickler error:")[1].split("Check the documentation")[0]
+        return f"not a PyTorch file of tensors and plain data: {' '.join(detail.split())}"
+    return (text.strip().splitlines() or [type(e).__name__])[0]
+
+
+def assign_groups(infos: Sequence[RunInfo], forced: str | None = None) -> list[RunInfo]:
+    """One R-D curve per group: ``forced``, else the model name for official weights and the
+    optimizer (plus ``-msssim`` for MS-SSIM runs) for project runs, prefixed with the model
+    name when project runs of several models are evaluated together."""
+    models = {i.model_name for i in infos if not i.official}
+    out = []
+    for info in infos:
+        if forced:
+            group = forced
+        elif info.official:
+            group = info.model_name
+        else:
+            group = info.optimizer or "unknown"
+            if info.metric == "msssim":
+                group += "-msssim"
+            if len(models) > 1:
+                group = f"{info.model_name}-{group}"
+        out.append(replace(info, group=re.sub(r"[^A-Za-z0-9_.+-]", "_", group)))
+    return out
+
+
+# -- measuring -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageResult:
+    bpp: float
+    psnr: float
+    ms_ssim: float | None  # None when the image is too small for the 5-scale MS-SSIM
+    ms_ssim_db: float | None
+    enc_time: float
+    dec_time: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _quality(x: torch.Tensor, x_hat: torch.Tensor, bpp: float, times: tuple) -> ImageResult:
+    x, x_hat = x.cpu(), x_hat.float().clamp(0, 1).cpu()
+    try:
+        ms = ms_ssim(x, x_hat).item()
+        ms_db = float(ms_ssim_db(ms))
+    except ValueError:
+        ms = ms_db = None
+    return ImageResult(bpp, psnr_8bit(x, x_hat).item(), ms, ms_db, *times)
+
+
+def code_image(model: HPCM, x: torch.Tensor, device: torch.device) -> ImageResult:
+    """Real compress + decompress of one (1, 3, H, W) image, each timed."""
+    num_pixels = x.shape[-2] * x.shape[-1]
+    _sync(device)
+    start = time.perf_counter()
+    encoded = codec.encode_image(model, x)
+    _sync(device)
+    mid = time.perf_counter()
+    x_hat = codec.decode_image(model, encoded)
+    _sync(device)
+    end = time.perf_counter()
+    return _quality(x, x_hat, encoded.num_bytes * 8 / num_pixels, (mid - start, end - mid))
+
+
+def estimate_image(model: HPCM, x: torch.Tensor, device: torch.device) -> ImageResult:
+    """Rate from the likelihoods of one forward pass, no entropy coding; the forward time is
+    split evenly between encoding and decoding, as CompressAI's eval_model does."""
+    height, width = x.shape[-2:]
+    _sync(device)
+    start = time.perf_counter()
+    out = model(codec.pad_to_multiple(x.to(device)))
+    _sync(device)
+    half = (time.perf_counter() - start) / 2
+    bpp = bpp_from_likelihoods(out["likelihoods"], height * width).item()
+    return _quality(x, codec.crop_center(out["x_hat"], (height, width)), bpp, (half, half))
+
+
+@contextlib.contextmanager
+def _deterministic_cuda() -> Iterator[None]:
+    """Deterministic kernels while coding: the decoder must recompute the encoder's entropy
+    parameters bit for bit. Restores the previous settings afterwards."""
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+# -- averaging and writing -----------------------------------------------------------------------
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def average(results: Sequence[ImageResult]) -> dict[str, float | None]:
+    """Per-checkpoint means under CompressAI's result keys; MS-SSIM dB is the mean of the
+    per-image dB values (official protocol), not the dB of the mean."""
+    return {
+        "bpp": _mean([r.bpp for r in results]),
+        "psnr-rgb": _mean([r.psnr for r in results]),
+        "ms-ssim-rgb": _mean([r.ms_ssim for r in results]),
+        "ms-ssim-db": _mean([r.ms_ssim_db for r in results]),
+        "encoding_time": _mean([r.enc_time for r in results]),
+        "decoding_time": _mean([r.dec_time for r in results]),
+    }
+
+
+def group_json(group: str, points: Sequence[tuple[RunInfo, dict]], description: str) -> dict:
+    """CompressAI eval_model JSON of one group, every list sorted by bpp. Keys without a value
+    for any point (MS-SSIM on small images) are left out rather than written as NaN."""
+    points = sorted(points, key=lambda p: p[1]["bpp"])
+    keys = [k for k in points[0][1] if all(m[k] is not None for _, m in points)]
+    return {
+        "name": group,
+        "description": description,
+        "results": {k: [m[k] for _, m in points] for k in keys},
+        "checkpoints": [str(info.path) for info, _ in points],
+        "lambda": [info.lmbda for info, _ in points],
+    }
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else repr(value)  # full precision: bpp is exact
+
+
+def csv_row(info: RunInfo, image: str, r: ImageResult) -> list[str]:
+    values = (r.bpp, r.psnr, r.ms_ssim, r.ms_ssim_db, r.enc_time, r.dec_time)
+    return [info.group, str(info.path), _cell(info.lmbda), image, *map(_cell, values)]
+
+
+# -- command line --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint files, run or sweep dirs")
+    parser.add_argument("--dataset", required=True, type=Path, help="folder of test images")
+    parser.add_argument("--out", type=Path, default=Path("outputs/eval"), help="output folder")
+    parser.add_argument("--model", choices=list(MODEL_CONFIGS), help="model of official weights")
+    parser.add_argument("--group", help="put every checkpoint into this one group")
+    parser.add_argument(
+        "--entropy-estimation",
+        action="store_true",
+        help="rate from the likelihoods of a forward pass (fast, no bitstream)",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--limit", type=_positive, help="evaluate the first N images only")
+    return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def pick_device(name: str | None) -> torch.device:
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EvaluationError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError(f"device {name!r} asked for, but CUDA is not available")
+    return device
+
+
+Measure = Callable[[HPCM, torch.Tensor, torch.device], ImageResult]
+
+
+def evaluate_checkpoint(
+    info: RunInfo,
+    images: Sequence[Path],
+    device: torch.device,
+    measure: Measure,
+    on_image: Callable[[Path, ImageResult], None],
+) -> list[ImageResult]:
+    """Measure every image with one checkpoint; ``on_image(path, result)`` after each."""
+    model = load_model(safe_torch_load(info.path), info.model_name, device)
+    results = []
+    with torch.inference_mode(), _deterministic_cuda():
+        if device.type == "cuda":  # keep CUDA start-up out of the first image's times
+            measure(model, read_image(images[0])[..., :256, :256], device)
+        for path in images:
+            try:
+                results.append(measure(model, read_image(path), device))
+            except CodecError as e:
+                raise EvaluationError(f"{info.path} on {path.name}: {e}") from None
+            on_image(path, results[-1])
+    return results
+
+
+def _note_repeated_lambdas(infos: Sequence[RunInfo]) -> None:
+    seen = Counter((i.group, i.lmbda) for i in infos if i.lmbda is not None)
+    for (group, lmbda), count in seen.items():
+        if count > 1:
+            print(
+                f"note: {count} checkpoints of group {group!r} share lambda {lmbda}; each is "
+                "its own point of the curve (use --group to separate runs)",
+                file=sys.stderr,
+            )
+
+
+def run(args: argparse.Namespace) -> dict[str, dict]:
+    """Check every input, evaluate, write the CSV (row by row) and one JSON per group."""
+    device = pick_device(args.device)
+    images = list_images(args.dataset, args.limit)
+    for path in images:
+        read_image(path)  # a broken image fails now, not after hours of coding
+    infos = [inspect_checkpoint(p, args.model) for p in find_checkpoints(args.checkpoints)]
+    infos = assign_groups(infos, args.group)
+    _note_repeated_lambdas(infos)
+    measure = estimate_image if args.entropy_estimation else code_image
+    args.out.mkdir(parents=True, exist_ok=True)
+    points: dict[str, list] = {}
+    small: set[str] = set()
+    progress = tqdm(total=len(infos) * len(images), unit="img", dynamic_ncols=True)
+    with open(args.out / CSV_NAME, "w", newline="") as f, progress:
+        writer = csv.writer(f)
+        writer.writerow(CSV_FIELDS)
+        for info in infos:
+            progress.set_description(f"{info.group} {info.label}")
+
+            def on_image(path: Path, result: ImageResult, info: RunInfo = info) -> None:
+                writer.writerow(csv_row(info, path.relative_to(args.dataset).as_posix(), result))
+                f.flush()
+                if result.ms_ssim is None:
+                    small.add(path.name)
+                progress.update()
+
+            results = evaluate_checkpoint(info, images, device, measure, on_image)
+            points.setdefault(info.group, []).append((info, average(results)))
+    if small:
+        print(
+            f"note: MS-SSIM needs both image sides > 160 px; left out for {len(small)} "
+            f"image(s) (e.g. {min(small)}) and averaged over the others",
+            file=sys.stderr,
+        )
+    mode = "entropy estimation" if args.entropy_estimation else "ans"
+    description = f"Inference ({mode}) on {args.dataset} ({len(images)} images, {device.type})"
+    curves = {g: group_json(g, pts, description) for g, pts in points.items()}
+    for group, curve in curves.items():
+        (args.out / f"{group}.json").write_text(json.dumps(curve, indent=2) + "\n")
+    return curves
+
+
+def print_summary(curves: dict[str, dict], out: Path) -> None:
+    for group, curve in curves.items():
+        results = curve["results"]
+        print(f"{group}: {out / (group + '.json')}")
+        for i, bpp in enumerate(results["bpp"]):
+            lmbda = curve["lambda"][i]
+            ms = results.get("ms-ssim-db", [math.nan] * len(results["bpp"]))[i]
+            print(
+                f"  lambda {_cell(lmbda) or '?':>8}  {bpp:.4f} bpp  "
+                f"{results['psnr-rgb'][i]:.3f} dB PSNR  {ms:.3f} dB MS-SSIM"
+            )
+    print(f"per image: {out / CSV_NAME}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        curves = run(args)
+    except (EvaluationError, CheckpointError, CodecError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print_summary(curves, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

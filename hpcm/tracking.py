@@ -1,0 +1,134 @@
+"""Experiment tracking: metrics to a JSON-lines file in the run directory and, optionally, wandb.
+
+Every record is ``{"step": global_step, "epoch": epoch, "<split>/<name>": value, ...}`` with the
+metric names of the training suite (``train/loss``, ``test/psnr``, ...). The JSON-lines file is
+always written; wandb runs offline by default (no account, no network) and keeps its files in
+the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+LOGGERS = ("wandb", "none")
+
+
+class MetricsFile:
+    """Appends one JSON object per line; on resume drops the lines after the resumed step."""
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_file():
+            self._truncate_after(resume_step)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def _truncate_after(self, step: int) -> None:
+        # Records of the epoch that was interrupted would otherwise appear twice.
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the interruption
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        # JSON has no NaN/inf: write them as strings so that every line stays valid JSON.
+        clean = {
+            k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()
+        }
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a metrics file (for tests and analysis scripts)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+class Tracker:
+    """Sends metrics to ``RUN_DIR/metrics.jsonl`` and to wandb when ``logger.name == "wandb"``.
+
+    Args:
+        run_dir: the run directory.
+        logger_cfg: the ``logger`` config group (name, mode, project, entity, group, tags).
+        config: the resolved run configuration (stored with the wandb run).
+        run_name: display name of the wandb run.
+        resume_step: global step of the checkpoint a resumed run starts from.
+        run_id: wandb id of the run being resumed (continues the same wandb run).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        logger_cfg: Mapping[str, Any],
+        config: Mapping[str, Any],
+        run_name: str | None = None,
+        resume_step: int | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        name = logger_cfg.get("name", "none")
+        if name not in LOGGERS:
+            raise ValueError(f"unknown logger {name!r}; choose from {', '.join(LOGGERS)}")
+        self.run_dir = Path(run_dir)
+        self.file = MetricsFile(self.run_dir / METRICS_FILE, resume_step)
+        self._wandb_run = None
+        if name == "wandb":
+            self._wandb_run = _start_wandb(self.run_dir, logger_cfg, config, run_name, run_id)
+
+    @property
+    def run_id(self) -> str | None:
+        """The wandb run id (stored in checkpoints so that a resumed run continues it)."""
+        return None if self._wandb_run is None else self._wandb_run.id
+
+    def log(self, metrics: Mapping[str, float], step: int, epoch: int) -> None:
+        self.file.write({"step": step, "epoch": epoch, **metrics})
+        if self._wandb_run is not None:
+            self._wandb_run.log({**metrics, "epoch": epoch}, step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+
+def _start_wandb(
+    run_dir: Path,
+    cfg: Mapping[str, Any],
+    config: Mapping[str, Any],
+    run_name: str | None,
+    run_id: str | None,
+):
+    import wandb  # imported here: a slow import that logger=none runs do not need
+
+    mode = cfg.get("mode", "offline")
+    if mode not in ("offline", "online", "disabled"):
+        raise ValueError(f"unknown logger.mode {mode!r}; choose from offline, online, disabled")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return wandb.init(  # files go to RUN_DIR/wandb
+        project=cfg.get("project"),
+        entity=cfg.get("entity"),
+        group=cfg.get("group"),
+        tags=list(cfg.get("tags") or []),
+        name=run_name,
+        dir=str(run_dir),
+        mode=mode,
+        config=dict(config),
+        id=run_id,
+        resume="allow" if run_id else None,
+    )

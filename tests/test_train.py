@@ -1,0 +1,402 @@
+"""The training suite: config composition, the training step of both optimizers, skipping of
+non-finite batches, resume equality, outputs, logging and one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+import hpcm
+from hpcm import engine
+from hpcm.checkpoint import CheckpointError, safe_torch_load
+from hpcm.data import DataError
+from hpcm.engine import (
+    ConfigError,
+    LRSchedule,
+    build_balancer,
+    build_optimizer,
+    build_trainer,
+    replay_rng,
+    rng_state,
+    train,
+)
+from hpcm.optim import CautiousAdam
+from hpcm.tracking import LOGGERS, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+GROUPS = ("model", "optimizer", "lambda", "data", "logger", "trainer")
+# Extra overrides an option needs to resolve (mandatory paths).
+NEEDS = {
+    ("data", "folder"): ["data.train_dir=/tmp/train", "data.test_dir=/tmp/test"],
+    ("data", "flickr2w"): ["data.root=/tmp/flickr"],
+}
+SHORT = [
+    "model=tiny",
+    "logger=none",
+    "trainer.epochs=1",
+    "trainer.max_steps_per_epoch=2",
+    "trainer.progress_bar=false",
+    "data.batch_size=2",
+    "data.samples_per_epoch=4",
+    "data.test_crop_size=256",
+]
+
+
+def load_entrypoint():
+    spec = importlib.util.spec_from_file_location("train_entrypoint", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ENTRY = load_entrypoint()
+
+
+def make_cfg(run_dir: Path | None, *overrides: str, short: bool = True) -> DictConfig:
+    """The config `python train.py OVERRIDES` would get, run dir in tmp_path."""
+    args = [*(SHORT if short else []), *overrides]
+    if run_dir is not None:
+        args.append(f"paths.run_dir={run_dir}")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=ENTRY.prepare_overrides(args, CONF_DIR))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+# ----------------------------------------------------------------------------- configs
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
+)
+def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -> None:
+    cfg = make_cfg(tmp_path, f"{group}={option}", *NEEDS.get((group, option), []), short=False)
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert plain["paths"]["run_dir"] == str(tmp_path)
+    if group == "model":
+        assert get_method(cfg.model._target_) is hpcm.build_model
+        assert cfg.model.name in hpcm.MODEL_CONFIGS
+    elif group == "optimizer":
+        model = torch.nn.Linear(2, 2)
+        optimizer = build_optimizer(cfg.optimizer, model.parameters())
+        balancer = build_balancer(cfg.optimizer, torch.device("cpu"))
+        balanced = option == "balanced"
+        assert isinstance(optimizer, CautiousAdam) == balanced
+        assert (balancer is not None) == balanced
+        assert cfg.optimizer.clip_max_norm == 1.0 and cfg.optimizer.lr == 1e-4
+    elif group == "lambda":
+        value = float(option.removeprefix("msssim_"))
+        assert cfg.lmbda == value
+        assert cfg.metric == ("ms-ssim" if option.startswith("msssim_") else "mse")
+    elif group == "data":
+        assert cfg.data.name in ("embedded", "folder")
+    elif group == "logger":
+        assert cfg.logger.name in LOGGERS
+    else:
+        schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
+        assert len(schedule.milestones) == 3
+
+
+def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, short=False)
+    assert (cfg.model.name, cfg.optimizer.name, cfg.data.name) == ("tiny", "adam", "embedded")
+    assert (cfg.lmbda, cfg.metric, cfg.logger.name, cfg.logger.mode) == (
+        0.013,
+        "mse",
+        "wandb",
+        "offline",
+    )
+    assert cfg.trainer.save_every_n_epochs == 500 and cfg.resume is False
+    balanced = make_cfg(tmp_path, "optimizer=balanced", short=False).optimizer
+    assert (balanced.gamma, balanced.w_lr, balanced.clip_max_norm) == (0.003, 0.025, 1.0)
+    assert list(balanced.min_losses) == [-1.0, -1.0]
+
+
+def test_prepare_overrides_quotes_lambdas_and_rejects_unknown_names() -> None:
+    prepare = ENTRY.prepare_overrides
+    assert prepare(["lambda=0.013", "optimizer=balanced"]) == [
+        "lambda='0.013'",
+        "optimizer='balanced'",
+    ]
+    assert prepare(["lambda=0.0130"]) == ["lambda='0.013'"]
+    assert prepare(["lambda=0.0018,0.0483"]) == ["lambda='0.0018','0.0483'"]
+    passed = ["-m", "trainer.epochs=3", "hydra/launcher=basic", "lmbda=0.02", "+model.M=64"]
+    assert prepare(passed) == passed
+    with pytest.raises(ConfigError, match="unknown model 'foo'; choose from hpcm_base"):
+        prepare(["model=foo"])
+    with pytest.raises(ConfigError, match="unknown lambda '0.02'.*lmbda=0.02"):
+        prepare(["lambda=0.02"])
+    with pytest.raises(ConfigError, match="unknown optimizer 'sgd'"):
+        prepare(["optimizer=sgd"])
+
+
+def test_lr_schedule_follows_the_official_milestones_scaled_to_the_run() -> None:
+    cfg = make_cfg(None, short=False).trainer.lr_schedule
+    official = LRSchedule.from_config(cfg, 3001)
+    assert official.milestones == (2750, 2850, 2950)
+    factors = [official.factor(e) for e in (0, 2749, 2750, 2849, 2850, 2950, 3000)]
+    assert factors == [1.0, 1.0, 0.3, 0.3, 0.1, 0.01, 0.01]
+    assert LRSchedule.from_config(cfg, 300).milestones == (275, 285, 295)
+    fixed = LRSchedule.from_config({**OmegaConf.to_container(cfg), "scale_to_run": False}, 10)
+    assert fixed.milestones == (2750, 2850, 2950)
+
+
+# ----------------------------------------------------------------------------- the step
+def fixed_batch(trainer: engine.Trainer) -> torch.Tensor:
+    return next(iter(trainer.loaders.train))
+
+
+def eval_loss(trainer: engine.Trainer, x: torch.Tensor) -> float:
+    trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.criterion(trainer.model(x), x)["loss"].item()
+    trainer.model.train()
+    return loss
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "balanced"])
+def test_loss_falls_on_a_fixed_batch(tmp_path: Path, optimizer: str) -> None:
+    trainer = build_trainer(make_cfg(tmp_path, f"optimizer={optimizer}"))
+    x = fixed_batch(trainer)
+    before = eval_loss(trainer, x)
+    for _ in range(4):
+        assert trainer.train_step(x) is not None
+    assert eval_loss(trainer, x) < before
+    if optimizer == "balanced":
+        weights = trainer.balancer.weights
+        assert torch.isclose(weights.sum(), torch.tensor(1.0))
+        assert not torch.equal(weights, torch.full((2,), 0.5))  # the weights did move
+
+
+def test_replayed_rng_gives_the_same_noise_and_leaves_the_stream_alone() -> None:
+    device = torch.device("cpu")
+    torch.manual_seed(1)
+    state = rng_state(device)
+    first = torch.rand(5)
+    with replay_rng(state, device):
+        again = torch.rand(5)
+    following = torch.rand(5)
+    torch.manual_seed(1)
+    expected = torch.rand(10)
+    assert torch.equal(again, first)
+    assert torch.equal(torch.cat([first, following]), expected)
+
+
+def test_post_step_losses_use_the_same_noise(tmp_path: Path) -> None:
+    # With lr 0 the weights do not move, so with the step's own noise the post-step losses
+    # equal the pre-step ones: delta = 0 and the logits (starting at 0) stay exactly 0.
+    trainer = build_trainer(make_cfg(tmp_path, "optimizer=balanced", "optimizer.lr=0.0"))
+    x = fixed_batch(trainer)
+    for _ in range(2):
+        assert trainer.train_step(x) is not None
+    state = trainer.balancer.state_dict()
+    assert torch.equal(state["logits"], torch.zeros(2))
+    assert state["step"].item() == 2
+
+
+def test_a_non_finite_batch_is_skipped(tmp_path: Path) -> None:
+    trainer = build_trainer(make_cfg(tmp_path, "optimizer=balanced"))
+    x = fixed_batch(trainer)
+    assert trainer.train_step(x) is not None  # moments and task weights are non-trivial now
+    params = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in trainer.optimizer.state.values()]
+    famo = trainer.balancer.state_dict()
+
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    assert trainer.train_step(bad) is None
+    assert trainer.progress.skipped_batches == 1
+    assert all(torch.equal(v, params[k]) for k, v in trainer.model.state_dict().items())
+    assert all(
+        torch.equal(s["exp_avg"], m)
+        for s, m in zip(trainer.optimizer.state.values(), moments, strict=True)
+    )
+    after = trainer.balancer.state_dict()
+    for key in ("logits", "exp_avg", "exp_avg_sq", "step", "skipped_updates"):
+        assert torch.equal(after[key], famo[key]), key
+    assert all(p.grad is None for p in trainer.model.parameters())
+    assert trainer.train_step(x) is not None  # training goes on
+
+
+def test_a_skipped_batch_is_counted_and_logged(tmp_path: Path) -> None:
+    trainer = build_trainer(make_cfg(tmp_path, "trainer.log_every_n_steps=1"))
+    forward, calls = trainer.model.forward, []
+
+    def first_output_nan(x: torch.Tensor) -> dict:
+        out = forward(x)
+        calls.append(1)
+        if len(calls) == 1:
+            out["x_hat"] = out["x_hat"] * float("nan")
+        return out
+
+    trainer.model.forward = first_output_nan
+    trainer.start_tracking()
+    try:
+        assert math.isfinite(trainer.fit())
+    finally:
+        trainer.close()
+    train_records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "train/lr" in r]
+    assert [r["train/skipped_batches"] for r in train_records] == [1.0, 1.0]
+    assert "train/loss" not in train_records[0] and math.isfinite(train_records[1]["train/loss"])
+
+
+# ----------------------------------------------------------------------------- whole runs
+def test_default_run_shortened(tmp_path: Path) -> None:
+    # `python train.py` with no arguments, cut to one step; wandb runs offline into the run dir.
+    cfg = make_cfg(
+        tmp_path,
+        "trainer.max_steps_per_epoch=1",
+        "trainer.epochs=1",
+        "data.test_crop_size=256",
+        short=False,
+    )
+    assert cfg.logger.name == "wandb"
+    loss = train(cfg)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"epoch_best.pth.tar", "epoch_0.pth.tar", "last.pth.tar", "config.yaml"} <= files
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    train_keys = {"train/loss", "train/distortion", "train/bpp_loss", "train/psnr"}
+    test_keys = {"test/loss", "test/distortion", "test/bpp_loss", "test/psnr"}
+    assert train_keys <= set(records[0]) and test_keys <= set(records[-1])
+    assert loss == pytest.approx(records[-1]["test/loss"]) and math.isfinite(loss)
+    resolved = OmegaConf.load(tmp_path / "config.yaml")
+    assert resolved.paths.run_dir == str(tmp_path) and resolved.lmbda == 0.013
+    model = hpcm.load_model(tmp_path / "epoch_best.pth.tar")  # weights_only, as evaluate.py
+    assert model.name == "tiny"
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
+    step = engine.Trainer.train_step
+    calls = []
+
+    def counting_step(self, x):
+        if len(calls) == steps:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return step(self, x)
+
+    monkeypatch.setattr(engine.Trainer, "train_step", counting_step)
+
+
+def test_resume_gives_bit_identical_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = ["optimizer=balanced", "trainer.epochs=2", "trainer.log_every_n_steps=1"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(make_cfg(full, *common))
+
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 3)  # in the middle of epoch 1, after one logged step
+        with pytest.raises(KeyboardInterrupt):
+            train(make_cfg(cut, *common))
+    train(make_cfg(cut, *common, "resume=true"))
+
+    a, b = safe_torch_load(full / "last.pth.tar"), safe_torch_load(cut / "last.pth.tar")
+    assert a["epoch"] == b["epoch"] == 1 and a["global_step"] == b["global_step"] == 4
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for i, state in a["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][i][key]), (i, key)
+    for key, value in a["balanced"].items():
+        assert torch.equal(value, b["balanced"][key]), key
+    assert torch.equal(a["rng"]["cpu"], b["rng"]["cpu"])
+    assert read_metrics(full / "metrics.jsonl") == read_metrics(cut / "metrics.jsonl")
+    names = {p.name for p in cut.iterdir()}
+    assert {"balanced_state_best.pth", "balanced_state_0.pth", "epoch_0.pth.tar"} <= names
+    weights = read_metrics(cut / "metrics.jsonl")[0]
+    assert {"train/task_weight_distortion", "train/task_weight_bpp"} <= set(weights)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_resume_refuses_another_model_or_optimizer(tmp_path: Path) -> None:
+    build_trainer(make_cfg(tmp_path)).save(0, is_best=False, periodic=False)
+    last = tmp_path / "last.pth.tar"
+    with pytest.raises(
+        CheckpointError, match="holds model 'tiny' with other sizes: M=32 \\(this run: 64\\)"
+    ):
+        build_trainer(make_cfg(tmp_path, "+model.M=64")).resume(last)
+    with pytest.raises(CheckpointError, match="trained with optimizer=adam"):
+        build_trainer(make_cfg(tmp_path, "optimizer=balanced")).resume(last)
+    with pytest.raises(CheckpointError, match="not found"):
+        train(make_cfg(tmp_path / "new", f"resume={tmp_path / 'missing'}"))
+    with pytest.raises(ConfigError, match="resume=true but"):
+        train(make_cfg(tmp_path / "other", "resume=true"))
+
+
+def save_image(path: Path, height: int, width: int, seed: int) -> None:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def test_folder_data_with_test_images_of_any_size(tmp_path: Path) -> None:
+    for i in range(2):
+        save_image(tmp_path / "train" / f"{i}.png", 260, 270, seed=i)
+    save_image(tmp_path / "test" / "odd.png", 300, 200, seed=5)  # padded to 512x256 for the model
+    short = [o for o in SHORT if not o.startswith("data.")]
+    cfg = make_cfg(
+        tmp_path / "run",
+        *short,
+        "data=folder",
+        f"data.train_dir={tmp_path / 'train'}",
+        f"data.test_dir={tmp_path / 'test'}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        short=False,
+    )
+    assert math.isfinite(train(cfg))
+    test = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert test["test/bpp_loss"] > 0 and math.isfinite(test["test/psnr"])
+
+
+def test_empty_data_folder_is_a_data_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    short = [o for o in SHORT if not o.startswith("data.samples_per_epoch")]  # embedded only
+    cfg = make_cfg(
+        tmp_path / "run",
+        *short,
+        "data=folder",
+        f"data.train_dir={empty}",
+        f"data.test_dir={empty}",
+        "data.num_workers=0",
+        short=False,
+    )
+    with pytest.raises(DataError, match="no usable images"):
+        train(cfg)
+
+
+def test_bad_data_folder_gives_a_one_line_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "data=folder", f"data.train_dir={missing}",
+         f"data.test_dir={missing}", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+        check=False, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"error: image folder not found: {missing}"
+
+
+def test_metrics_file_holds_valid_json_for_non_finite_values(tmp_path: Path) -> None:
+    from hpcm.tracking import MetricsFile
+
+    metrics = MetricsFile(tmp_path / "m.jsonl")
+    metrics.write({"step": 1, "test/loss": float("nan")})
+    metrics.close()
+    assert json.loads((tmp_path / "m.jsonl").read_text()) == {"step": 1, "test/loss": "nan"}

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model = hpcm.build_model(args.model)
     non_trivial_weights(model)
-    model.set_thread_invariant(not args.official_numerics)
+    model.set_official_numerics(args.official_numerics)
     model.to(device).eval().update()
     x = read_image(args.image) if args.image else torch.rand(1, 3, 512, 768)
     x = x[..., : x.shape[-2] // 256 * 256, : x.shape[-1] // 256 * 256].to(device)

@@ -196,15 +196,37 @@ class HPCM(nn.Module):
         for buf in ("z_cdf", "z_cdf_length", "z_offset"):
             self.register_buffer(buf, torch.empty(0))
         self._tables: dict[str, CodingTables] | None = None
+        self.set_official_numerics(False)
 
-    def set_thread_invariant(self, enabled: bool = True) -> None:
-        """Choose how the entropy-parameter path runs on the CPU: thread-count invariant GEMMs
-        (default: an encoder and a decoder with different thread settings always agree) or
-        oneDNN convolutions exactly as the official code (reconstructions then equal the
-        official implementation's at the same thread count, and depend on it like it)."""
+    def set_official_numerics(self, enabled: bool = False) -> None:
+        """Choose how the model computes on the CPU.
+
+        Default (``False``): the analysis and synthesis transforms run in channels-last memory
+        format (about twice as fast with oneDNN), and the 1x1 convolutions of the entropy-
+        parameter path (h_s and the context model) run as GEMMs, whose results do not depend on
+        the thread count, so an encoder and a decoder with different thread settings agree.
+        ``True``: every convolution is oneDNN's in NCHW format, exactly like the official
+        implementation, whose reconstructions (and, rarely, bitstreams) then match ours bit for
+        bit at the same thread count and, like its own, depend on that thread count.
+        """
         for module in self.modules():
             if isinstance(module, Conv1x1):
-                module.gemm = enabled
+                module.gemm = not enabled
+        self._channels_last = not enabled
+        fmt = torch.contiguous_format if enabled else torch.channels_last
+        for transform in (self.g_a, self.g_s):
+            transform.to(memory_format=fmt)
+
+    def _analysis(self, x: torch.Tensor) -> torch.Tensor:
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # The entropy path must see the same memory layout on the encoder and decoder sides.
+        return self.g_a(x).contiguous()
+
+    def _synthesis(self, y_hat: torch.Tensor) -> torch.Tensor:
+        if self._channels_last:
+            y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+        return self.g_s(y_hat).contiguous()
 
     # -- the one schedule walk -----------------------------------------------------------------
     def _prior_index(self, step: CodingStep) -> int:
@@ -245,7 +267,7 @@ class HPCM(nn.Module):
     # -- training / estimation -----------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict:
         self._check_size(x)
-        y = self.g_a(x)
+        y = self._analysis(x)
         z = self.h_a(y)
         z_res = z - self.z_means
         if self.training:
@@ -273,7 +295,7 @@ class HPCM(nn.Module):
         y_res = _add_noise(y_res) if self.training else torch.round(y_res)
         y_lik = self.entropy.likelihood(y_res, step_scales.full(plan))
         return {
-            "x_hat": self.g_s(y_hat),
+            "x_hat": self._synthesis(y_hat),
             "likelihoods": {"y": y_lik, "z": z_lik},
             "y_scale_map": plan.scale_map,  # coding scale (0, 1, 2) of each element of y
         }
@@ -336,7 +358,7 @@ class HPCM(nn.Module):
         "symbol_crc": [crc32 of each image's coded symbols]}``."""
         self._check_size(x)
         tables = self.tables()
-        y = self.g_a(x)
+        y = self._analysis(x)
         z = self.h_a(y)
         z_q = torch.round(z - self.z_means)
         params = self.h_s(z_q + self.z_means)
@@ -405,7 +427,7 @@ class HPCM(nn.Module):
 
         y_hat = self._walk(params, decode)
         crcs = [_symbol_crc(z_q[b].cpu(), torch.cat(y_decoded[b])) for b in range(n)]
-        return {"x_hat": self.g_s(y_hat).clamp_(0, 1), "symbol_crc": crcs}
+        return {"x_hat": self._synthesis(y_hat).clamp_(0, 1), "symbol_crc": crcs}
 
 
 def _symbol_crc(z_symbols: torch.Tensor, y_symbols: torch.Tensor) -> int:

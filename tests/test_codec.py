@@ -82,7 +82,7 @@ def test_official_vectors_byte_exact(kodak):
     on the official (oneDNN) path with one thread, its reconstruction pixel for pixel."""
     ref = json.loads((VECTORS / "official-hpcm-base-kodim23.json").read_text())
     model = hpcm.load_model(official_formula_state_dict(), name="hpcm_base")
-    model.set_thread_invariant(False)
+    model.set_official_numerics(True)
     x = read_image(kodak / ref["image"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

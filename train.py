@@ -11,6 +11,7 @@ validation rate-distortion loss, which the Optuna sweeper minimises.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -68,12 +69,16 @@ def _option_name(group: str, value: str) -> str:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
-        return train(cfg)
+        loss = train(cfg)
     except USER_ERRORS as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # a sweep records the failed trial and goes on
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    if not math.isfinite(loss) and HydraConfig.get().mode == RunMode.MULTIRUN:
+        # A diverged trial must fail: Optuna rejects a NaN value, which would end the study.
+        raise FloatingPointError("diverged: no validation gave a finite loss")
+    return loss
 
 
 if __name__ == "__main__":

@@ -1,0 +1,224 @@
+"""Sweeps (issue 4): the Optuna search of the Balanced R-D hyper-parameters (sqlite storage,
+resume, failed and diverged trials), the lambda sweeps and the launcher configs. The runs go
+through ``python train.py -m`` exactly as a user types it, in a working directory in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from hpcm import evaluation
+from hpcm.tracking import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+SEARCH = ["-m", "hparams_search=balanced_optuna", "lambda=0.013"]
+STUDY = "balanced_tiny_mse_0.013"  # balanced_MODEL_METRIC_LAMBDA
+# Each run: the tiny model, one epoch of one step on a 256x256 crop, one 256x256 test image.
+SHORT = [
+    "model=tiny",
+    "logger=none",
+    "trainer.max_steps_per_epoch=1",
+    "trainer.progress_bar=false",
+    "data=folder",
+    "data.train_dir=data/train",
+    "data.test_dir=data/test",
+    "data.batch_size=1",
+    "data.num_workers=0",
+]
+ONE_EPOCH = [*SHORT, "trainer.epochs=1"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A working directory with a tiny image folder; sweeps write multirun/ and optuna.db here."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 2), ("test", 1)):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / split / f"{i}.png")
+    return tmp_path
+
+
+def train(workdir: Path, *args: str) -> str:
+    """``python train.py ARGS`` in ``workdir``; returns its output, fails the test on an error."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=workdir,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def sweep_dirs(parent: Path) -> list[Path]:
+    """The DATE_TIME folders of a sweep, oldest first."""
+    return sorted(p for p in parent.iterdir() if p.is_dir())
+
+
+def run_result(run_dir: Path) -> tuple[dict, float]:
+    """A run's resolved optimizer config and its best validation loss."""
+    config = OmegaConf.load(run_dir / "config.yaml")
+    losses = [r["test/loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "test/loss" in r]
+    return OmegaConf.to_container(config.optimizer), min(losses)
+
+
+def first_tpe_trial(seed: int) -> dict:
+    """What ``TPESampler(seed)`` draws first for the search space of balanced_optuna.yaml."""
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+    trial = study.ask()
+    return {
+        "optimizer.gamma": trial.suggest_float("optimizer.gamma", 1e-4, 0.03, log=True),
+        "optimizer.w_lr": trial.suggest_float("optimizer.w_lr", 0.005, 0.1),
+    }
+
+
+def compose_sweep(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def expand(cfg: DictConfig) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper launches for the sweeper params of ``cfg``."""
+    params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
+    parsed = OverridesParser.create().parse_overrides(params)
+    (jobs,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return jobs
+
+
+# -- Optuna search --------------------------------------------------------------------------------
+def test_search_stores_its_study_in_sqlite_and_resumes(workdir: Path) -> None:
+    train(workdir, *SEARCH, *ONE_EPOCH, "hydra.sweeper.n_trials=2")
+    storage = f"sqlite:///{workdir / 'optuna.db'}"  # the default: optuna.db where it runs
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    gamma = study.trials[0].distributions["optimizer.gamma"]
+    assert isinstance(gamma, optuna.distributions.LogUniformDistribution)
+    assert (gamma.low, gamma.high) == (1e-4, 0.03)
+    assert study.trials[0].params == pytest.approx(first_tpe_trial(seed=0))  # seeded TPE
+
+    # Each trial trained balanced with its own gamma and w_lr; its value is the run's best
+    # validation loss, which train.py's main returned.
+    (first,) = sweep_dirs(workdir / "multirun" / STUDY)
+    for trial in study.trials:
+        optimizer, best = run_result(first / f"{trial.number}_tiny_balanced_mse_0.013")
+        assert optimizer["name"] == "balanced"
+        assert optimizer["gamma"] == trial.params["optimizer.gamma"]
+        assert optimizer["w_lr"] == trial.params["optimizer.w_lr"]
+        assert trial.value == pytest.approx(best)
+    assert OmegaConf.load(first / "optimization_results.yaml").best_value == study.best_value
+
+    # The same command again resumes the study with one more trial at a new point.
+    train(workdir, *SEARCH, *ONE_EPOCH, "hydra.sweeper.n_trials=1")
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    resumed = study.trials[2].params
+    assert all(resumed != t.params for t in study.trials[:2])  # not the seeded start replayed
+    assert len(sweep_dirs(workdir / "multirun" / STUDY)) == 2  # its runs in a new folder
+
+
+def test_failed_and_diverged_trials_are_recorded_and_the_search_goes_on(workdir: Path) -> None:
+    storage = f"sqlite:///{workdir / 'elsewhere.db'}"
+    study = optuna.create_study(study_name="failing", storage=storage, direction="minimize")
+    # Trial 0 diverges (NaN weights after one step), trial 1 raises (no epochs), trial 2 trains.
+    for lr, epochs in ((1e30, 1), (1e-4, 0), (1e-4, 1)):
+        study.enqueue_trial({"optimizer.lr": lr, "trainer.epochs": epochs})
+    output = train(
+        workdir,
+        *SEARCH,
+        *SHORT,
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=failing",
+        "hydra.sweeper.n_trials=3",
+        "optimizer.lr=0.0001,1e30",
+        "trainer.epochs=0,1",
+    )
+    study = optuna.load_study(study_name="failing", storage=storage)
+    fail, complete = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
+    assert [t.state for t in study.trials] == [fail, fail, complete]
+    assert study.trials[0].params["optimizer.lr"] == 1e30
+    assert "diverged: no validation gave a finite loss" in output
+    assert "trainer.epochs, val_every_n_epochs, save_every_n_epochs must be >= 1" in output
+    assert study.best_trial.number == 2
+    assert not (workdir / "optuna.db").exists()  # the storage override was used
+
+
+# -- lambda sweeps --------------------------------------------------------------------------------
+@pytest.mark.parametrize("sweep, metric", [("lambdas_mse", "mse"), ("lambdas_msssim", "ms-ssim")])
+def test_lambda_sweep_trains_every_lambda_with_both_optimizers(sweep: str, metric: str) -> None:
+    cfg = compose_sweep(f"sweep={sweep}")
+    assert cfg.hydra.mode == RunMode.MULTIRUN  # `-m` may be left out
+    jobs = expand(cfg)
+    assert len(jobs) == 12
+    runs = set()
+    for job in jobs:
+        job_cfg = compose_sweep(f"sweep={sweep}", *job)
+        runs.add((job_cfg.metric, job_cfg.lmbda, job_cfg.optimizer.name))
+    presets = [OmegaConf.load(p) for p in sorted((CONF_DIR / "lambda").glob("*.yaml"))]
+    lambdas = {p.lmbda for p in presets if p.metric == metric}
+    assert len(lambdas) == 6
+    assert runs == {(metric, lmbda, opt) for lmbda in lambdas for opt in ("adam", "balanced")}
+
+
+def test_lambda_sweep_writes_runs_that_evaluate_reads(workdir: Path) -> None:
+    # `lambda=0.013` on the command line narrows the sweep to one lambda: two runs.
+    train(workdir, "-m", "sweep=lambdas_mse", "lambda=0.013", *ONE_EPOCH)
+    (sweep,) = sweep_dirs(workdir / "multirun" / "lambdas_mse_tiny")
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
+        "0_tiny_adam_mse_0.013",
+        "1_tiny_balanced_mse_0.013",
+    ]
+    out = workdir / "eval"
+    args = [str(sweep), "--dataset", str(workdir / "data" / "test"), "--out", str(out)]
+    assert evaluation.main([*args, "--entropy-estimation", "--device", "cpu"]) == 0
+    for group in ("adam", "balanced"):
+        curve = json.loads((out / f"{group}.json").read_text())
+        assert curve["lambda"] == [0.013]
+        assert len(curve["results"]["bpp"]) == 1
+
+
+# -- launchers ------------------------------------------------------------------------------------
+def test_search_config_composes_with_the_joblib_launcher() -> None:
+    cfg = compose_sweep("hparams_search=balanced_optuna", "hydra/launcher=joblib")
+    assert cfg.optimizer.name == "balanced"
+    assert cfg.hydra.sweeper.study_name == "balanced_tiny_mse_0.013"
+    assert cfg.hydra.sweeper.storage == "sqlite:///optuna.db"
+    assert cfg.hydra.sweeper.sampler._target_ == "hpcm.sweep.ResumableTPESampler"
+    assert get_class(cfg.hydra.launcher._target_).__name__ == "JoblibLauncher"
+    # Another sampler replaces the resumable TPE entirely.
+    cfg = compose_sweep("hparams_search=balanced_optuna", "hydra/sweeper/sampler=random")
+    assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.RandomSampler"
+
+
+def test_slurm_launcher_config_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")  # the optional extra `slurm`
+    for sweep in ("hparams_search=balanced_optuna", "sweep=lambdas_mse"):
+        cfg = compose_sweep(sweep, "model=hpcm_base", "hydra/launcher=slurm")
+        launcher = cfg.hydra.launcher
+        assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+        assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)
+        assert launcher.timeout_min > 0

@@ -37,7 +37,7 @@ from hpcm.tracking import LOGGERS, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
-GROUPS = ("model", "optimizer", "lambda", "data", "logger", "trainer")
+GROUPS = ("model", "optimizer", "lambda", "data", "logger", "trainer", "experiment")
 # Extra overrides an option needs to resolve (mandatory paths).
 NEEDS = {
     ("data", "folder"): ["data.train_dir=/tmp/train", "data.test_dir=/tmp/test"],
@@ -93,7 +93,7 @@ def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -
         model = torch.nn.Linear(2, 2)
         optimizer = build_optimizer(cfg.optimizer, model.parameters())
         balancer = build_balancer(cfg.optimizer, torch.device("cpu"))
-        balanced = option == "balanced"
+        balanced = option.startswith("balanced")
         assert isinstance(optimizer, CautiousAdam) == balanced
         assert (balancer is not None) == balanced
         assert cfg.optimizer.clip_max_norm == 1.0 and cfg.optimizer.lr == 1e-4
@@ -105,6 +105,8 @@ def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -
         assert cfg.data.name in ("embedded", "folder")
     elif group == "logger":
         assert cfg.logger.name in LOGGERS
+    elif group == "experiment":
+        assert cfg.optimizer.lr < 1e-4 and cfg.trainer.epochs < 3001
     else:
         schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
         assert len(schedule.milestones) == 3
@@ -167,7 +169,7 @@ def eval_loss(trainer: engine.Trainer, x: torch.Tensor) -> float:
     return loss
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "balanced"])
+@pytest.mark.parametrize("optimizer", ["adam", "balanced", "balanced_hier", "balanced_qp"])
 def test_loss_falls_on_a_fixed_batch(tmp_path: Path, optimizer: str) -> None:
     trainer = build_trainer(make_cfg(tmp_path, f"optimizer={optimizer}"))
     x = fixed_batch(trainer)
@@ -175,10 +177,12 @@ def test_loss_falls_on_a_fixed_batch(tmp_path: Path, optimizer: str) -> None:
     for _ in range(4):
         assert trainer.train_step(x) is not None
     assert eval_loss(trainer, x) < before
-    if optimizer == "balanced":
+    if optimizer != "adam":
         weights = trainer.balancer.weights
+        n = len(trainer.tasks)
+        assert weights.shape == (n,) and n == (5 if optimizer == "balanced_hier" else 2)
         assert torch.isclose(weights.sum(), torch.tensor(1.0))
-        assert not torch.equal(weights, torch.full((2,), 0.5))  # the weights did move
+        assert not torch.allclose(weights, torch.full((n,), 1 / n))  # the weights did move
 
 
 def test_replayed_rng_gives_the_same_noise_and_leaves_the_stream_alone() -> None:

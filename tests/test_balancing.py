@@ -1,0 +1,137 @@
+import math
+
+import pytest
+import torch
+
+import hpcm
+from hpcm.balancing import QPWeighting, check_lower_bounds, task_vector, weight_metric_name
+from hpcm.losses import RateDistortionLoss
+
+
+def _losses(model, x):
+    out = model(x)
+    losses = RateDistortionLoss(0.013)(out, x)
+    return losses, out
+
+
+def test_scale_task_vector_sums_to_the_rate():
+    model = hpcm.build_model("tiny").train()
+    x = torch.rand(1, 3, 256, 256)
+    losses, out = _losses(model, x)
+    names = ("distortion", "bpp_s1", "bpp_s2", "bpp_s3", "bpp_z")
+    vec = task_vector(losses, out, names, 256 * 256)
+    assert vec[0] == losses["distortion"]
+    assert float(vec[1:].sum().detach()) == pytest.approx(
+        float(losses["bpp_loss"].detach()), rel=1e-5
+    )
+    assert weight_metric_name("bpp_loss") == "task_weight_bpp"
+    assert weight_metric_name("bpp_s2") == "task_weight_bpp_s2"
+
+
+def test_lower_bounds_must_lie_below_the_losses():
+    check_lower_bounds([-1, -1], ["distortion", "bpp_loss"])
+    with pytest.raises(ValueError, match="negative"):
+        check_lower_bounds([-1, 0.2], ["distortion", "bpp_loss"])
+    with pytest.raises(ValueError, match="needs 5 values"):
+        check_lower_bounds([-1, -1], ["distortion", "bpp_s1", "bpp_s2", "bpp_s3", "bpp_z"])
+
+
+def test_qp_update_decreases_both_log_losses_at_the_same_rate():
+    """After combining, the directional derivatives of log D_D and log D_R along the update
+    are equal (Balanced R-D, solution 2)."""
+    model = hpcm.build_model("tiny").train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    x = torch.rand(1, 3, 256, 256)
+    torch.manual_seed(3)
+    losses, _ = _losses(model, x)
+    vec = torch.stack([losses["distortion"], losses["bpp_loss"]])
+    shifted = vec + 1.0
+    g_dist = torch.autograd.grad(
+        torch.log(shifted[0]), params, retain_graph=True, allow_unused=True
+    )
+    g_rate = torch.autograd.grad(
+        torch.log(shifted[1]), params, retain_graph=True, allow_unused=True
+    )
+    qp = QPWeighting([-1.0, -1.0])
+    qp.backward(vec, params)
+    d = [p.grad for p in params]
+
+    def dot(a, b):
+        return sum(float((u * v).sum()) for u, v in zip(a, b) if u is not None and v is not None)
+
+    rate_speed, dist_speed = dot(d, g_rate), dot(d, g_dist)
+    assert rate_speed > 0 and dist_speed > 0
+    assert rate_speed == pytest.approx(dist_speed, rel=1e-3)
+    w_dist, w_rate = qp.weights.tolist()
+    assert w_dist + w_rate == pytest.approx(1.0)
+    # The weights differ from the plain sum: the balance actually reweights the tasks.
+    assert abs(w_dist - 0.5) > 1e-3
+    state = qp.state_dict()
+    other = QPWeighting()
+    other.load_state_dict(state)
+    assert torch.equal(other.weights, qp.weights)
+
+
+# ----------------------------------------------------------------------------- in training
+def _run(tmp_path, *overrides):
+    from test_train import make_cfg
+
+    from hpcm import engine
+
+    cfg = make_cfg(tmp_path, *overrides)
+    return cfg, engine.train(cfg)
+
+
+def _records(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_hierarchical_run_logs_a_weight_per_scale(tmp_path):
+    _, loss = _run(tmp_path, "optimizer=balanced_hier", "trainer.log_every_n_steps=1")
+    assert math.isfinite(loss)
+    train = [r for r in _records(tmp_path / "metrics.jsonl") if "train/lr" in r]
+    names = ["distortion", "bpp_s1", "bpp_s2", "bpp_s3", "bpp_z"]
+    weights = [train[-1][f"train/task_weight_{n}"] for n in names]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bad_lower_bounds_are_refused(tmp_path):
+    from hpcm.engine import ConfigError
+
+    with pytest.raises(ConfigError, match="negative"):
+        _run(tmp_path, "optimizer=balanced_hier", "optimizer.min_losses=[-1,0.5,-1,-1,-1]")
+
+
+def test_fine_tuning_starts_from_a_checkpoint(tmp_path):
+    from test_train import make_cfg
+
+    from hpcm.engine import build_trainer
+
+    _run(tmp_path / "first", "optimizer=adam")
+    ckpt = tmp_path / "first" / "epoch_best.pth.tar"
+    cfg = make_cfg(
+        tmp_path / "ft", f"init_from={ckpt}", "optimizer=balanced_qp", "experiment=finetune"
+    )
+    assert cfg.optimizer.lr == 5e-5
+    trainer = build_trainer(cfg)
+    source = hpcm.load_model(ckpt, update=False).state_dict()
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, source[key]), key
+    wrong = make_cfg(tmp_path / "x", f"init_from={ckpt}", "model=hpcm_base")
+    with pytest.raises(hpcm.CheckpointError):
+        build_trainer(wrong)
+
+
+def test_fine_tuning_from_official_weights(tmp_path):
+    from official_weights import official_formula_state_dict
+    from test_train import make_cfg
+
+    from hpcm.engine import build_trainer
+
+    path = tmp_path / "official.pth"
+    torch.save(official_formula_state_dict(), path)
+    trainer = build_trainer(make_cfg(tmp_path, f"init_from={path}", "model=hpcm_base"))
+    reference = official_formula_state_dict()["g_a.branch.0.weight"]
+    assert torch.equal(trainer.model.g_a[0].weight, reference)

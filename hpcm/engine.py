@@ -11,9 +11,13 @@ schedule)::
     optimizer step
     balanced: the same batch again under no_grad with the same noise (the RNG state of the step's
               forward is replayed) -> post-step losses -> FAMO weight update
+              (optimizer.update_mode: cheaper subbatch / next_batch, hpcm/update_modes.py)
 
 Per-step metrics stay on the device and are read back every ``log_every_n_steps``; the only
 per-step host sync is the finiteness check that decides whether the batch is skipped.
+
+Under DDP (``trainer.ddp``, hpcm/distributed.py, docs/scale.md) the gradients, the Balanced task
+losses and the skip decision are averaged or agreed over the processes; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -35,19 +39,37 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from hpcm.accel import SpeedOptions
+from hpcm.balancing import (
+    QPWeighting,
+    check_lower_bounds,
+    task_names,
+    task_vector,
+    weight_metric_name,
+)
 from hpcm.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     atomic_torch_save,
+    load_model,
     model_checkpoint,
     safe_torch_load,
 )
 from hpcm.codec import crop_center, pad_to_multiple
 from hpcm.data import DataError, DataLoaders, build_dataloaders
+from hpcm.distributed import (
+    DistContext,
+    DistributedError,
+    cleanup,
+    init_distributed,
+    local_device,
+    wrap_ddp,
+)
 from hpcm.losses import RateDistortionLoss
 from hpcm.model import HPCMConfig
 from hpcm.optim import FAMOWeighting, build_base_optimizer
 from hpcm.tracking import Tracker
+from hpcm.update_modes import PostStepUpdate, build_post_step
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +79,7 @@ BEST_BALANCED_STATE = "balanced_state_best.pth"
 RESOLVED_CONFIG = "config.yaml"
 # Per-step values averaged over a logging window; each is logged as train/<name>.
 STEP_METRICS = ("loss", "distortion", "bpp_loss", "psnr")
-TASK_WEIGHT_NAMES = ("task_weight_distortion", "task_weight_bpp")
-BALANCERS = ("famo",)
+BALANCERS = ("famo", "qp")
 # Skipped batches are announced one by one up to this count, then every SKIP_REPORT_EVERY-th.
 SKIP_WARNINGS, SKIP_REPORT_EVERY = 10, 100
 
@@ -181,7 +202,8 @@ class Trainer:
         loaders: DataLoaders,
         device: torch.device,
         run_dir: Path,
-        balancer: FAMOWeighting | None = None,
+        balancer: FAMOWeighting | QPWeighting | None = None,
+        dist: DistContext | None = None,
     ) -> None:
         self.cfg, self.model, self.criterion = cfg, model, criterion
         self.optimizer, self.loaders, self.balancer = optimizer, loaders, balancer
@@ -203,24 +225,65 @@ class Trainer:
         self._resume_rng: dict[str, Tensor | None] | None = None
         self._resume_run_id: str | None = None
         self.metric_names = STEP_METRICS + (("ms_ssim",) if criterion.metric == "ms-ssim" else ())
+        self.tasks = task_names(str(cfg.optimizer.get("tasks") or "rd"))
+        self.weight_names = [weight_metric_name(t) for t in self.tasks]
         self._window: Tensor | None = None  # on-device sums of metric_names + grad_norm
         self._window_steps = 0  # finite steps in the window
         self._window_batches = 0  # all batches in the window, skipped ones included
         self._weight_warned = False
+        self._setup_scale(dist)
+
+    # ------------------------------------------------------------------------- scale and speed
+    def _setup_scale(self, dist: DistContext | None) -> None:
+        """DDP, the Balanced post-step mode and the speed options (docs/scale.md).
+
+        ``self.model`` stays the bare model (checkpoints, validation); ``train_model`` runs the
+        training forward (DDP wrapper, torch.compile), ``plain_forward`` the no-grad
+        re-evaluations (compiled, never the DDP wrapper).
+        """
+        self.dist = dist if dist is not None else DistContext()
+        self.speed = SpeedOptions.from_config(self.cfg.trainer)
+        self.post_step: PostStepUpdate | None = None
+        try:
+            self.speed.check(self.device)
+            if isinstance(self.balancer, FAMOWeighting):
+                self.post_step = build_post_step(self.cfg.optimizer)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        subbatch = self.post_step is not None and self.post_step.name == "subbatch"
+        if subbatch and self.tasks != ("distortion", "bpp_loss"):
+            raise ConfigError("optimizer.update_mode=subbatch balances tasks=rd only")
+        if self.dist.enabled and isinstance(self.balancer, QPWeighting):
+            raise ConfigError("trainer.ddp: balance=qp is not supported; use a FAMO optimizer")
+        self.speed.prepare_model(self.model)
+        self.plain_forward = self.speed.compiled(self.model)
+        wrapped = wrap_ddp(self.model, self.dist, self.device)
+        self.train_model = (
+            self.plain_forward if wrapped is self.model else self.speed.compiled(wrapped)
+        )
+
+    def _forward(self, module: Any, x: Tensor) -> dict[str, Any]:
+        with self.speed.autocast(self.device):
+            output = module(x)
+        return self.speed.float_output(output)
 
     # ------------------------------------------------------------------------- one step
     def train_step(self, x: Tensor) -> Tensor | None:
         """One optimizer step on batch ``x``; returns the detached values of ``metric_names``
         plus the gradient norm, or None when the batch was skipped as non-finite."""
-        x = x.to(self.device, non_blocking=True)
-        noise = rng_state(self.device) if self.balancer is not None else None
-        losses = self.criterion(self.model(x), x)
-        if self.balancer is not None:
-            objective = self.balancer.combine(self.criterion.task_losses(losses))
-        else:
-            objective = losses["loss"]
+        x = self.speed.batch(x, self.device)  # scale: channels_last when configured
+        famo = isinstance(self.balancer, FAMOWeighting)
+        noise = rng_state(self.device) if famo else None
+        output = self._forward(self.train_model, x)  # scale: DDP, compile, bf16 autocast
+        losses = self.criterion(output, x)
+        objective = losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        if isinstance(self.balancer, QPWeighting):  # two backward passes, combined in place
+            self.balancer.backward(self._task_losses(losses, output, x), self.params)
+        else:
+            if famo:
+                objective = self.balancer.combine(self._task_losses(losses, output, x))
+            objective.backward()
         if self.clip_max_norm is not None:  # the only clip, same for both optimizers
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_max_norm)
         else:
@@ -228,18 +291,28 @@ class Trainer:
                 [p.grad for p in self.params if p.grad is not None]
             )
         finite = torch.isfinite(objective) & torch.isfinite(losses["loss"]) & torch.isfinite(norm)
-        if not bool(finite):  # the one per-step sync: a bad batch must not reach any state
+        if not self.dist.all_true(finite):  # the one per-step sync, agreed by all DDP ranks
             self.optimizer.zero_grad(set_to_none=True)
             self._report_skip()
             return None
         self.optimizer.step()
-        if self.balancer is not None:
-            # Same batch, same quantization noise, updated weights (spec: Balanced R-D notes).
-            with torch.no_grad(), replay_rng(noise, self.device):
-                after = self.criterion(self.model(x), x)
-            self.balancer.update(self.criterion.task_losses(after))
+        if famo:
+            # Post-step losses (optimizer.update_mode, hpcm/update_modes.py): by default the
+            # same batch with the same quantization noise and the updated weights.
+            self.post_step.update(
+                self.balancer,
+                self.criterion,
+                x,
+                output,
+                forward=lambda batch: self._forward(self.plain_forward, batch),
+                replay=replay_rng(noise, self.device),
+                tasks=self._task_losses,
+            )
         values = [losses[name].detach() for name in self.metric_names]
         return torch.stack([*values, norm.detach().to(values[0].dtype)])
+
+    def _task_losses(self, losses: dict[str, Tensor], output: dict, x: Tensor) -> Tensor:
+        return task_vector(losses, output, self.tasks, x.shape[0] * x.shape[2] * x.shape[3])
 
     def _report_skip(self) -> None:
         self.progress.skipped_batches += 1
@@ -290,7 +363,8 @@ class Trainer:
             return
         record: dict[str, float] = {}
         if self._window_steps:
-            means = (self._window / self._window_steps).tolist()  # one sync per window
+            window = self.dist.all_reduce_mean(self._window)  # DDP: the ranks' mean
+            means = (window / self._window_steps).tolist()  # one sync per window
             names = [*self.metric_names, "grad_norm"]
             record.update({f"train/{n}": v for n, v in zip(names, means, strict=True)})
         self._window, self._window_steps, self._window_batches = None, 0, 0
@@ -298,7 +372,7 @@ class Trainer:
         record["train/skipped_batches"] = float(self.progress.skipped_batches)
         if self.balancer is not None:
             weights = self.balancer.weights.tolist()
-            record.update(dict(zip((f"train/{n}" for n in TASK_WEIGHT_NAMES), weights)))
+            record.update(dict(zip((f"train/{n}" for n in self.weight_names), weights)))
             self._check_weights(weights)
         if self.tracker is not None:
             self.tracker.log(record, self.progress.global_step, epoch)
@@ -320,7 +394,7 @@ class Trainer:
             log.warning(
                 "task weight %s = %.3f dominates (> %s): raise optimizer.gamma or lower "
                 "optimizer.w_lr to keep the weights nearer 0.5",
-                TASK_WEIGHT_NAMES[top],
+                self.weight_names[top],
                 weights[top],
                 limit,
             )
@@ -333,7 +407,7 @@ class Trainer:
         self.model.eval()
         names = self.metric_names
         sums, count = None, 0
-        for x in self.loaders.test:
+        for x in self._test_batches():  # DDP: this rank's share of the test images
             x = x.to(self.device, non_blocking=True)
             out = self.model(pad_to_multiple(x))
             out["x_hat"] = crop_center(out["x_hat"], x.shape[-2:])
@@ -342,8 +416,33 @@ class Trainer:
             sums = values if sums is None else sums + values
             count += x.shape[0]
         self.model.train()
+        if self.dist.enabled:
+            sums, count = self._reduce_test(sums, count)
         means = (sums / count).tolist()
         return {f"test/{n}": v for n, v in zip(names, means, strict=True)}
+
+    def _test_batches(self) -> Any:
+        """The test loader, or under DDP one over every ``world_size``-th image from ``rank``."""
+        test = self.loaders.test
+        if not self.dist.enabled:
+            return test
+        share = list(range(self.dist.rank, len(test.dataset), self.dist.world_size))
+        return torch.utils.data.DataLoader(
+            test.dataset,
+            batch_size=test.batch_size,
+            sampler=share,
+            num_workers=test.num_workers,
+            pin_memory=test.pin_memory,
+        )
+
+    def _reduce_test(self, sums: Tensor | None, count: int) -> tuple[Tensor, int]:
+        """Sums and image count over all ranks (a rank may have had no image)."""
+        total = torch.zeros(len(self.metric_names) + 1, dtype=torch.float64, device=self.device)
+        if sums is not None:
+            total[:-1] = sums.to(torch.float64)
+        total[-1] = count
+        self.dist.all_reduce_sum(total)
+        return total[:-1], int(total[-1].item())
 
     # ------------------------------------------------------------------------- the run
     def fit(self) -> float:
@@ -363,7 +462,7 @@ class Trainer:
             tqdm(
                 total=self.epochs * steps,
                 initial=start * steps,
-                disable=not t.progress_bar,
+                disable=not t.progress_bar or not self.dist.is_main,
                 desc="train",
                 dynamic_ncols=True,
             ) as bar,
@@ -414,12 +513,18 @@ class Trainer:
             rng=rng_state(self.device),
             wandb_run_id=None if self.tracker is None else self.tracker.run_id,
         )
+        if self.post_step is not None:  # e.g. the loss average of update_mode=next_batch
+            ckpt["post_step"] = {"mode": self.post_step.name, **self.post_step.state_dict()}
         return ckpt
 
     def save(self, epoch: int, is_best: bool, periodic: bool) -> None:
         """Atomic writes: best, every ``save_every_n_epochs`` and ``last.pth.tar`` (written last,
         so that a resume never starts from a state older than the other files)."""
         ckpt = self.state_dict(epoch)
+        if self.dist.enabled:  # a collective: every rank calls save(), rank 0 alone writes
+            ckpt["rng_ranks"] = self.dist.gather_objects(ckpt["rng"])
+            if not self.dist.is_main:
+                return
         balanced = None
         if self.balancer is not None:
             balanced = {"epoch": epoch, "balanced": ckpt["balanced"], "config": self._balance_cfg()}
@@ -434,7 +539,7 @@ class Trainer:
         atomic_torch_save(ckpt, self.run_dir / LAST_CHECKPOINT)
 
     def _balance_cfg(self) -> dict[str, Any]:
-        keys = ("balance", "gamma", "w_lr", "min_losses")
+        keys = ("balance", "tasks", "gamma", "w_lr", "min_losses")
         return {k: OmegaConf.to_container(self.cfg.optimizer, resolve=True).get(k) for k in keys}
 
     def resume(self, path: str | Path) -> None:
@@ -483,8 +588,29 @@ class Trainer:
         )
         self.last_test = dict(ckpt.get("test") or {})
         self._resume_rng = ckpt["rng"]
+        self._resume_scale(ckpt)
         self._resume_run_id = ckpt.get("wandb_run_id")
         log.info("resumed from %s (epoch %d done)", path, int(ckpt["epoch"]))
+
+    def _resume_scale(self, ckpt: dict[str, Any]) -> None:
+        """Per-rank noise streams (DDP) and the post-step mode's state of a checkpoint."""
+        if self.dist.enabled:
+            ranks = ckpt.get("rng_ranks")
+            if ranks is not None and len(ranks) == self.dist.world_size:
+                self._resume_rng = ranks[self.dist.rank]
+            else:  # saved by another number of processes: fresh, distinct noise streams
+                log.warning(
+                    "checkpoint saved by %s process(es), this run has %d: the noise streams "
+                    "restart",
+                    len(ranks) if ranks else 1,
+                    self.dist.world_size,
+                )
+                self._resume_rng = None
+                seed = int(self.cfg.seed) + self.progress.global_step
+                torch.manual_seed(self.dist.noise_seed(seed))
+        saved = ckpt.get("post_step")
+        if self.post_step is not None and saved and saved.get("mode") == self.post_step.name:
+            self.post_step.load_state_dict(saved)
 
     def start_tracking(self, resumed: bool = False) -> None:
         cfg = self.cfg
@@ -518,15 +644,23 @@ def build_optimizer(cfg: DictConfig, params: Any) -> torch.optim.Optimizer:
         raise ConfigError(f"optimizer: {error}") from None
 
 
-def build_balancer(cfg: DictConfig, device: torch.device) -> FAMOWeighting | None:
+def build_balancer(cfg: DictConfig, device: torch.device) -> FAMOWeighting | QPWeighting | None:
     """The task weighting of an ``optimizer`` config group (None for plain R + lambda*D)."""
     if cfg.balance is None:
         return None
     if cfg.balance not in BALANCERS:
-        raise ConfigError(f"unknown optimizer.balance {cfg.balance!r}; choose from famo")
+        raise ConfigError(
+            f"unknown optimizer.balance {cfg.balance!r}; choose from {', '.join(BALANCERS)}"
+        )
     try:
+        names = task_names(str(cfg.get("tasks") or "rd"))
+        check_lower_bounds(list(cfg.min_losses), names)
+        if cfg.balance == "qp":
+            if len(names) != 2:
+                raise ValueError("balance=qp balances two tasks: use tasks=rd")
+            return QPWeighting(list(cfg.min_losses))
         return FAMOWeighting(
-            n_tasks=2,
+            n_tasks=len(names),
             gamma=float(cfg.gamma),
             w_lr=float(cfg.w_lr),
             min_losses=list(cfg.min_losses),
@@ -536,10 +670,38 @@ def build_balancer(cfg: DictConfig, device: torch.device) -> FAMOWeighting | Non
         raise ConfigError(f"optimizer: {error}") from None
 
 
-def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None) -> Trainer:
+def init_weights(model: nn.Module, source: str) -> None:
+    """Start ``model`` from the weights of a project or official HPCM checkpoint (``init_from``,
+    for fine-tuning); the checkpoint must hold the same model and widths."""
+    loaded = load_model(source, name=model.name, update=False)
+    if loaded.config != model.config:
+        raise CheckpointError(
+            f"init_from {source}: the checkpoint's {loaded.name} has other widths than the "
+            "configured model"
+        )
+    model.load_state_dict(loaded.state_dict())
+    log.info("initialised the weights from %s", source)
+
+
+def setup_distributed(cfg: DictConfig) -> DistContext:
+    """Join the torchrun process group when ``trainer.ddp`` (else a one-process context)."""
+    t = cfg.trainer
+    device = resolve_device(str(t.device))
+    try:
+        return init_distributed(
+            bool(t.get("ddp", False)), device.type, str(t.get("ddp_backend") or "auto")
+        )
+    except DistributedError as error:
+        raise ConfigError(str(error)) from None
+
+
+def build_trainer(
+    cfg: DictConfig, run_dir: str | Path | None = None, dist: DistContext | None = None
+) -> Trainer:
     """Model, loss, optimizer, task balancer and data loaders from a composed config."""
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.paths.run_dir)
-    device = resolve_device(str(cfg.trainer.device))
+    dist = dist if dist is not None else setup_distributed(cfg)
+    device = local_device(resolve_device(str(cfg.trainer.device)), dist)
     torch.manual_seed(int(cfg.seed))  # weight initialisation and the noise stream
     try:
         model = instantiate(cfg.model, _convert_="all")
@@ -548,9 +710,13 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None) -> Trainer
         raise ConfigError(f"model: {error.__cause__ or error}") from None
     except ValueError as error:
         raise ConfigError(f"loss: {error}") from None
+    if cfg.get("init_from"):
+        init_weights(model, str(cfg.init_from))
     model.to(device).train()
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     balancer = build_balancer(cfg.optimizer, device)
+    if dist.enabled and isinstance(balancer, FAMOWeighting):
+        balancer.reduce_fn = dist.all_reduce_mean  # the same task weights on every rank
     d = cfg.data
     try:
         loaders = build_dataloaders(
@@ -566,12 +732,16 @@ def build_trainer(cfg: DictConfig, run_dir: str | Path | None = None) -> Trainer
             samples_per_epoch=int(d.get("samples_per_epoch") or 1),
             pin_memory=device.type == "cuda",
             drop_last=bool(d.get("drop_last", False)),
+            num_replicas=dist.world_size,
+            rank=dist.rank,
         )
     except DataError:
         raise
     except ValueError as error:
         raise ConfigError(f"data: {error}") from None
-    return Trainer(cfg, model, criterion, optimizer, loaders, device, run_dir, balancer)
+    if dist.enabled:  # each rank its own noise stream (the weights are initialised already)
+        torch.manual_seed(dist.noise_seed(int(cfg.seed)))
+    return Trainer(cfg, model, criterion, optimizer, loaders, device, run_dir, balancer, dist)
 
 
 def train(cfg: DictConfig) -> float:
@@ -581,15 +751,26 @@ def train(cfg: DictConfig) -> float:
         run_dir = Path(str(cfg.paths.run_dir))
     except OmegaConfBaseException:
         raise ConfigError("paths.run_dir cannot be resolved: set paths.run_dir=DIR") from None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume_path = _find_resume(cfg.resume, run_dir)
-    (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    trainer = build_trainer(cfg, run_dir)
-    if resume_path is not None:
-        trainer.resume(resume_path)
-    log.info("run directory: %s (device %s)", run_dir, trainer.device)
-    trainer.start_tracking(resumed=resume_path is not None)
+    dist = setup_distributed(cfg)
     try:
-        return trainer.fit()
+        if dist.enabled:  # rank 0's directory for all (Hydra's timestamps may differ by rank)
+            run_dir = Path(dist.broadcast_object(str(run_dir)))
+            if not dist.is_main:
+                logging.getLogger().setLevel(logging.ERROR)  # rank 0 reports
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        resume_path = _find_resume(cfg.resume, run_dir)
+        if dist.is_main:
+            (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        trainer = build_trainer(cfg, run_dir, dist)
+        if resume_path is not None:
+            trainer.resume(resume_path)
+        log.info("run directory: %s (device %s)", run_dir, trainer.device)
+        if dist.is_main:
+            trainer.start_tracking(resumed=resume_path is not None)
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        cleanup()

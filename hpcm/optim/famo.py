@@ -134,6 +134,12 @@ class FAMOWeighting:
         return self._state["min_losses"].clone()
 
     @property
+    def last_losses(self) -> Tensor | None:
+        """The pre-step losses of the last :meth:`combine` call, after ``reduce_fn`` (the
+        tensor itself, not a copy: read only); None before the first call."""
+        return self._state["prev_losses"]
+
+    @property
     def skipped_updates(self) -> int:
         """Logit updates skipped for non-finite deltas (reads the device back: logging only)."""
         return int(self._state["skipped_updates"].item())
@@ -190,8 +196,16 @@ class FAMOWeighting:
             before = self._state["prev_losses"]
         else:
             raise RuntimeError("update() needs losses_before or a previous combine() call")
-        delta = torch.log(self._shifted(before)) - torch.log(self._shifted(after))
+        self.update_delta(torch.log(self._shifted(before)) - torch.log(self._shifted(after)))
 
+    def update_delta(self, delta: Tensor) -> None:
+        """The logit step of :meth:`update` for a given log-loss decrease ``delta`` (shape
+        ``(n_tasks,)``, already reduced over ranks), e.g. one estimated without a post-step
+        forward. A non-finite ``delta`` is skipped and counted as :meth:`update` does."""
+        if delta.shape != (self.n_tasks,):
+            raise ValueError(f"expected a delta of shape ({self.n_tasks},), got {delta.shape}")
+        self._follow(delta.device)
+        delta = delta.detach().to(torch.float32)
         st = self._state
         xi = st["logits"]
         z = torch.softmax(xi, dim=0)

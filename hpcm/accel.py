@@ -1,0 +1,126 @@
+"""Speed options of the training step: bf16 autocast, channels_last, torch.compile.
+
+All three are off by default (``trainer.autocast_bf16``, ``trainer.channels_last``,
+``trainer.compile``) until measured on the target GPU (``benchmarks/gpu_check.sh``).
+
+- ``autocast_bf16``: the transforms and the context model run under CUDA bf16 autocast; the
+  entropy model's likelihoods are evaluated in fp32 (a difference of two CDFs, which bf16's 8-bit
+  mantissa would round for confident predictions; the residuals fed to it carry the rounding of
+  the bf16 transforms), and the loss is computed in fp32 from ``x_hat`` and the likelihoods.
+  CUDA only: on other devices it is refused (``ValueError``).
+- ``channels_last``: model weights and input batches in NHWC memory format.
+- ``compile``: ``torch.compile`` of the training forward (``compile_mode``, ``compile_backend``
+  choose its mode and backend; ``backend=eager`` checks that the model traces, without code
+  generation). Validation runs uncompiled: its padded image sizes vary.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    autocast_bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_backend: str = "inductor"
+
+    @classmethod
+    def from_config(cls, trainer_cfg: Mapping[str, Any]) -> SpeedOptions:
+        """The options of a ``trainer`` config group (missing keys: off)."""
+        mode = trainer_cfg.get("compile_mode")
+        return cls(
+            autocast_bf16=bool(trainer_cfg.get("autocast_bf16", False)),
+            channels_last=bool(trainer_cfg.get("channels_last", False)),
+            compile=bool(trainer_cfg.get("compile", False)),
+            compile_mode=None if mode in (None, "default") else str(mode),
+            compile_backend=str(trainer_cfg.get("compile_backend") or "inductor"),
+        )
+
+    def check(self, device: torch.device) -> None:
+        """``ValueError`` for an option this device cannot run."""
+        if self.autocast_bf16 and device.type != "cuda":
+            raise ValueError(
+                f"trainer.autocast_bf16=true needs a CUDA device (this run uses {device}); "
+                "set trainer.autocast_bf16=false on the CPU"
+            )
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"unknown trainer.compile_mode {self.compile_mode!r}; choose from "
+                + ", ".join(m for m in COMPILE_MODES if m)
+            )
+
+    # --------------------------------------------------------------------------- the model
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """In place: channels_last weights; fp32 likelihoods under bf16 autocast."""
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        likelihood = getattr(getattr(model, "entropy", None), "likelihood", None)
+        if self.autocast_bf16 and likelihood is not None and not hasattr(likelihood, "fp32"):
+            model.entropy.likelihood = fp32_likelihood(likelihood)
+        return model
+
+    def compiled(self, module: nn.Module) -> nn.Module | Callable[..., Any]:
+        """``torch.compile(module)`` when ``compile`` is on, else ``module`` itself."""
+        if not self.compile:
+            return module
+        if self.compile_backend == "inductor":
+            # Random ops as in eager mode: the Balanced post-step forward replays the RNG state
+            # of the step's forward and must draw the same quantization noise.
+            import torch._inductor.config as inductor_config
+
+            inductor_config.fallback_random = True
+        return torch.compile(module, mode=self.compile_mode, backend=self.compile_backend)
+
+    # --------------------------------------------------------------------------- the step
+    def batch(self, x: Tensor, device: torch.device) -> Tensor:
+        """The batch on ``device`` (and in channels_last when that is on)."""
+        x = x.to(device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
+        """bf16 autocast on CUDA when ``autocast_bf16``, else a no-op."""
+        if self.autocast_bf16 and device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def float_output(self, output: dict[str, Any]) -> dict[str, Any]:
+        """The model output with ``x_hat`` and the likelihoods in fp32 (for the loss)."""
+        if not self.autocast_bf16:
+            return output
+        return {key: _to_float(value) for key, value in output.items()}
+
+
+def _to_float(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, Mapping):
+        return {key: _to_float(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_float(item) for item in value)
+    return value
+
+
+def fp32_likelihood(likelihood: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
+    """``likelihood(residual, scales)`` evaluated in fp32 with autocast off."""
+
+    @functools.wraps(likelihood)
+    def wrapped(residual: Tensor, scales: Tensor) -> Tensor:
+        with torch.autocast(residual.device.type, enabled=False):
+            return likelihood(residual.float(), scales.float())
+
+    wrapped.fp32 = True  # type: ignore[attr-defined]
+    return wrapped

@@ -1,0 +1,166 @@
+"""Data-parallel training (issue 5, point 1): two gloo processes on the CPU via torchrun stay
+identical (weights and Balanced task weights), rank 0 alone writes, resume is exact; plus the
+single-process behaviour of the DDP options."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpcm.checkpoint import safe_torch_load
+from hpcm.distributed import DistContext
+from hpcm.engine import ConfigError, build_trainer, setup_distributed
+from hpcm.tracking import read_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import make_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "ddp_worker.py"
+# Two epochs of two steps per rank (4 samples, batch 1, 2 ranks); one test image per rank.
+RUN = [
+    "model=tiny",
+    "optimizer=balanced",
+    "logger=none",
+    "trainer=ddp",
+    "trainer.epochs=2",
+    "trainer.progress_bar=false",
+    "trainer.save_every_n_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "data.batch_size=1",
+    "data.samples_per_epoch=4",
+    "data.test_crop_size=256",
+]
+
+
+def torchrun(out: Path, *overrides: str) -> None:
+    out.mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        str(out),
+        *RUN,
+        *overrides,
+    ]
+    done = subprocess.run(
+        cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def ranks(out: Path) -> list[dict]:
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["famo"].items():
+        assert torch.equal(value, b["famo"][key]), key
+
+
+@pytest.mark.slow
+def test_two_ranks_stay_identical_rank_0_writes_and_resume_is_exact(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    torchrun(full)
+    zero, one = ranks(full)
+    assert zero["ddp"] == one["ddp"] == "DistributedDataParallel"
+    assert (zero["world_size"], zero["global_step"], one["global_step"]) == (2, 4, 4)
+    assert (zero["sampler"], one["sampler"]) == ((2, 0), (2, 1))
+    # Different images on the two ranks (their own losses differ) ...
+    assert not torch.allclose(zero["first_local_losses"], one["first_local_losses"])
+    # ... and yet bit-identical weights and task weights: gradients and task losses averaged.
+    assert_same_state(zero, one)
+    assert not torch.equal(zero["famo"]["logits"], torch.zeros(2))  # the weights did move
+    assert zero["best"] == one["best"]  # validation sharded, then reduced on all ranks
+
+    # Rank 1 was given its own run directory (as Hydra's timestamps may differ) and used rank
+    # 0's: one directory holds everything, written once.
+    assert not (full / "run1").exists()
+    run = full / "run0"
+    names = {p.name for p in run.iterdir()}
+    assert {"last.pth.tar", "epoch_0.pth.tar", "epoch_1.pth.tar", "metrics.jsonl"} <= names
+    records = read_metrics(run / "metrics.jsonl")
+    train_steps = [r["step"] for r in records if "train/loss" in r]
+    assert train_steps == [1, 2, 3, 4]  # not one line per rank
+    last = safe_torch_load(run / "last.pth.tar")
+    for key, value in zero["model"].items():
+        assert torch.equal(last["state_dict"][key], value), key
+    noise = last["rng_ranks"]
+    assert len(noise) == 2 and not torch.equal(noise[0]["cpu"], noise[1]["cpu"])
+
+    # Resume both ranks from the end of epoch 0 into a new directory: the same final state.
+    resumed = tmp_path / "resumed"
+    torchrun(resumed, f"resume={run / 'epoch_0.pth.tar'}")
+    for a, b in zip(ranks(full), ranks(resumed), strict=True):
+        assert_same_state(a, b)
+    again = read_metrics(resumed / "run0" / "metrics.jsonl")
+    assert again == [r for r in records if r["epoch"] == 1]
+
+
+def test_ddp_without_torchrun_trains_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = make_cfg(tmp_path, "trainer=ddp", "optimizer=balanced")
+    assert setup_distributed(cfg) == DistContext()
+    assert "(not started by torchrun): training in one process" in caplog.text
+    trainer = build_trainer(cfg)
+    assert trainer.train_model is trainer.model and trainer.balancer.reduce_fn is None
+    assert trainer.train_step(next(iter(trainer.loaders.train))) is not None
+
+
+def test_a_torchrun_launch_without_ddp_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="WORLD_SIZE=2 but trainer.ddp=false: add trainer=ddp"):
+        build_trainer(make_cfg(tmp_path))
+
+
+def test_unsupported_ddp_settings_are_config_errors(tmp_path: Path) -> None:
+    two = DistContext(rank=0, world_size=2)  # never reaches a collective: refused before
+    with pytest.raises(ConfigError, match="balance=qp is not supported"):
+        build_trainer(make_cfg(tmp_path, "optimizer=balanced_qp"), dist=two)
+    with pytest.raises(ConfigError, match="unknown trainer.ddp_backend 'mpi'"):
+        setup_distributed(make_cfg(tmp_path, "trainer=ddp", "trainer.ddp_backend=mpi"))
+    with pytest.raises(ConfigError, match="nccl needs CUDA"):
+        setup_distributed(
+            make_cfg(tmp_path, "trainer=ddp", "trainer.ddp_backend=nccl", "trainer.device=cpu")
+        )
+
+
+def test_each_rank_validates_its_share_of_the_test_images(tmp_path: Path) -> None:
+    trainer = build_trainer(make_cfg(tmp_path))
+    everything = torch.cat(list(trainer.loaders.test))
+    shares = []
+    for rank in (0, 1):
+        trainer.dist = DistContext(rank=rank, world_size=2)
+        shares.append(torch.cat(list(trainer._test_batches())))
+    assert torch.equal(torch.cat([shares[0], shares[1]]), everything[[0, 1]])
+    assert torch.equal(shares[0], everything[0::2]) and torch.equal(shares[1], everything[1::2])
+
+
+def test_one_process_context_needs_no_process_group() -> None:
+    ctx = DistContext()
+    assert ctx.is_main and not ctx.enabled
+    assert ctx.all_true(torch.tensor(True)) and not ctx.all_true(torch.tensor(False))
+    value = torch.tensor([2.0, 4.0])
+    assert ctx.all_reduce_mean(value) is value and value.tolist() == [2.0, 4.0]
+    assert ctx.gather_objects("a") == ["a"] and ctx.broadcast_object(3) == 3
+    seeds = {DistContext(rank=r, world_size=4).noise_seed(0) for r in range(4)}
+    assert len(seeds) == 4  # a different noise stream per rank

@@ -1,0 +1,102 @@
+"""Speed options of the training step (issue 5, point 3): ``trainer.channels_last``,
+``trainer.compile`` and ``trainer.autocast_bf16`` (CUDA only; refused on the CPU). Their effect
+on step time is measured on a GPU by benchmarks/gpu_check.sh."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hpcm
+from hpcm.accel import SpeedOptions, fp32_likelihood
+from hpcm.engine import ConfigError, build_trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import make_cfg
+
+
+def test_bf16_autocast_is_refused_on_the_cpu(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, "trainer.autocast_bf16=true", "trainer.device=cpu")
+    with pytest.raises(ConfigError, match="autocast_bf16=true needs a CUDA device"):
+        build_trainer(cfg)
+
+
+def test_unknown_compile_mode_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown trainer.compile_mode 'fastest'"):
+        build_trainer(make_cfg(tmp_path, "trainer.compile_mode=fastest"))
+
+
+def test_channels_last_trains_and_computes_the_same_model(tmp_path: Path) -> None:
+    plain = build_trainer(make_cfg(tmp_path / "a", "optimizer=balanced"))
+    nhwc = build_trainer(
+        make_cfg(tmp_path / "b", "optimizer=balanced", "trainer.channels_last=true")
+    )
+    conv = nhwc.model.g_a[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = next(iter(plain.loaders.train))
+    seen = []
+    forward = nhwc.model.forward
+    nhwc.model.forward = lambda batch: seen.append(batch) or forward(batch)
+    for trainer in (plain, nhwc):  # deterministic (rounding) forward: the same numbers
+        trainer.model.eval()
+    with torch.no_grad():
+        a, b = plain.model(x), nhwc.model(nhwc.speed.batch(x, nhwc.device))
+    torch.testing.assert_close(b["x_hat"], a["x_hat"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b["likelihoods"]["y"], a["likelihoods"]["y"], rtol=1e-3, atol=1e-6)
+    nhwc.model.train()
+    values = nhwc.train_step(x)
+    assert values is not None and torch.isfinite(values).all()
+    assert seen[-1].is_contiguous(memory_format=torch.channels_last)  # the batch too
+
+
+def test_fp32_likelihood_evaluates_in_fp32_under_autocast() -> None:
+    # CPU autocast stands in for CUDA: whatever dtype the transforms hand over, the CDF
+    # difference of the likelihood is taken in fp32 (bf16 would round it for confident
+    # predictions); the residuals themselves carry the rounding of the bf16 transforms.
+    likelihood = hpcm.build_model("tiny").entropy.likelihood
+    residual = torch.tensor([0.0, 0.3, 2.0, 7.0]).reshape(1, 4, 1, 1).bfloat16()
+    scales = torch.full_like(residual, 0.5)
+    wrapped = fp32_likelihood(likelihood)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kept = wrapped(residual, scales)
+    assert kept.dtype == torch.float32 and getattr(wrapped, "fp32", False)
+    torch.testing.assert_close(kept, likelihood(residual.float(), scales.float()))
+    with torch.no_grad():
+        model = SpeedOptions(autocast_bf16=True).prepare_model(hpcm.build_model("tiny"))
+    assert getattr(model.entropy.likelihood, "fp32", False)
+
+
+def test_float_output_casts_bf16_outputs_for_the_loss() -> None:
+    speed = SpeedOptions(autocast_bf16=True)
+    out = {
+        "x_hat": torch.zeros(1, 3, 2, 2, dtype=torch.bfloat16),
+        "likelihoods": {"y": torch.ones(1, 2, dtype=torch.bfloat16)},
+        "y_scale_map": torch.zeros(2, dtype=torch.long),
+    }
+    cast = speed.float_output(out)
+    assert cast["x_hat"].dtype == cast["likelihoods"]["y"].dtype == torch.float32
+    assert cast["y_scale_map"].dtype == torch.long
+    assert SpeedOptions().float_output(out) is out  # off: untouched
+
+
+@pytest.mark.slow
+def test_compiled_training_step_runs_on_the_cpu(tmp_path: Path) -> None:
+    # backend=eager: dynamo traces the model (graph breaks allowed) without generating code,
+    # which checks the wiring in ~20-40 s; inductor on the CPU takes minutes for this model.
+    torch._dynamo.reset()
+    eager = build_trainer(make_cfg(tmp_path, "optimizer=balanced"))
+    x = next(iter(eager.loaders.train))
+    expected = eager.train_step(x)
+    compiled = build_trainer(
+        make_cfg(
+            tmp_path, "optimizer=balanced", "trainer.compile=true", "trainer.compile_backend=eager"
+        )
+    )
+    assert compiled.train_model is not compiled.model  # the OptimizedModule
+    values = compiled.train_step(x)
+    assert values is not None
+    torch.testing.assert_close(values, expected, rtol=1e-4, atol=1e-5)  # same noise, same step
+    torch._dynamo.reset()

@@ -1,0 +1,60 @@
+"""benchmarks/train_step.py: ``--help`` runs nothing; one short run measures every variant."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "train_step.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("train_step_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_help_runs_nothing() -> None:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", str(SCRIPT), "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert "OPTIMIZER[:MODE][+bf16][+cl][+compile]" in done.stdout
+    assert " torch" not in done.stderr  # -X importtime lists every import: torch is not one
+    assert time.perf_counter() - start < 30
+
+
+def test_variant_names_become_overrides() -> None:
+    bench = load_benchmark()
+    variant = bench.parse_variant("balanced:subbatch+bf16+cl")
+    assert variant.overrides == [
+        "optimizer=balanced",
+        "optimizer.update_mode=subbatch",
+        "trainer.autocast_bf16=true",
+        "trainer.channels_last=true",
+    ]
+    assert bench.parse_variant("adam").overrides == ["optimizer=adam"]
+
+
+def test_one_run_times_every_variant(tmp_path: Path) -> None:
+    bench = load_benchmark()
+    out = tmp_path / "result.json"
+    argv = ["--batch-size", "1", "--steps", "2", "--warmup", "0", "--json", str(out)]
+    argv += ["--variants", "adam", "balanced:next_batch", "balanced:subbatch"]
+    assert bench.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["adam", "balanced:next_batch", "balanced:subbatch"]
+    assert rows[0]["ratio"] == rows[0]["paired_ratio"] == 1.0
+    assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in rows)

@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_VARIANTS = ["adam", "balanced:exact", "balanced:subbatch", "balanced:next_batch"]
+DEFAULT_VARIANTS = [
+    "adam",
+    "balanced:exact",
+    "balanced:subbatch",
+    "balanced:next_batch",
+    "balanced_hier:exact",
+    "balanced_qp",
+]
 OPTIONS = {
     "bf16": "trainer.autocast_bf16=true",
     "cl": "trainer.channels_last=true",

@@ -76,14 +76,16 @@ def write_image(x: torch.Tensor, path: str | Path) -> None:
 # -- weights fingerprint -------------------------------------------------------------------------
 def weights_fingerprint(model: HPCM) -> int:
     """CRC32 of every parameter's bytes: tells whether two models hold the same weights."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point() and t.numel()]
+    # Cached until any tensor changes in place (an optimizer step, load_state_dict ...).
+    key = tuple(t._version for t in tensors)
     cached = getattr(model, "_fingerprint", None)
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] == key:
+        return cached[1]
     crc = 0
-    for p in model.state_dict().values():
-        if p.is_floating_point() and p.numel():
-            crc = zlib.crc32(p.detach().float().cpu().contiguous().numpy().tobytes(), crc)
-    model._fingerprint = crc
+    for t in tensors:
+        crc = zlib.crc32(t.detach().float().cpu().contiguous().numpy().tobytes(), crc)
+    model._fingerprint = (key, crc)
     return crc
 
 

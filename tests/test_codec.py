@@ -250,3 +250,14 @@ def test_module_entrypoint_help():
         [sys.executable, "-m", "hpcm.codec", "--help"], capture_output=True, text=True, check=True
     )
     assert "encode" in out.stdout and "decode" in out.stdout
+
+
+def test_weights_fingerprint_follows_in_place_updates():
+    from hpcm.codec import weights_fingerprint
+
+    model = hpcm.build_model("tiny")
+    before = weights_fingerprint(model)
+    assert weights_fingerprint(model) == before
+    with torch.no_grad():
+        model.g_s[0].weight.add_(1e-3)  # e.g. an optimizer step after an encode
+    assert weights_fingerprint(model) != before

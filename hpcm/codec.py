@@ -77,10 +77,11 @@ def write_image(x: torch.Tensor, path: str | Path) -> None:
 def weights_fingerprint(model: HPCM) -> int:
     """CRC32 of every parameter's bytes: tells whether two models hold the same weights."""
     tensors = [t for t in model.state_dict().values() if t.is_floating_point() and t.numel()]
-    # Cached until any tensor changes in place (an optimizer step, load_state_dict ...).
-    key = tuple(t._version for t in tensors)
+    # Cached until any tensor changes in place (an optimizer step, load_state_dict ...);
+    # inference-mode tensors keep no version counter, so those are hashed every time.
+    key = None if any(t.is_inference() for t in tensors) else tuple(t._version for t in tensors)
     cached = getattr(model, "_fingerprint", None)
-    if cached is not None and cached[0] == key:
+    if key is not None and cached is not None and cached[0] == key:
         return cached[1]
     crc = 0
     for t in tensors:

@@ -22,7 +22,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from hpcm.engine import USER_ERRORS, ConfigError, train
+from hpcm.engine import USER_ERRORS, ConfigError
+from hpcm.training import train
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 

@@ -128,7 +128,7 @@ def common_overrides(args: argparse.Namespace, run_dir: str) -> list[str]:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from hpcm.engine import build_trainer
+    from hpcm.training import build_trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)

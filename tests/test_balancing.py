@@ -76,10 +76,10 @@ def test_qp_update_decreases_both_log_losses_at_the_same_rate():
 def _run(tmp_path, *overrides):
     from test_train import make_cfg
 
-    from hpcm import engine
+    from hpcm import training
 
     cfg = make_cfg(tmp_path, *overrides)
-    return cfg, engine.train(cfg)
+    return cfg, training.train(cfg)
 
 
 def _records(path):
@@ -107,7 +107,7 @@ def test_bad_lower_bounds_are_refused(tmp_path):
 def test_fine_tuning_starts_from_a_checkpoint(tmp_path):
     from test_train import make_cfg
 
-    from hpcm.engine import build_trainer
+    from hpcm.training import build_trainer
 
     _run(tmp_path / "first", "optimizer=adam")
     ckpt = tmp_path / "first" / "epoch_best.pth.tar"
@@ -128,7 +128,7 @@ def test_fine_tuning_from_official_weights(tmp_path):
     from official_weights import official_formula_state_dict
     from test_train import make_cfg
 
-    from hpcm.engine import build_trainer
+    from hpcm.training import build_trainer
 
     path = tmp_path / "official.pth"
     torch.save(official_formula_state_dict(), path)

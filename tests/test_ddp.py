@@ -14,8 +14,9 @@ import torch
 
 from hpcm.checkpoint import safe_torch_load
 from hpcm.distributed import DistContext
-from hpcm.engine import ConfigError, build_trainer, setup_distributed
+from hpcm.engine import ConfigError
 from hpcm.tracking import read_metrics
+from hpcm.training import build_trainer, setup_distributed
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_cfg

@@ -12,7 +12,8 @@ import torch
 
 import hpcm
 from hpcm.accel import SpeedOptions, fp32_likelihood
-from hpcm.engine import ConfigError, build_trainer
+from hpcm.engine import ConfigError
+from hpcm.training import build_trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_cfg

@@ -22,18 +22,10 @@ import hpcm
 from hpcm import engine
 from hpcm.checkpoint import CheckpointError, safe_torch_load
 from hpcm.data import DataError
-from hpcm.engine import (
-    ConfigError,
-    LRSchedule,
-    build_balancer,
-    build_optimizer,
-    build_trainer,
-    replay_rng,
-    rng_state,
-    train,
-)
+from hpcm.engine import ConfigError, LRSchedule, replay_rng, rng_state
 from hpcm.optim import CautiousAdam
 from hpcm.tracking import LOGGERS, read_metrics
+from hpcm.training import build_balancer, build_optimizer, build_trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

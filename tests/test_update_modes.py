@@ -12,9 +12,10 @@ import torch
 
 import hpcm
 from hpcm import model as model_module
-from hpcm.engine import ConfigError, build_trainer, replay_rng, rng_state
+from hpcm.engine import ConfigError, replay_rng, rng_state
 from hpcm.losses import RateDistortionLoss
 from hpcm.optim import FAMOWeighting
+from hpcm.training import build_trainer
 from hpcm.update_modes import (
     NextBatchUpdate,
     SubBatchUpdate,

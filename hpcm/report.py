@@ -29,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from hpcm import anchors
+from hpcm.metrics import ms_ssim_db
 
 METRICS = {"psnr": "psnr-rgb", "ms-ssim": "ms-ssim-db"}
 METRIC_TITLES = {"psnr-rgb": "PSNR", "ms-ssim-db": "MS-SSIM"}
@@ -93,7 +94,7 @@ def parse_curve(data: Any, source: str, label: str = "", anchor: bool = False) -
     if "ms-ssim-db" not in results and "ms-ssim-rgb" in results:
         if max(results["ms-ssim-rgb"]) >= 1.0:
             raise ReportError(f"{source}: ms-ssim-rgb of 1.0 or more has no dB value")
-        results["ms-ssim-db"] = [-10.0 * math.log10(1.0 - v) for v in results["ms-ssim-rgb"]]
+        results["ms-ssim-db"] = [ms_ssim_db(v) for v in results["ms-ssim-rgb"]]
     order = sorted(range(len(bpp)), key=bpp.__getitem__)
     results = {key: [values[i] for i in order] for key, values in results.items()}
     name = data.get("name")

@@ -5,87 +5,12 @@
     python train.py model=hpcm_base data=folder data.train_dir=DIR data.test_dir=DIR trainer=hpcm
     python train.py hydra.run.dir=runs/OLD_RUN resume=true     # continue an interrupted run
 
-Configuration: conf/train.yaml and its groups (see docs/training.md). ``main`` returns the best
-validation rate-distortion loss, which the Optuna sweeper minimises.
+Configuration: conf/train.yaml and its groups (see docs/training.md). The application is
+``hpcm.train.cli.main``; it returns the best validation rate-distortion loss, which the Optuna
+sweeper minimises.
 """
 
-from __future__ import annotations
-
-import math
-import re
-import sys
-from collections.abc import Sequence
-from pathlib import Path
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
-from hpcm.engine import USER_ERRORS, ConfigError
-from hpcm.training import train
-
-CONF_DIR = Path(__file__).resolve().parent / "conf"
-
-
-def prepare_overrides(args: Sequence[str], conf_dir: str | Path = CONF_DIR) -> list[str]:
-    """Command-line overrides checked against the config groups in ``conf_dir``.
-
-    An unknown option of a group (``model=foo``) raises a one-line :class:`ConfigError`. Numeric
-    ``lambda`` options (``lambda=0.013``, or a sweep ``lambda=0.0018,0.013``) are quoted: Hydra
-    reads them as floats and accepts only strings as config-group choices. Everything else
-    (flags, other sweep syntax) goes to Hydra unchanged.
-    """
-    conf_dir = Path(conf_dir)
-    out = []
-    for arg in args:
-        match = re.fullmatch(r"(\w+)=([\w.\-,]+)", arg)
-        if not match or not (conf_dir / match[1]).is_dir():
-            out.append(arg)
-            continue
-        group = match[1]
-        options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
-        chosen = [_option_name(group, value) for value in match[2].split(",")]
-        for value in chosen:
-            if value not in options and value != "null":
-                hint = (
-                    f"; any value: lmbda={value} (with metric=ms-ssim)" if group == "lambda" else ""
-                )
-                raise ConfigError(
-                    f"unknown {group} {value!r}; choose from {', '.join(options)}{hint}"
-                )
-        out.append(f"{group}=" + ",".join(f"'{v}'" for v in chosen))
-    return out
-
-
-def _option_name(group: str, value: str) -> str:
-    if group != "lambda":
-        return value
-    try:
-        return repr(float(value))  # 0.0130 -> '0.013', the name of its file
-    except ValueError:
-        return value
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    try:
-        loss = train(cfg)
-    except USER_ERRORS as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # a sweep records the failed trial and goes on
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    if not math.isfinite(loss) and HydraConfig.get().mode == RunMode.MULTIRUN:
-        # A diverged trial must fail: Optuna rejects a NaN value, which would end the study.
-        raise FloatingPointError("diverged: no validation gave a finite loss")
-    return loss
-
+from hpcm.train.cli import main
 
 if __name__ == "__main__":
-    try:
-        sys.argv[1:] = prepare_overrides(sys.argv[1:])
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
     main()

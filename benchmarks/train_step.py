@@ -14,7 +14,7 @@ variant (``adam`` by default) three ways: ratio of the medians, median of the pe
 fair figure on a shared CPU).
 
 A variant is ``OPTIMIZER[:UPDATE_MODE][+OPTION...]``: ``adam`` or ``balanced`` (any
-``conf/optimizer`` option), an ``optimizer.update_mode`` (``exact``, ``subbatch``,
+``conf/optimizer`` option), an ``optimizer.balancer.update_mode`` (``exact``, ``subbatch``,
 ``next_batch``), and speed options ``+bf16`` (trainer.autocast_bf16, CUDA only), ``+cl``
 (trainer.channels_last) and ``+compile`` (trainer.compile).
 """
@@ -61,7 +61,7 @@ def parse_variant(spec: str) -> Variant:
     optimizer, _, mode = base.partition(":")
     overrides = [f"optimizer={optimizer}"]
     if mode:
-        overrides.append(f"optimizer.update_mode={mode}")
+        overrides.append(f"optimizer.balancer.update_mode={mode}")
     for option in options:
         if option not in OPTIONS:
             raise SystemExit(f"error: unknown option +{option} in {spec!r}; use {list(OPTIONS)}")
@@ -88,8 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="OPTIMIZER[:MODE][+bf16][+cl][+compile]; the first is the reference of the ratios "
         f"(default: {' '.join(DEFAULT_VARIANTS)})",
     )
-    parser.add_argument("--subbatch-size", type=int, default=2, help="optimizer.subbatch_size")
-    parser.add_argument("--ema-decay", type=float, help="optimizer.ema_decay (default: config)")
+    parser.add_argument(
+        "--subbatch-size", type=int, default=2, help="optimizer.balancer.subbatch_size"
+    )
+    parser.add_argument(
+        "--ema-decay", type=float, help="optimizer.balancer.ema_decay (default: config)"
+    )
     parser.add_argument("--lmbda", type=float, default=0.013)
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="more Hydra overrides for all"
@@ -116,19 +120,19 @@ def common_overrides(args: argparse.Namespace, run_dir: str) -> list[str]:
         f"data.batch_size={args.batch_size}",
         f"data.crop_size={args.crop}",
         f"data.samples_per_epoch={args.batch_size}",
-        f"optimizer.subbatch_size={args.subbatch_size}",
-        "optimizer.exact_warmup_steps=0",  # next_batch in its steady state from the start
+        f"optimizer.balancer.subbatch_size={args.subbatch_size}",
+        "optimizer.balancer.exact_warmup_steps=0",  # next_batch in its steady state from the start
         f"paths.run_dir={run_dir}",
     ]
     if args.ema_decay is not None:
-        out.append(f"optimizer.ema_decay={args.ema_decay}")
+        out.append(f"optimizer.balancer.ema_decay={args.ema_decay}")
     return [*out, *args.set]
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from hpcm.training import build_trainer
+    from hpcm.train.build import build_trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -51,8 +51,9 @@ def ms_ssim_min_side() -> int:
     return (MS_SSIM_WIN_SIZE - 1) * 2 ** (MS_SSIM_LEVELS - 1)
 
 
-def ms_ssim(x: Tensor, x_hat: Tensor) -> Tensor:
-    """MS-SSIM of images in [0, 1], shape (B, C, H, W) or (C, H, W), averaged over the batch.
+def ms_ssim(x: Tensor, x_hat: Tensor, per_image: bool = False) -> Tensor:
+    """MS-SSIM of images in [0, 1], shape (B, C, H, W) or (C, H, W), averaged over the batch
+    (``per_image``: one value per image, shape (B,)).
 
     Differentiable, so the MS-SSIM loss uses it too. Raises ``ValueError`` when a side is too
     small for the 5-scale pyramid, instead of pytorch_msssim's bare ``AssertionError``.
@@ -68,7 +69,9 @@ def ms_ssim(x: Tensor, x_hat: Tensor) -> Tensor:
             f"MS-SSIM needs both image sides > {ms_ssim_min_side()} px "
             f"({MS_SSIM_LEVELS} scales, {MS_SSIM_WIN_SIZE}-px window), got {height}x{width}"
         )
-    return _pytorch_ms_ssim(x, x_hat, data_range=1.0, size_average=True, win_size=MS_SSIM_WIN_SIZE)
+    return _pytorch_ms_ssim(
+        x, x_hat, data_range=1.0, size_average=not per_image, win_size=MS_SSIM_WIN_SIZE
+    )
 
 
 def ms_ssim_db(value: Tensor | float) -> Tensor | float:

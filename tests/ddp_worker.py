@@ -2,7 +2,7 @@
 
     torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py OUT_DIR OVERRIDE ...
 
-Runs ``hpcm.training.train`` with the overrides plus ``paths.run_dir=OUT_DIR/run<RANK>`` (a
+Runs ``hpcm.train.build.train`` with the overrides plus ``paths.run_dir=OUT_DIR/run<RANK>`` (a
 different directory per rank, as Hydra's timestamped run directories can be), then writes this
 rank's final model weights, FAMO state and the first local task losses it balanced to
 ``OUT_DIR/rank<RANK>.pt``, so the test can compare the ranks.
@@ -21,8 +21,9 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hpcm import engine, training
 from hpcm.optim import FAMOWeighting
+from hpcm.train import build as training
+from hpcm.train import loop as engine
 
 
 def main(out_dir: Path, overrides: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Tests for hpcm.report (BD-rate tables, plots) and the shipped anchors."""
+"""Tests for hpcm.eval.report (BD-rate tables, plots) and the shipped anchors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import bjontegaard as bd
 import pytest
 
-from hpcm import anchors, report
+from hpcm.eval import anchors, report
 
 # Published Kodak PSNR points (lyq133/LIC-HPCM README), typed here independently of the JSON.
 BASE_BPP = [0.1211, 0.1757, 0.2729, 0.4125, 0.5898, 0.8209]

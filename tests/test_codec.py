@@ -14,17 +14,17 @@ from official_weights import SPEC, VECTORS, official_formula_state_dict
 from PIL import Image
 
 import hpcm
-from hpcm.checkpoint import atomic_torch_save, convert_official_state_dict, model_checkpoint
 from hpcm.codec import (
     CodecError,
     Encoded,
     crop_center,
     decode_image,
     encode_image,
-    main,
     pad_to_multiple,
     read_image,
 )
+from hpcm.codec.__main__ import main
+from hpcm.codec.checkpoint import atomic_torch_save, convert_official_state_dict, model_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hpcm.data import (
+from hpcm.train.data import (
     EMBEDDED_FILES,
     EMBEDDED_TEST,
     EMBEDDED_TRAIN,
@@ -161,7 +161,7 @@ def test_embedded_skips_images_smaller_than_crop() -> None:
         big = EmbeddedSamples("train", crop_size=(320, 320), samples_per_epoch=4)
     assert "chelsea" not in big.names  # 300x451
     with pytest.raises(DataError, match="no usable embedded images"), pytest.warns(DataWarning):
-        EmbeddedSamples("train", crop_size=4096)
+        EmbeddedSamples("train", crop_size=4096, samples_per_epoch=4)
     with pytest.raises(DataError, match="unknown embedded image 'lily'"):
         EmbeddedSamples("test", names=["lily"])  # not in the wheel: would need a download
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcm.checkpoint import safe_torch_load
-from hpcm.distributed import DistContext
-from hpcm.engine import ConfigError
-from hpcm.tracking import read_metrics
-from hpcm.training import build_trainer, setup_distributed
+from hpcm.codec.checkpoint import safe_torch_load
+from hpcm.train import validate as validate_module
+from hpcm.train.build import ConfigError, build_trainer, setup_distributed
+from hpcm.train.distributed import DistContext
+from hpcm.train.tracking import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_cfg
@@ -121,7 +121,7 @@ def test_ddp_without_torchrun_trains_in_one_process(
     assert setup_distributed(cfg) == DistContext()
     assert "(not started by torchrun): training in one process" in caplog.text
     trainer = build_trainer(cfg)
-    assert trainer.train_model is trainer.model and trainer.balancer.reduce_fn is None
+    assert trainer.train_model is trainer.model and trainer.balancer.famo.reduce_fn is None
     assert trainer.train_step(next(iter(trainer.loaders.train))) is not None
 
 
@@ -135,7 +135,7 @@ def test_a_torchrun_launch_without_ddp_is_refused(
 
 def test_unsupported_ddp_settings_are_config_errors(tmp_path: Path) -> None:
     two = DistContext(rank=0, world_size=2)  # never reaches a collective: refused before
-    with pytest.raises(ConfigError, match="balance=qp is not supported"):
+    with pytest.raises(ConfigError, match="QP balancer runs in one process"):
         build_trainer(make_cfg(tmp_path, "optimizer=balanced_qp"), dist=two)
     with pytest.raises(ConfigError, match="unknown trainer.ddp_backend 'mpi'"):
         setup_distributed(make_cfg(tmp_path, "trainer=ddp", "trainer.ddp_backend=mpi"))
@@ -150,8 +150,8 @@ def test_each_rank_validates_its_share_of_the_test_images(tmp_path: Path) -> Non
     everything = torch.cat(list(trainer.loaders.test))
     shares = []
     for rank in (0, 1):
-        trainer.dist = DistContext(rank=rank, world_size=2)
-        shares.append(torch.cat(list(trainer._test_batches())))
+        share = validate_module._share(trainer.loaders.test, DistContext(rank=rank, world_size=2))
+        shares.append(torch.cat(list(share)))
     assert torch.equal(torch.cat([shares[0], shares[1]]), everything[[0, 1]])
     assert torch.equal(shares[0], everything[0::2]) and torch.equal(shares[1], everything[1::2])
 

@@ -14,10 +14,11 @@ from official_weights import KODAK, VECTORS, official_formula_state_dict
 from PIL import Image
 
 import hpcm
-from hpcm import evaluation, report
-from hpcm.checkpoint import atomic_torch_save, model_checkpoint
 from hpcm.codec import encode_image, read_image
-from hpcm.evaluation import RunInfo, assign_groups, find_checkpoints, main, read_run_info
+from hpcm.codec.checkpoint import atomic_torch_save, model_checkpoint
+from hpcm.eval import evaluate as evaluation
+from hpcm.eval import report
+from hpcm.eval.evaluate import RunInfo, assign_groups, find_checkpoints, main, read_run_info
 from hpcm.metrics import psnr_8bit
 
 # (run dir, optimizer, lambda, gain of g_a's last conv): gains of 3 to 4 give the random tiny
@@ -207,7 +208,7 @@ def test_find_checkpoints_in_run_and_sweep_dirs(tmp_path, capsys) -> None:
 
 
 def test_run_files_match_the_trainer() -> None:
-    engine = pytest.importorskip("hpcm.engine")
+    engine = pytest.importorskip("hpcm.train.state")
     assert evaluation.RUN_CHECKPOINTS == (engine.BEST_CHECKPOINT, engine.LAST_CHECKPOINT)
 
 
@@ -299,7 +300,7 @@ def test_errors_for_mixed_up_checkpoints(tmp_path, tiny_run, capsys) -> None:
     kodak = ["--dataset", str(KODAK), "--limit", "1", "--out", str(tmp_path / "o")]
     text = tmp_path / "notes.pth.tar"
     text.write_text("hello")
-    assert "not a readable checkpoint" in _error(capsys, [str(text), *kodak])
+    assert "cannot read checkpoint" in _error(capsys, [str(text), *kodak])
     other = tmp_path / "other.pth.tar"
     torch.save({"weights": torch.zeros(3)}, other)
     assert "neither a project checkpoint" in _error(capsys, [str(other), *kodak])

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from hpcm.losses import TASK_NAMES, RateDistortionLoss
 from hpcm.metrics import (
     bpp_from_likelihoods,
     bpp_from_strings,
@@ -17,6 +16,7 @@ from hpcm.metrics import (
     psnr,
     psnr_8bit,
 )
+from hpcm.train.losses import RateDistortionLoss, task_names
 
 
 @pytest.fixture
@@ -123,9 +123,10 @@ def test_loss_backpropagates_to_reconstruction_and_likelihoods(image: torch.Tens
 
 def test_task_losses_vector(image: torch.Tensor) -> None:
     criterion = RateDistortionLoss(0.013)
-    out = criterion(fake_output(image), image)
-    tasks = criterion.task_losses(out)
-    assert TASK_NAMES == ("distortion", "bpp_loss")
+    output = fake_output(image)
+    out = criterion(output, image)
+    tasks = criterion.task_losses(out, output, task_names("rd"))
+    assert task_names("rd") == ("distortion", "bpp_loss")
     assert tasks.shape == (2,)
     assert torch.equal(tasks, torch.stack([out["distortion"], out["bpp_loss"]]))
 

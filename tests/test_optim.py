@@ -30,18 +30,18 @@ def _famo_step(famo: FAMOWeighting, before: list[float], after: list[float]) -> 
 
 # ----------------------------------------------------------------------------- FAMO
 def test_famo_starts_uniform_and_validates_shapes() -> None:
-    famo = FAMOWeighting(3)
+    famo = FAMOWeighting(3, gamma=0.003, w_lr=0.025, min_losses=-1.0)
     assert torch.equal(famo.weights, torch.full((3,), 1 / 3))
     with pytest.raises(ValueError):
         famo.combine(torch.ones(2))
     with pytest.raises(RuntimeError):
         famo.update(torch.ones(3))
     with pytest.raises(ValueError):
-        FAMOWeighting(2, min_losses=[0.0, 0.0, 0.0])
+        FAMOWeighting(2, gamma=0.003, w_lr=0.025, min_losses=[0.0, 0.0, 0.0])
 
 
 def test_famo_favours_the_task_whose_log_loss_falls_slower() -> None:
-    famo = FAMOWeighting(2, gamma=0.0)
+    famo = FAMOWeighting(2, gamma=0.0, w_lr=0.025, min_losses=-1.0)
     for _ in range(5):
         _famo_step(famo, [1.0, 1.0], [0.5, 0.95])  # task 0 falls fast, task 1 slowly
     w = famo.weights
@@ -86,7 +86,7 @@ def test_famo_logit_step_matches_torch_adam_with_l2() -> None:
 def test_famo_combine_gradient_equals_log_formulation() -> None:
     model = torch.nn.Linear(4, 2)
     x, y = torch.randn(16, 4), torch.randn(16, 2)
-    famo = FAMOWeighting(2, min_losses=[-1.0, -0.5])
+    famo = FAMOWeighting(2, gamma=0.003, w_lr=0.025, min_losses=[-1.0, -0.5])
     for _ in range(10):  # move the weights away from uniform
         _famo_step(famo, [1.0, 1.0], [0.6, 0.95])
     assert abs(float(famo.weights[0] - 0.5)) > 0.01
@@ -115,8 +115,8 @@ def test_famo_combine_does_not_touch_losses_and_uses_reduce_fn() -> None:
         calls.append(v.clone())
         return v.mul_(2.0)  # in place on the copy it is given
 
-    famo = FAMOWeighting(2, gamma=0.0, min_losses=0.0, eps=0.0, reduce_fn=reduce_fn)
-    plain = FAMOWeighting(2, gamma=0.0, min_losses=0.0, eps=0.0)
+    famo = FAMOWeighting(2, gamma=0.0, w_lr=0.025, min_losses=0.0, eps=0.0, reduce_fn=reduce_fn)
+    plain = FAMOWeighting(2, gamma=0.0, w_lr=0.025, min_losses=0.0, eps=0.0)
     losses = torch.tensor([1.0, 3.0], requires_grad=True)
     famo.combine(losses)
     assert torch.equal(losses.detach(), torch.tensor([1.0, 3.0]))
@@ -126,13 +126,15 @@ def test_famo_combine_does_not_touch_losses_and_uses_reduce_fn() -> None:
     _famo_step(plain, [1.0, 3.0], [0.5, 2.0])
     torch.testing.assert_close(famo.weights, plain.weights)
     # Reduction is seen by the weights: a rank-local vector is replaced by the reduced one.
-    skewed = FAMOWeighting(2, gamma=0.0, reduce_fn=lambda v: torch.tensor([0.5, 0.5]))
+    skewed = FAMOWeighting(
+        2, gamma=0.0, reduce_fn=lambda v: torch.tensor([0.5, 0.5]), w_lr=0.025, min_losses=-1.0
+    )
     _famo_step(skewed, [1.0, 3.0], [0.1, 2.9])
     torch.testing.assert_close(skewed.weights, torch.tensor([0.5, 0.5]))
 
 
 def test_famo_non_finite_update_is_skipped() -> None:
-    famo = FAMOWeighting(2, min_losses=0.0)
+    famo = FAMOWeighting(2, gamma=0.003, w_lr=0.025, min_losses=0.0)
     _famo_step(famo, [1.0, 1.0], [0.5, 0.9])
     before = famo.state_dict()
     famo.combine(torch.tensor([1.0, 1.0]))
@@ -159,17 +161,17 @@ def _drive(famo: FAMOWeighting, n: int, seed: int) -> list[torch.Tensor]:
 
 
 def test_famo_state_dict_round_trip_bit_exact() -> None:
-    famo = FAMOWeighting(2, gamma=0.005, min_losses=[-1.0, 0.0])
+    famo = FAMOWeighting(2, gamma=0.005, w_lr=0.025, min_losses=[-1.0, 0.0])
     _drive(famo, 7, seed=1)
     famo.combine(torch.tensor([2.0, 1.0]))  # leaves prev_losses set
     famo.update(torch.tensor([float("inf"), 1.0]))  # and one skipped update
 
-    fresh = FAMOWeighting(2, gamma=0.005)
+    fresh = FAMOWeighting(2, gamma=0.005, w_lr=0.025, min_losses=-1.0)
     fresh.load_state_dict(famo.state_dict())
     buf = io.BytesIO()
     torch.save(famo.state_dict(), buf)
     buf.seek(0)
-    loaded = FAMOWeighting(2, gamma=0.005)
+    loaded = FAMOWeighting(2, gamma=0.005, w_lr=0.025, min_losses=-1.0)
     loaded.load_state_dict(torch.load(buf, weights_only=True))
 
     assert loaded.skipped_updates == 1
@@ -184,12 +186,12 @@ def test_famo_state_dict_round_trip_bit_exact() -> None:
 
 
 def test_famo_load_rejects_wrong_shapes() -> None:
-    state = FAMOWeighting(3).state_dict()
+    state = FAMOWeighting(3, gamma=0.003, w_lr=0.025, min_losses=-1.0).state_dict()
     with pytest.raises(ValueError):
-        FAMOWeighting(2).load_state_dict(state)
+        FAMOWeighting(2, gamma=0.003, w_lr=0.025, min_losses=-1.0).load_state_dict(state)
     del state["step"]
     with pytest.raises(KeyError):
-        FAMOWeighting(3).load_state_dict(state)
+        FAMOWeighting(3, gamma=0.003, w_lr=0.025, min_losses=-1.0).load_state_dict(state)
 
 
 def test_adam_with_famo_trains_two_task_regression() -> None:
@@ -197,7 +199,7 @@ def test_adam_with_famo_trains_two_task_regression() -> None:
     targets = torch.stack([x @ torch.tensor([1.0, -2.0, 0.5]), 2.0 * x[:, 0] - x[:, 2]], dim=1)
     model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Linear(8, 2))  # shared trunk
     opt = build_base_optimizer("adam", model.parameters(), lr=0.02)
-    famo = FAMOWeighting(2, gamma=0.003)
+    famo = FAMOWeighting(2, gamma=0.003, w_lr=0.025, min_losses=-1.0)
 
     def losses() -> torch.Tensor:
         return ((model(x) - targets) ** 2).mean(dim=0)
@@ -397,7 +399,9 @@ def test_cuda_matches_cpu() -> None:
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)).to(device)
         x, y = torch.randn(16, 4).to(device), torch.randn(16, 2).to(device)
         opt = CautiousAdam(model.parameters(), lr=0.01, max_scale=10.0)
-        famo = FAMOWeighting(2)  # state starts on the CPU and follows the losses
+        famo = FAMOWeighting(
+            2, gamma=0.003, w_lr=0.025, min_losses=-1.0
+        )  # state starts on the CPU and follows the losses
         params = list(model.parameters())
         for _ in range(5):
             opt.zero_grad()

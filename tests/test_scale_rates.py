@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import hpcm
-from hpcm.losses import RateDistortionLoss, scale_rates
+from hpcm.train.losses import RateDistortionLoss, scale_rates
 
 
 def test_per_scale_rates_sum_to_the_total_and_follow_the_masks():

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 import hpcm
-from hpcm.accel import SpeedOptions, fp32_likelihood
-from hpcm.engine import ConfigError
-from hpcm.training import build_trainer
+from hpcm.train.build import ConfigError, build_trainer
+from hpcm.train.speed import SpeedOptions
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_cfg
@@ -53,21 +52,21 @@ def test_channels_last_trains_and_computes_the_same_model(tmp_path: Path) -> Non
     assert seen[-1].is_contiguous(memory_format=torch.channels_last)  # the batch too
 
 
-def test_fp32_likelihood_evaluates_in_fp32_under_autocast() -> None:
+def test_entropy_model_evaluates_likelihoods_in_fp32_under_autocast() -> None:
     # CPU autocast stands in for CUDA: whatever dtype the transforms hand over, the CDF
     # difference of the likelihood is taken in fp32 (bf16 would round it for confident
-    # predictions); the residuals themselves carry the rounding of the bf16 transforms.
-    likelihood = hpcm.build_model("tiny").entropy.likelihood
+    # predictions); the entropy model does this itself, no wrapper is installed.
+    model = hpcm.build_model("tiny")
+    likelihood = model.entropy.likelihood
     residual = torch.tensor([0.0, 0.3, 2.0, 7.0]).reshape(1, 4, 1, 1).bfloat16()
     scales = torch.full_like(residual, 0.5)
-    wrapped = fp32_likelihood(likelihood)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        kept = wrapped(residual, scales)
-    assert kept.dtype == torch.float32 and getattr(wrapped, "fp32", False)
+        kept = likelihood(residual, scales)
+    assert kept.dtype == torch.float32
     torch.testing.assert_close(kept, likelihood(residual.float(), scales.float()))
     with torch.no_grad():
-        model = SpeedOptions(autocast_bf16=True).prepare_model(hpcm.build_model("tiny"))
-    assert getattr(model.entropy.likelihood, "fp32", False)
+        prepared = SpeedOptions(autocast_bf16=True).prepare_model(model)
+    assert "likelihood" not in vars(prepared.entropy)  # nothing patched onto the instance
 
 
 def test_float_output_casts_bf16_outputs_for_the_loss() -> None:

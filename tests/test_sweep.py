@@ -21,8 +21,8 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from hpcm import evaluation
-from hpcm.tracking import read_metrics
+from hpcm.eval import evaluate as evaluation
+from hpcm.train.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -91,8 +91,10 @@ def first_tpe_trial(seed: int) -> dict:
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
     trial = study.ask()
     return {
-        "optimizer.gamma": trial.suggest_float("optimizer.gamma", 1e-4, 0.03, log=True),
-        "optimizer.w_lr": trial.suggest_float("optimizer.w_lr", 0.005, 0.1),
+        "optimizer.balancer.gamma": trial.suggest_float(
+            "optimizer.balancer.gamma", 1e-4, 0.03, log=True
+        ),
+        "optimizer.balancer.w_lr": trial.suggest_float("optimizer.balancer.w_lr", 0.005, 0.1),
     }
 
 
@@ -116,7 +118,7 @@ def test_search_stores_its_study_in_sqlite_and_resumes(workdir: Path) -> None:
     study = optuna.load_study(study_name=STUDY, storage=storage)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
-    gamma = study.trials[0].distributions["optimizer.gamma"]
+    gamma = study.trials[0].distributions["optimizer.balancer.gamma"]
     assert isinstance(gamma, optuna.distributions.LogUniformDistribution)
     assert (gamma.low, gamma.high) == (1e-4, 0.03)
     assert study.trials[0].params == pytest.approx(first_tpe_trial(seed=0))  # seeded TPE
@@ -127,8 +129,8 @@ def test_search_stores_its_study_in_sqlite_and_resumes(workdir: Path) -> None:
     for trial in study.trials:
         optimizer, best = run_result(first / f"{trial.number}_tiny_balanced_mse_0.013")
         assert optimizer["name"] == "balanced"
-        assert optimizer["gamma"] == trial.params["optimizer.gamma"]
-        assert optimizer["w_lr"] == trial.params["optimizer.w_lr"]
+        assert optimizer["balancer"]["gamma"] == trial.params["optimizer.balancer.gamma"]
+        assert optimizer["balancer"]["w_lr"] == trial.params["optimizer.balancer.w_lr"]
         assert trial.value == pytest.approx(best)
     assert OmegaConf.load(first / "optimization_results.yaml").best_value == study.best_value
 
@@ -207,7 +209,7 @@ def test_search_config_composes_with_the_joblib_launcher() -> None:
     assert cfg.optimizer.name == "balanced"
     assert cfg.hydra.sweeper.study_name == "balanced_tiny_mse_0.013"
     assert cfg.hydra.sweeper.storage == "sqlite:///optuna.db"
-    assert cfg.hydra.sweeper.sampler._target_ == "hpcm.sweep.ResumableTPESampler"
+    assert cfg.hydra.sweeper.sampler._target_ == "hpcm.train.sweep.ResumableTPESampler"
     assert get_class(cfg.hydra.launcher._target_).__name__ == "JoblibLauncher"
     # Another sampler replaces the resumable TPE entirely.
     cfg = compose_sweep("hparams_search=balanced_optuna", "hydra/sweeper/sampler=random")

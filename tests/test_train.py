@@ -3,7 +3,6 @@ non-finite batches, resume equality, outputs, logging and one-line errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -19,13 +18,15 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 import hpcm
-from hpcm import engine
-from hpcm.checkpoint import CheckpointError, safe_torch_load
-from hpcm.data import DataError
-from hpcm.engine import ConfigError, LRSchedule, replay_rng, rng_state
-from hpcm.optim import CautiousAdam
-from hpcm.tracking import LOGGERS, read_metrics
-from hpcm.training import build_balancer, build_optimizer, build_trainer, train
+from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
+from hpcm.optim import CautiousAdam, PlainBalancer
+from hpcm.train import loop as engine
+from hpcm.train.build import ConfigError, build_balancer, build_optimizer, build_trainer, train
+from hpcm.train.cli import prepare_overrides
+from hpcm.train.data import DataError
+from hpcm.train.lr_schedule import LRSchedule
+from hpcm.train.post_step import replay_rng, rng_state
+from hpcm.train.tracking import LOGGERS, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -47,23 +48,13 @@ SHORT = [
 ]
 
 
-def load_entrypoint():
-    spec = importlib.util.spec_from_file_location("train_entrypoint", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ENTRY = load_entrypoint()
-
-
 def make_cfg(run_dir: Path | None, *overrides: str, short: bool = True) -> DictConfig:
     """The config `python train.py OVERRIDES` would get, run dir in tmp_path."""
     args = [*(SHORT if short else []), *overrides]
     if run_dir is not None:
         args.append(f"paths.run_dir={run_dir}")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=ENTRY.prepare_overrides(args, CONF_DIR))
+        return compose("train", overrides=prepare_overrides(args, CONF_DIR))
 
 
 def options(group: str) -> list[str]:
@@ -84,10 +75,10 @@ def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -
     elif group == "optimizer":
         model = torch.nn.Linear(2, 2)
         optimizer = build_optimizer(cfg.optimizer, model.parameters())
-        balancer = build_balancer(cfg.optimizer, torch.device("cpu"))
+        balancer = build_balancer(cfg.optimizer)
         balanced = option.startswith("balanced")
         assert isinstance(optimizer, CautiousAdam) == balanced
-        assert (balancer is not None) == balanced
+        assert isinstance(balancer, PlainBalancer) != balanced
         assert cfg.optimizer.clip_max_norm == 1.0 and cfg.optimizer.lr == 1e-4
     elif group == "lambda":
         value = float(option.removeprefix("msssim_"))
@@ -115,12 +106,15 @@ def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
     )
     assert cfg.trainer.save_every_n_epochs == 500 and cfg.resume is False
     balanced = make_cfg(tmp_path, "optimizer=balanced", short=False).optimizer
-    assert (balanced.gamma, balanced.w_lr, balanced.clip_max_norm) == (0.003, 0.025, 1.0)
-    assert list(balanced.min_losses) == [-1.0, -1.0]
+    famo = balanced.balancer
+    assert (famo.gamma, famo.w_lr, balanced.clip_max_norm) == (0.003, 0.025, 1.0)
+    assert list(famo.min_losses) == [-1.0, -1.0]
+    qp = make_cfg(tmp_path, "optimizer=balanced_qp", short=False).optimizer.balancer
+    assert set(qp) == {"_target_", "min_losses", "warn_weight_above"}  # no FAMO keys
 
 
 def test_prepare_overrides_quotes_lambdas_and_rejects_unknown_names() -> None:
-    prepare = ENTRY.prepare_overrides
+    prepare = prepare_overrides
     assert prepare(["lambda=0.013", "optimizer=balanced"]) == [
         "lambda='0.013'",
         "optimizer='balanced'",
@@ -390,7 +384,7 @@ def test_bad_data_folder_gives_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_metrics_file_holds_valid_json_for_non_finite_values(tmp_path: Path) -> None:
-    from hpcm.tracking import MetricsFile
+    from hpcm.train.tracking import MetricsFile
 
     metrics = MetricsFile(tmp_path / "m.jsonl")
     metrics.write({"step": 1, "test/loss": float("nan")})

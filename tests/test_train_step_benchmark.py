@@ -41,7 +41,7 @@ def test_variant_names_become_overrides() -> None:
     variant = bench.parse_variant("balanced:subbatch+bf16+cl")
     assert variant.overrides == [
         "optimizer=balanced",
-        "optimizer.update_mode=subbatch",
+        "optimizer.balancer.update_mode=subbatch",
         "trainer.autocast_bf16=true",
         "trainer.channels_last=true",
     ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,6 +26,17 @@ from torch import Tensor
 
 # Floor of the kept fraction in the rescale 1 / max(mean(mask), floor) (Liang et al. 2024).
 MIN_MASK_FRACTION = 1e-3
+
+
+@dataclass
+class _GroupTensors:
+    """The tensors of one parameter group that a step updates, in matching order."""
+
+    params: list[Tensor] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+    exp_avgs: list[Tensor] = field(default_factory=list)
+    exp_avg_sqs: list[Tensor] = field(default_factory=list)
+    steps: list[Tensor] = field(default_factory=list)
 
 
 class CautiousAdam(torch.optim.Optimizer):
@@ -75,15 +87,9 @@ class CautiousAdam(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
-    def _init_group(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        exp_avgs: list[Tensor],
-        exp_avg_sqs: list[Tensor],
-        steps: list[Tensor],
-    ) -> None:
+    def _init_group(self, group: dict[str, Any]) -> _GroupTensors:
+        """The parameters of ``group`` that have gradients, with their state (created lazily)."""
+        t = _GroupTensors()
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -97,11 +103,12 @@ class CautiousAdam(torch.optim.Optimizer):
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
+            t.params.append(p)
+            t.grads.append(p.grad)
+            t.exp_avgs.append(state["exp_avg"])
+            t.exp_avg_sqs.append(state["exp_avg_sq"])
+            t.steps.append(state["step"])
+        return t
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -111,25 +118,20 @@ class CautiousAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params: list[Tensor] = []
-            grads: list[Tensor] = []
-            exp_avgs: list[Tensor] = []
-            exp_avg_sqs: list[Tensor] = []
-            steps: list[Tensor] = []
-            self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, steps)
-            if params:
-                self._update(group, params, grads, exp_avgs, exp_avg_sqs, steps)
+            tensors = self._init_group(group)
+            if tensors.params:
+                self._update(group, tensors)
         return loss
 
     @staticmethod
-    def _update(
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        exp_avgs: list[Tensor],
-        exp_avg_sqs: list[Tensor],
-        steps: list[Tensor],
-    ) -> None:
+    def _update(group: dict[str, Any], t: _GroupTensors) -> None:
+        params, grads, exp_avgs, exp_avg_sqs, steps = (
+            t.params,
+            t.grads,
+            t.exp_avgs,
+            t.exp_avg_sqs,
+            t.steps,
+        )
         beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         max_scale = group["max_scale"]

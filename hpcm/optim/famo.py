@@ -75,9 +75,9 @@ class FAMOWeighting:
     def __init__(
         self,
         n_tasks: int,
-        gamma: float = 0.003,
-        w_lr: float = 0.025,
-        min_losses: float | Sequence[float] | Tensor = -1.0,
+        gamma: float,
+        w_lr: float,
+        min_losses: float | Sequence[float] | Tensor,
         eps: float = 1e-8,
         device: torch.device | str | None = None,
         betas: tuple[float, float] = (0.9, 0.999),

@@ -4,19 +4,20 @@ All three are off by default (``trainer.autocast_bf16``, ``trainer.channels_last
 ``trainer.compile``) until measured on the target GPU (``benchmarks/gpu_check.sh``).
 
 - ``autocast_bf16``: the transforms and the context model run under CUDA bf16 autocast; the
-  entropy model's likelihoods are evaluated in fp32 (a difference of two CDFs, which bf16's 8-bit
-  mantissa would round for confident predictions; the residuals fed to it carry the rounding of
-  the bf16 transforms), and the loss is computed in fp32 from ``x_hat`` and the likelihoods.
-  CUDA only: on other devices it is refused (``ValueError``).
+  entropy model evaluates its likelihoods in fp32 whatever the autocast
+  (:meth:`hpcm.codec.entropy.GGMEntropyModel.likelihood`), and the loss is computed in fp32
+  from ``x_hat`` and the likelihoods. CUDA only: on other devices it is refused (``ValueError``).
 - ``channels_last``: model weights and input batches in NHWC memory format.
 - ``compile``: ``torch.compile`` of the training forward (``compile_mode``, ``compile_backend``
   choose its mode and backend; ``backend=eager`` checks that the model traces, without code
   generation). Validation runs uncompiled: its padded image sizes vary.
+
+Process-wide torch settings that these options need are made once, by the training entrypoint,
+through :func:`apply_global_settings`.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -38,14 +39,14 @@ class SpeedOptions:
 
     @classmethod
     def from_config(cls, trainer_cfg: Mapping[str, Any]) -> SpeedOptions:
-        """The options of a ``trainer`` config group (missing keys: off)."""
-        mode = trainer_cfg.get("compile_mode")
+        """The options of a ``trainer`` config group (conf/trainer/default.yaml holds them)."""
+        mode = trainer_cfg["compile_mode"]
         return cls(
-            autocast_bf16=bool(trainer_cfg.get("autocast_bf16", False)),
-            channels_last=bool(trainer_cfg.get("channels_last", False)),
-            compile=bool(trainer_cfg.get("compile", False)),
+            autocast_bf16=bool(trainer_cfg["autocast_bf16"]),
+            channels_last=bool(trainer_cfg["channels_last"]),
+            compile=bool(trainer_cfg["compile"]),
             compile_mode=None if mode in (None, "default") else str(mode),
-            compile_backend=str(trainer_cfg.get("compile_backend") or "inductor"),
+            compile_backend=str(trainer_cfg["compile_backend"]),
         )
 
     def check(self, device: torch.device) -> None:
@@ -63,24 +64,15 @@ class SpeedOptions:
 
     # --------------------------------------------------------------------------- the model
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """In place: channels_last weights; fp32 likelihoods under bf16 autocast."""
+        """In place: channels_last weights when that is on."""
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        likelihood = getattr(getattr(model, "entropy", None), "likelihood", None)
-        if self.autocast_bf16 and likelihood is not None and not hasattr(likelihood, "fp32"):
-            model.entropy.likelihood = fp32_likelihood(likelihood)
         return model
 
     def compiled(self, module: nn.Module) -> nn.Module | Callable[..., Any]:
         """``torch.compile(module)`` when ``compile`` is on, else ``module`` itself."""
         if not self.compile:
             return module
-        if self.compile_backend == "inductor":
-            # Random ops as in eager mode: the Balanced post-step forward replays the RNG state
-            # of the step's forward and must draw the same quantization noise.
-            import torch._inductor.config as inductor_config
-
-            inductor_config.fallback_random = True
         return torch.compile(module, mode=self.compile_mode, backend=self.compile_backend)
 
     # --------------------------------------------------------------------------- the step
@@ -114,13 +106,14 @@ def _to_float(value: Any) -> Any:
     return value
 
 
-def fp32_likelihood(likelihood: Callable[[Tensor, Tensor], Tensor]) -> Callable[..., Tensor]:
-    """``likelihood(residual, scales)`` evaluated in fp32 with autocast off."""
+def apply_global_settings(speed: SpeedOptions) -> None:
+    """The process-wide torch settings of a training run, made once by the entrypoint.
 
-    @functools.wraps(likelihood)
-    def wrapped(residual: Tensor, scales: Tensor) -> Tensor:
-        with torch.autocast(residual.device.type, enabled=False):
-            return likelihood(residual.float(), scales.float())
+    With inductor, random ops run as in eager mode (``fallback_random``): the Balanced post-step
+    forward replays the RNG state of the step's forward and must draw the same quantization
+    noise.
+    """
+    if speed.compile and speed.compile_backend == "inductor":
+        import torch._inductor.config as inductor_config
 
-    wrapped.fp32 = True  # type: ignore[attr-defined]
-    return wrapped
+        inductor_config.fallback_random = True

@@ -2,7 +2,7 @@
 
 Sub-modules keep the official attribute names inside each block (``branch``, ``pconv``,
 ``conv_q`` ...) so that official checkpoints map onto them with a handful of prefix renames
-(see :mod:`hpcm.checkpoint`).
+(see :mod:`hpcm.codec.checkpoint`).
 """
 
 from __future__ import annotations

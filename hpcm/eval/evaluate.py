@@ -26,19 +26,20 @@ import torch
 from tqdm import tqdm
 
 from hpcm import codec
-from hpcm.checkpoint import (
+from hpcm.codec.bitstream import CodecError
+from hpcm.codec.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     is_official_state_dict,
     load_model,
-    safe_torch_load,
+    read_checkpoint,
 )
-from hpcm.codec import CodecError, read_image
-from hpcm.data import find_images
+from hpcm.codec.images import ImageError, find_images, read_image
+from hpcm.codec.model import HPCM, MODEL_CONFIGS
+from hpcm.device import DeviceError, resolve_device
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
-from hpcm.model import HPCM, MODEL_CONFIGS
 
-# What a training run directory holds (hpcm/engine.py): the best checkpoint, else the last one.
+# What a training run directory holds (hpcm/train/state.py): the best checkpoint, else the last one.
 RUN_CHECKPOINTS = ("epoch_best.pth.tar", "last.pth.tar")
 RUN_MARKERS = ("config.yaml", ".hydra")  # the trainer's resolved config, Hydra's own folder
 CSV_NAME = "per_image.csv"
@@ -184,7 +185,7 @@ def inspect_checkpoint(path: Path, model_name: str | None = None) -> RunInfo:
     """Check that ``path`` loads into a model and say what it is (model, optimizer, lambda).
 
     Official state dicts without ``model_name`` are matched against every known model."""
-    data = _load(path)
+    data = read_checkpoint(path)
     if not _is_project(data) and not is_official_state_dict(data.get("state_dict", data)):
         raise EvaluationError(f"{path}: neither a project checkpoint nor an official HPCM one")
     names = [model_name] if model_name or _is_project(data) else list(MODEL_CONFIGS)
@@ -206,25 +207,6 @@ def inspect_checkpoint(path: Path, model_name: str | None = None) -> RunInfo:
 
 def _is_project(data: dict) -> bool:
     return data.get("format") == CHECKPOINT_FORMAT
-
-
-def _load(path: Path) -> dict:
-    try:
-        data = safe_torch_load(path)
-    except Exception as e:  # noqa: BLE001 - every unreadable file gets the same one-line error
-        raise EvaluationError(f"{path}: not a readable checkpoint ({_load_error(e)})") from None
-    if not isinstance(data, dict):
-        raise EvaluationError(f"{path}: not a checkpoint (holds a {type(data).__name__})")
-    return data
-
-
-def _load_error(e: Exception) -> str:
-    """The informative part of torch.load's (often many-line) message."""
-    text = str(e)
-    if "WeightsUnpickler error:" in text:  # weights_only refused the bytes: not plain data
-        detail = text.split("WeightsUnpickler error:")[1].split("Check the documentation")[0]
-        return f"not a PyTorch file of tensors and plain data: {' '.join(detail.split())}"
-    return (text.strip().splitlines() or [type(e).__name__])[0]
 
 
 def assign_groups(infos: Sequence[RunInfo], forced: str | None = None) -> list[RunInfo]:
@@ -379,18 +361,6 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def pick_device(name: str | None) -> torch.device:
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise EvaluationError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError(f"device {name!r} asked for, but CUDA is not available")
-    return device
-
-
 Measure = Callable[[HPCM, torch.Tensor, torch.device], ImageResult]
 
 
@@ -402,7 +372,7 @@ def evaluate_checkpoint(
     on_image: Callable[[Path, ImageResult], None],
 ) -> list[ImageResult]:
     """Measure every image with one checkpoint; ``on_image(path, result)`` after each."""
-    model = load_model(safe_torch_load(info.path), info.model_name, device)
+    model = load_model(read_checkpoint(info.path), info.model_name, device)
     results = []
     with torch.inference_mode(), _deterministic_cuda():
         if device.type == "cuda":  # keep CUDA start-up out of the first image's times
@@ -410,7 +380,7 @@ def evaluate_checkpoint(
         for path in images:
             try:
                 results.append(measure(model, read_image(path), device))
-            except CodecError as e:
+            except (CodecError, ImageError) as e:
                 raise EvaluationError(f"{info.path} on {path.name}: {e}") from None
             on_image(path, results[-1])
     return results
@@ -429,7 +399,7 @@ def _note_repeated_lambdas(infos: Sequence[RunInfo]) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, dict]:
     """Check every input, evaluate, write the CSV (row by row) and one JSON per group."""
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     images = list_images(args.dataset, args.limit)
     for path in images:
         read_image(path)  # a broken image fails now, not after hours of coding
@@ -488,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         curves = run(args)
-    except (EvaluationError, CheckpointError, CodecError) as e:
+    except (EvaluationError, CheckpointError, CodecError, DeviceError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:

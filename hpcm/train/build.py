@@ -1,7 +1,9 @@
-"""Building a training run from the composed Hydra config, and the run itself.
+"""From the composed Hydra config to a ready :class:`hpcm.train.loop.Trainer`, and the run itself.
 
-``build_trainer`` turns ``conf/train.yaml`` into a :class:`hpcm.engine.Trainer` (model, loss,
-optimizer, task balancer, data, DDP context); ``train`` is what ``python train.py`` runs.
+``build_trainer`` turns ``conf/train.yaml`` into a trainer (model, loss, optimizer, balancer,
+data, DDP context, speed options); ``train`` is what ``python train.py`` runs. Values the model
+constrains are checked here, before any data is loaded, so that a bad value is a one-line
+:class:`ConfigError` rather than a traceback at the first step.
 """
 
 from __future__ import annotations
@@ -17,29 +19,35 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from hpcm.balancing import QPWeighting, check_lower_bounds, task_names
-from hpcm.checkpoint import CheckpointError, load_model
-from hpcm.data import DataError, build_dataloaders
-from hpcm.distributed import (
+from hpcm.codec.checkpoint import CheckpointError, check_same_model, load_model
+from hpcm.codec.model import SIZE_MULTIPLE
+from hpcm.device import DeviceError, resolve_device
+from hpcm.optim import build_base_optimizer
+from hpcm.optim.balancer import Balancer
+from hpcm.train.data import DataError, as_size, build_dataloaders
+from hpcm.train.distributed import (
     DistContext,
     DistributedError,
     cleanup,
     init_distributed,
     local_device,
 )
-from hpcm.engine import (
-    LAST_CHECKPOINT,
-    RESOLVED_CONFIG,
-    ConfigError,
-    Trainer,
-    resolve_device,
-)
-from hpcm.losses import RateDistortionLoss
-from hpcm.optim import FAMOWeighting, build_base_optimizer
+from hpcm.train.loop import Trainer
+from hpcm.train.losses import RateDistortionLoss, task_names
+from hpcm.train.speed import SpeedOptions, apply_global_settings
+from hpcm.train.state import LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
-BALANCERS = ("famo", "qp")
+RESOLVED_CONFIG = "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run (unknown name, missing value, bad resume target)."""
+
+
+# Errors caused by what the user typed or pointed at: reported in one line by the entrypoint.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, DeviceError, OmegaConfBaseException)
 
 
 def _find_resume(resume: Any, run_dir: Path) -> Path | None:
@@ -61,42 +69,52 @@ def _find_resume(resume: Any, run_dir: Path) -> Path | None:
     return path
 
 
+# ----------------------------------------------------------------------------- checks
+def check_config(cfg: DictConfig) -> None:
+    """One-line errors for values that could only fail later (at the first step or epoch)."""
+    t = cfg.trainer
+    if int(t.epochs) < 1 or int(t.val_every_n_epochs) < 1 or int(t.save_every_n_epochs) < 1:
+        raise ConfigError("trainer.epochs, val_every_n_epochs, save_every_n_epochs must be >= 1")
+    if int(t.log_every_n_steps) < 1:
+        raise ConfigError("trainer.log_every_n_steps must be >= 1")
+    schedule = t.lr_schedule
+    if len(schedule.milestones) != len(schedule.factors):
+        raise ConfigError("trainer.lr_schedule: milestones and factors differ in length")
+    d = cfg.data
+    if int(d.batch_size) < 1:
+        raise ConfigError(f"data.batch_size must be >= 1, got {d.batch_size}")
+    try:
+        crop = as_size(d.crop_size)
+    except ValueError as error:
+        raise ConfigError(f"data.crop_size: {error}") from None
+    if crop[0] % SIZE_MULTIPLE or crop[1] % SIZE_MULTIPLE:
+        raise ConfigError(
+            f"data.crop_size={d.crop_size}: HPCM trains on crops whose sides are multiples of "
+            f"{SIZE_MULTIPLE}"
+        )
+
+
 # ----------------------------------------------------------------------------- building
 def build_optimizer(cfg: DictConfig, params: Any) -> torch.optim.Optimizer:
-    """The model optimizer of an ``optimizer`` config group."""
-    kwargs = OmegaConf.to_container(cfg.get("kwargs") or {}, resolve=True)
+    """The model optimizer of an ``optimizer`` config group (``base`` and its ``kwargs``)."""
+    kwargs = OmegaConf.to_container(cfg.kwargs, resolve=True)
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
-    if cfg.base == "adam":  # torch.optim.Adam has no cautious rescale cap
-        kwargs.pop("max_scale", None)
     try:
         return build_base_optimizer(cfg.base, params, float(cfg.lr), **kwargs)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"optimizer: {error}") from None
 
 
-def build_balancer(cfg: DictConfig, device: torch.device) -> FAMOWeighting | QPWeighting | None:
-    """The task weighting of an ``optimizer`` config group (None for plain R + lambda*D)."""
-    if cfg.balance is None:
-        return None
-    if cfg.balance not in BALANCERS:
-        raise ConfigError(
-            f"unknown optimizer.balance {cfg.balance!r}; choose from {', '.join(BALANCERS)}"
-        )
+def build_balancer(cfg: DictConfig, dist: DistContext | None = None) -> Balancer:
+    """The balancer of an ``optimizer`` config group: ``optimizer.balancer`` names its class
+    with ``_target_`` and holds its keys; it weighs the task losses of ``optimizer.tasks``."""
     try:
-        names = task_names(str(cfg.get("tasks") or "rd"))
-        check_lower_bounds(list(cfg.min_losses), names)
-        if cfg.balance == "qp":
-            if len(names) != 2:
-                raise ValueError("balance=qp balances two tasks: use tasks=rd")
-            return QPWeighting(list(cfg.min_losses))
-        return FAMOWeighting(
-            n_tasks=len(names),
-            gamma=float(cfg.gamma),
-            w_lr=float(cfg.w_lr),
-            min_losses=list(cfg.min_losses),
-            device=device,
-        )
+        names = task_names(str(cfg.tasks))
+        reduce_fn = dist.all_reduce_mean if dist is not None and dist.enabled else None
+        return instantiate(cfg.balancer, task_names=names, reduce_fn=reduce_fn, _convert_="all")
+    except InstantiationException as error:
+        raise ConfigError(f"optimizer: {error.__cause__ or error}") from None
     except ValueError as error:
         raise ConfigError(f"optimizer: {error}") from None
 
@@ -105,11 +123,7 @@ def init_weights(model: nn.Module, source: str) -> None:
     """Start ``model`` from the weights of a project or official HPCM checkpoint (``init_from``,
     for fine-tuning); the checkpoint must hold the same model and widths."""
     loaded = load_model(source, name=model.name, update=False)
-    if loaded.config != model.config:
-        raise CheckpointError(
-            f"init_from {source}: the checkpoint's {loaded.name} has other widths than the "
-            "configured model"
-        )
+    check_same_model(f"init_from {source}", loaded.name, loaded.config, model)
     model.load_state_dict(loaded.state_dict())
     log.info("initialised the weights from %s", source)
 
@@ -119,9 +133,7 @@ def setup_distributed(cfg: DictConfig) -> DistContext:
     t = cfg.trainer
     device = resolve_device(str(t.device))
     try:
-        return init_distributed(
-            bool(t.get("ddp", False)), device.type, str(t.get("ddp_backend") or "auto")
-        )
+        return init_distributed(bool(t.ddp), device.type, str(t.ddp_backend))
     except DistributedError as error:
         raise ConfigError(str(error)) from None
 
@@ -129,10 +141,17 @@ def setup_distributed(cfg: DictConfig) -> DistContext:
 def build_trainer(
     cfg: DictConfig, run_dir: str | Path | None = None, dist: DistContext | None = None
 ) -> Trainer:
-    """Model, loss, optimizer, task balancer and data loaders from a composed config."""
+    """Model, loss, optimizer, balancer and data loaders from a composed config."""
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.paths.run_dir)
+    check_config(cfg)
     dist = dist if dist is not None else setup_distributed(cfg)
     device = local_device(resolve_device(str(cfg.trainer.device)), dist)
+    speed = SpeedOptions.from_config(cfg.trainer)
+    try:
+        speed.check(device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    balancer = build_balancer(cfg.optimizer, dist)
     torch.manual_seed(int(cfg.seed))  # weight initialisation and the noise stream
     try:
         model = instantiate(cfg.model, _convert_="all")
@@ -144,25 +163,32 @@ def build_trainer(
     if cfg.get("init_from"):
         init_weights(model, str(cfg.init_from))
     model.to(device).train()
+    speed.prepare_model(model)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    balancer = build_balancer(cfg.optimizer, device)
-    if dist.enabled and isinstance(balancer, FAMOWeighting):
-        balancer.reduce_fn = dist.all_reduce_mean  # the same task weights on every rank
+    loaders = _build_loaders(cfg, device, dist)
+    if dist.enabled:  # each rank its own noise stream (the weights are initialised already)
+        torch.manual_seed(dist.noise_seed(int(cfg.seed)))
+    return Trainer(
+        cfg, model, criterion, optimizer, balancer, loaders, device, run_dir, speed, dist
+    )
+
+
+def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> Any:
     d = cfg.data
     try:
-        loaders = build_dataloaders(
+        return build_dataloaders(
             name=d.name,
             train_dir=d.get("train_dir"),
             test_dir=d.get("test_dir"),
             crop_size=d.crop_size,
-            test_crop_size=d.get("test_crop_size"),
+            test_crop_size=d.test_crop_size,
             batch_size=int(d.batch_size),
-            test_batch_size=int(d.get("test_batch_size", 1)),
-            num_workers=int(d.get("num_workers", 0)),
+            test_batch_size=int(d.test_batch_size),
+            num_workers=int(d.num_workers),
             seed=int(cfg.seed),
-            samples_per_epoch=int(d.get("samples_per_epoch") or 1),
+            samples_per_epoch=d.get("samples_per_epoch"),
             pin_memory=device.type == "cuda",
-            drop_last=bool(d.get("drop_last", False)),
+            drop_last=bool(d.drop_last),
             num_replicas=dist.world_size,
             rank=dist.rank,
         )
@@ -170,9 +196,6 @@ def build_trainer(
         raise
     except ValueError as error:
         raise ConfigError(f"data: {error}") from None
-    if dist.enabled:  # each rank its own noise stream (the weights are initialised already)
-        torch.manual_seed(dist.noise_seed(int(cfg.seed)))
-    return Trainer(cfg, model, criterion, optimizer, loaders, device, run_dir, balancer, dist)
 
 
 def train(cfg: DictConfig) -> float:
@@ -182,6 +205,7 @@ def train(cfg: DictConfig) -> float:
         run_dir = Path(str(cfg.paths.run_dir))
     except OmegaConfBaseException:
         raise ConfigError("paths.run_dir cannot be resolved: set paths.run_dir=DIR") from None
+    apply_global_settings(SpeedOptions.from_config(cfg.trainer))
     dist = setup_distributed(cfg)
     try:
         if dist.enabled:  # rank 0's directory for all (Hydra's timestamps may differ by rank)

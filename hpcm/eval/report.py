@@ -1,11 +1,11 @@
 """BD-rate tables and R-D plots for CompressAI-style evaluation JSON.
 
 Curves are read from JSON files, folders of JSON files, or shipped anchors (``anchor:NAME``, see
-``hpcm.anchors``). Every curve is compared with one reference curve using the ``bjontegaard``
+``hpcm.eval.anchors``). Every curve is compared with one reference curve using the ``bjontegaard``
 package: BD-rate (%, negative = fewer bits for the same quality) and BD-PSNR / BD-MS-SSIM (dB).
 Results are printed as a Markdown table and written as Markdown, CSV and an R-D plot (PNG).
 
-Run ``python bdrate.py --help`` (or ``python -m hpcm.report --help``).
+Run ``python bdrate.py --help`` (or ``python -m hpcm.eval.report --help``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hpcm import anchors
+from hpcm.eval import anchors
 from hpcm.metrics import ms_ssim_db
 
 METRICS = {"psnr": "psnr-rgb", "ms-ssim": "ms-ssim-db"}
@@ -115,7 +115,7 @@ def _load_file(path: Path) -> Curve:
 def load_curves(spec: str, metric_key: str | None = None) -> list[Curve]:
     """Curves named by ``spec``: a JSON file, a folder of ``*.json`` files, or ``anchor:NAME``.
 
-    ``metric_key`` lets an anchor name resolve to its MS-SSIM sibling (see ``hpcm.anchors``).
+    ``metric_key`` lets an anchor name resolve to its MS-SSIM sibling (see ``hpcm.eval.anchors``).
     """
     if spec.startswith(ANCHOR_PREFIX):
         name = spec[len(ANCHOR_PREFIX) :]

@@ -1,4 +1,4 @@
-"""The ``.hpcm`` file format and ``python -m hpcm.codec encode|decode``.
+"""The ``.hpcm`` file format: a header, the y and z rANS streams, checksums.
 
 Layout (big-endian)::
 
@@ -14,21 +14,13 @@ torch build) and refuse to write a wrong image.
 
 from __future__ import annotations
 
-import argparse
 import struct
-import sys
-import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
-from hpcm.checkpoint import CheckpointError, load_model
-from hpcm.model import HPCM, SIZE_MULTIPLE
+from hpcm.codec.model import HPCM, crop_center, pad_to_multiple
 
 MAGIC = b"HPCM"
 VERSION = 1
@@ -39,38 +31,6 @@ _FIXED = struct.Struct(
 
 class CodecError(ValueError):
     """A file that is not a valid ``.hpcm`` stream, or that does not decode correctly."""
-
-
-# -- padding ------------------------------------------------------------------------------------
-def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
-    """Zero-pad (B, C, H, W) so that H and W are multiples of ``multiple``, centred (the extra
-    pixel of an odd padding goes to the bottom/right), as the official test protocol does."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
-
-
-def crop_center(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Undo :func:`pad_to_multiple`."""
-    h, w = size
-    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
-    return x[..., top : top + h, left : left + w]
-
-
-# -- images ----------------------------------------------------------------------------------------
-def read_image(path: str | Path) -> torch.Tensor:
-    """An RGB image file as a (1, 3, H, W) float tensor in [0, 1]."""
-    try:
-        with Image.open(path) as img:
-            arr = np.array(img.convert("RGB"))
-    except (OSError, ValueError) as e:
-        raise CodecError(f"cannot read image {path}: {e}") from None
-    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).float().div(255)
-
-
-def write_image(x: torch.Tensor, path: str | Path) -> None:
-    arr = x[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(arr).save(path)
 
 
 # -- weights fingerprint -------------------------------------------------------------------------
@@ -187,68 +147,3 @@ def decode_image(model: HPCM, enc: Encoded) -> torch.Tensor:
             "platform or torch build); decode on the platform that encoded"
         )
     return crop_center(out["x_hat"], enc.size)
-
-
-# -- command line --------------------------------------------------------------------------------
-def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m hpcm.codec", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    enc = sub.add_parser("encode", help="image -> .hpcm file")
-    enc.add_argument("image")
-    enc.add_argument("output")
-    enc.add_argument("--checkpoint", required=True, help="project or official HPCM checkpoint")
-    enc.add_argument("--model", help="model name for official checkpoints (default hpcm_base)")
-    enc.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    dec = sub.add_parser("decode", help=".hpcm file -> PNG")
-    dec.add_argument("input")
-    dec.add_argument("output")
-    dec.add_argument("--checkpoint", help="default: the checkpoint path stored at encoding")
-    dec.add_argument("--model", help="model name for official checkpoints")
-    dec.add_argument("--device", help="must match the encoder's device type")
-    args = parser.parse_args(argv)
-    try:
-        with torch.inference_mode():
-            if args.command == "encode":
-                x = read_image(args.image)
-                ckpt = str(Path(args.checkpoint).resolve())
-                model = load_model(ckpt, name=args.model, device=_device(args.device))
-                start = time.perf_counter()
-                encoded = encode_image(model, x, ckpt)
-                Path(args.output).write_bytes(encoded.to_bytes())
-                h, w = encoded.size
-                print(
-                    f"{args.image}: {h}x{w}, {encoded.num_bytes} bytes, "
-                    f"{encoded.num_bytes * 8 / (h * w):.4f} bpp, "
-                    f"{time.perf_counter() - start:.2f} s"
-                )
-            else:
-                try:
-                    data = Path(args.input).read_bytes()
-                except OSError as e:
-                    raise CodecError(f"cannot read {args.input}: {e.strerror}") from None
-                encoded = Encoded.from_bytes(data)
-                ckpt = args.checkpoint or encoded.checkpoint
-                if not ckpt:
-                    raise CodecError("no checkpoint stored in the file: pass --checkpoint")
-                name = args.model or encoded.model_name
-                model = load_model(ckpt, name=name, device=_device(args.device))
-                start = time.perf_counter()
-                x_hat = decode_image(model, encoded)
-                write_image(x_hat, args.output)
-                print(f"{args.output}: {time.perf_counter() - start:.2f} s")
-    except (CodecError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ HPCM (Li et al., ICCV 2025, arXiv 2507.19125, Sec. 3.2) codes the latent ``y`` a
 ``s3`` (full resolution, 8 steps of which the first two are s2). At each step every spatial
 position codes exactly one channel chunk (2, 4 or 8 chunks at s1, s2, s3) and the chunk rotates
 from step to step. This module holds the masks, the sub-sampling between scales and the step
-table; it knows nothing about weights or entropy coding. :class:`hpcm.model.HPCM` walks it for
+table; it knows nothing about weights or entropy coding. :class:`hpcm.codec.model.HPCM` walks it for
 training, compression and decompression alike.
 
 Everything below reproduces the official implementation's element order exactly, including two

@@ -2,30 +2,31 @@
 Modeling", ICCV 2025, arXiv 2507.19125).
 
 ``forward`` (training and likelihood estimation), ``compress`` and ``decompress`` all walk the
-one schedule of :mod:`hpcm.schedule`; a per-step callback decides what a step does with its
+one schedule of :mod:`hpcm.codec.schedule`; a per-step callback decides what a step does with its
 entropy parameters (quantize and measure, encode, or decode).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from hpcm.entropy import (
+from hpcm.codec.entropy import (
     BufferedRansEncoder,
-    CodingTables,
+    CompressionModel,
     GGMEntropyModel,
     RansDecoder,
     decode_symbols,
     encode_symbols,
     scale_indexes,
-    scale_table,
 )
-from hpcm.layers import (
+from hpcm.codec.layers import (
     Conv1x1,
     PConvRB,
     SpatialPrior,
@@ -36,7 +37,7 @@ from hpcm.layers import (
     deconv2x2_up,
     deconv4x4_up,
 )
-from hpcm.schedule import NUM_ADAPTORS, SCALES, STEPS, CodingStep, SchedulePlan, plan_for
+from hpcm.codec.schedule import NUM_ADAPTORS, SCALES, STEPS, CodingStep, SchedulePlan, plan_for
 
 # Image sides must be multiples of this: y is 1/16 of the image and the s1 attention windows
 # (4x4 at 1/4 of y) must tile it.
@@ -85,6 +86,17 @@ MODEL_CONFIGS: dict[str, HPCMConfig] = {
 }
 
 
+def build_model(name: str = "hpcm_base", **overrides) -> HPCM:
+    """Build an untrained model by name (``hpcm_base``, ``hpcm_large``, ``tiny``); keyword
+    arguments override fields of its :class:`HPCMConfig` (e.g. ``M=64`` for a wider tiny)."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_CONFIGS)}")
+    config = MODEL_CONFIGS[name]
+    if overrides:
+        config = HPCMConfig.from_dict({**config.to_dict(), **overrides})
+    return HPCM(config, name=name)
+
+
 def _pconv_stage(ch: int, n: int, cfg: HPCMConfig, entropy_path: bool = False) -> list[nn.Module]:
     # Only the entropy-parameter path (h_s and the context model) must give the same floats at
     # any thread count; the transforms keep oneDNN's convolutions, like the official code.
@@ -117,12 +129,53 @@ def _synthesis(cfg: HPCMConfig) -> nn.Sequential:
     )
 
 
+def _hyper_analysis(cfg: HPCMConfig) -> nn.Sequential:
+    M, N = cfg.M, cfg.N
+    return nn.Sequential(
+        *_pconv_stage(M, cfg.h_blocks[0], cfg),
+        conv2x2_down(M, N),
+        *_pconv_stage(N, cfg.h_blocks[1], cfg),
+        conv2x2_down(N, N),
+    )
+
+
+def _hyper_synthesis(cfg: HPCMConfig) -> nn.Sequential:
+    M, N = cfg.M, cfg.N
+    return nn.Sequential(
+        deconv2x2_up(N, N),
+        *_pconv_stage(N, cfg.h_blocks[1], cfg, entropy_path=True),
+        deconv2x2_up(N, 2 * M),
+        *_pconv_stage(2 * M, cfg.h_blocks[0], cfg, entropy_path=True),
+    )
+
+
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def _add_noise(x: torch.Tensor) -> torch.Tensor:
-    return x + torch.empty_like(x).uniform_(-0.5, 0.5)
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
+    """Zero-pad (B, C, H, W) so that H and W are multiples of ``multiple``, centred (the extra
+    pixel of an odd padding goes to the bottom/right), as the official test protocol does."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+
+
+def crop_center(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Undo :func:`pad_to_multiple`."""
+    h, w = size
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[..., top : top + h, left : left + w]
 
 
 StepFn = Callable[
@@ -147,9 +200,10 @@ class _ScaleSums:
         return out
 
 
-class HPCM(nn.Module):
+class HPCM(CompressionModel):
     """HPCM codec. ``forward(x)`` returns ``{"x_hat", "likelihoods": {"y", "z"}}`` (CompressAI's
-    convention); ``compress``/``decompress`` produce and read real rANS bitstreams."""
+    convention); ``compress``/``decompress`` produce and read real rANS bitstreams after
+    ``update()`` has built the coding tables (:class:`hpcm.codec.entropy.CompressionModel`)."""
 
     def __init__(self, config: HPCMConfig | None = None, name: str = "custom"):
         super().__init__()
@@ -158,18 +212,8 @@ class HPCM(nn.Module):
         M, N, C3 = cfg.M, cfg.N, 3 * cfg.M
         self.g_a = _analysis(cfg)
         self.g_s = _synthesis(cfg)
-        self.h_a = nn.Sequential(
-            *_pconv_stage(M, cfg.h_blocks[0], cfg),
-            conv2x2_down(M, N),
-            *_pconv_stage(N, cfg.h_blocks[1], cfg),
-            conv2x2_down(N, N),
-        )
-        self.h_s = nn.Sequential(
-            deconv2x2_up(N, N),
-            *_pconv_stage(N, cfg.h_blocks[1], cfg, entropy_path=True),
-            deconv2x2_up(N, 2 * M),
-            *_pconv_stage(2 * M, cfg.h_blocks[0], cfg, entropy_path=True),
-        )
+        self.h_a = _hyper_analysis(cfg)
+        self.h_s = _hyper_synthesis(cfg)
         # Context model: one 1x1 adaptor and one adaptive channel gain per non-hyper step, a
         # prior shared by s1 and s2 and one for s3, a cross-attention per scale, and a 1x1
         # context transition between scales.
@@ -191,11 +235,7 @@ class HPCM(nn.Module):
         self.z_means = nn.Parameter(torch.zeros(1, N, 1, 1))
         self.z_scales = nn.Parameter(torch.ones(1, N, 1, 1))
         self.entropy = GGMEntropyModel(cfg.beta)
-        for buf in ("y_scale_table", "y_cdf", "y_cdf_length", "y_offset"):
-            self.register_buffer(buf, torch.empty(0))
-        for buf in ("z_cdf", "z_cdf_length", "z_offset"):
-            self.register_buffer(buf, torch.empty(0))
-        self._tables: dict[str, CodingTables] | None = None
+        self._noise_batch: int | None = None
         self.set_official_numerics(False)
 
     def set_official_numerics(self, enabled: bool = False) -> None:
@@ -216,6 +256,28 @@ class HPCM(nn.Module):
         fmt = torch.contiguous_format if enabled else torch.channels_last
         for transform in (self.g_a, self.g_s):
             transform.to(memory_format=fmt)
+
+    # -- quantization noise ----------------------------------------------------------------------
+    def _add_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """Training-mode uniform noise in [-0.5, 0.5) (the rate proxy of Balle et al.)."""
+        batch = self._noise_batch
+        if batch is None or batch <= x.shape[0]:
+            return x + torch.empty_like(x).uniform_(-0.5, 0.5)
+        shape = (batch, *x.shape[1:])
+        noise = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+        return x + noise.uniform_(-0.5, 0.5)[: x.shape[0]]
+
+    @contextmanager
+    def noise_of_batch(self, batch_size: int) -> Iterator[None]:
+        """Within the block, a training forward of fewer than ``batch_size`` images draws the
+        noise of a ``batch_size`` batch and keeps its first images' part: with the RNG replayed,
+        the first images of a batch get exactly the noise they had in the whole batch (the
+        Balanced sub-batch update re-evaluates them this way)."""
+        previous, self._noise_batch = self._noise_batch, int(batch_size)
+        try:
+            yield
+        finally:
+            self._noise_batch = previous
 
     def _analysis(self, x: torch.Tensor) -> torch.Tensor:
         if self._channels_last:
@@ -272,7 +334,7 @@ class HPCM(nn.Module):
         z_res = z - self.z_means
         if self.training:
             z_hat = _ste_round(z_res) + self.z_means
-            z_lik = self.entropy.likelihood(_add_noise(z_res), self.z_scales)
+            z_lik = self.entropy.likelihood(self._add_noise(z_res), self.z_scales)
         else:
             z_q = torch.round(z_res)
             z_hat = z_q + self.z_means
@@ -292,51 +354,13 @@ class HPCM(nn.Module):
 
         y_hat = self._walk(params, measure)
         y_res = residuals.full(plan)
-        y_res = _add_noise(y_res) if self.training else torch.round(y_res)
+        y_res = self._add_noise(y_res) if self.training else torch.round(y_res)
         y_lik = self.entropy.likelihood(y_res, step_scales.full(plan))
         return {
             "x_hat": self._synthesis(y_hat),
             "likelihoods": {"y": y_lik, "z": z_lik},
             "y_scale_map": plan.scale_map,  # coding scale (0, 1, 2) of each element of y
         }
-
-    # -- coding tables ---------------------------------------------------------------------------
-    def update(self, scales: torch.Tensor | None = None, force: bool = False) -> bool:
-        """Build the rANS tables (y from the scale table, z from the learned z scales). Returns
-        False when they exist already and ``force`` is not set."""
-        if self.y_cdf.numel() and not force:
-            return False
-        table = scale_table() if scales is None else scales.detach().float().cpu()
-        device = self.z_scales.device
-        y_cdf, y_len, y_off = self.entropy.build_tables(table)
-        z_cdf, z_len, z_off = self.entropy.build_tables(self.z_scales.detach().reshape(-1))
-        for name, t in zip(
-            ("y_scale_table", "y_cdf", "y_cdf_length", "y_offset", "z_cdf", "z_cdf_length"),
-            (table, y_cdf, y_len, y_off, z_cdf, z_len),
-        ):
-            setattr(self, name, t.to(device))
-        self.z_offset = z_off.to(device)
-        self._tables = None
-        return True
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Table buffers are empty until update(): take whatever size the checkpoint holds.
-        for name, _ in self.named_buffers(recurse=False):
-            key = prefix + name
-            if key in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[key], device=self.z_scales.device))
-        self._tables = None
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def tables(self) -> dict[str, CodingTables]:
-        if not self.y_cdf.numel():
-            raise RuntimeError("coding tables are not built: call model.update() first")
-        if self._tables is None:
-            self._tables = {
-                "y": CodingTables.from_tensors(self.y_cdf, self.y_cdf_length, self.y_offset),
-                "z": CodingTables.from_tensors(self.z_cdf, self.z_cdf_length, self.z_offset),
-            }
-        return self._tables
 
     # -- real bitstreams ---------------------------------------------------------------------------
     @staticmethod

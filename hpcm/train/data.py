@@ -16,11 +16,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -28,7 +27,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+from hpcm.codec.images import PIL_ERRORS, find_images
+
 # Colour photographs shipped inside the scikit-image wheel (skimage/data), so they load with no
 # network: name (as in skimage.data) -> file. Two are held out for testing.
 EMBEDDED_FILES = {
@@ -47,17 +47,6 @@ EMBEDDED_TRAIN = tuple(name for name in EMBEDDED_FILES if name not in EMBEDDED_T
 # How many file names a skip warning lists before "...".
 LISTED_FILES = 5
 
-# What PIL raises on broken, truncated or hostile files (varies by format plugin).
-PIL_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    IndexError,
-    KeyError,
-    struct.error,
-    Image.DecompressionBombError,
-)
 
 CropSize = int | Sequence[int]
 SampleKey = int | tuple[int, int]
@@ -72,12 +61,6 @@ class DataWarning(UserWarning):
 
 
 # ----------------------------------------------------------------------------- image helpers
-def find_images(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """All files under ``root`` (recursive) with an image extension (any case), sorted."""
-    suffixes = {e.lower() for e in extensions}
-    return sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-
-
 def as_size(size: CropSize) -> tuple[int, int]:
     """``256`` or ``(256, 384)`` (also a Hydra ListConfig) -> ``(height, width)``."""
     if isinstance(size, int):
@@ -256,15 +239,15 @@ class EmbeddedSamples(Dataset):
         self,
         split: str = "train",
         crop_size: CropSize | None = 256,
-        samples_per_epoch: int = 512,
+        samples_per_epoch: int | None = None,
         test_multiple: int = 256,
         names: Sequence[str] | None = None,
     ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if split == "train" and crop_size is None:
-            raise ValueError("the embedded train split needs a crop_size")
-        if samples_per_epoch <= 0 or test_multiple <= 0:
+        if split == "train" and (crop_size is None or samples_per_epoch is None):
+            raise ValueError("the embedded train split needs a crop_size and samples_per_epoch")
+        if (samples_per_epoch is not None and samples_per_epoch <= 0) or test_multiple <= 0:
             raise ValueError("samples_per_epoch and test_multiple must be positive")
         self.split = split
         self.crop_size = None if crop_size is None else as_size(crop_size)
@@ -361,7 +344,7 @@ def build_datasets(
     test_dir: str | Path | None = None,
     crop_size: CropSize | None = 256,
     test_crop_size: CropSize | None = None,
-    samples_per_epoch: int = 512,
+    samples_per_epoch: int | None = None,
 ) -> tuple[Dataset, Dataset]:
     """``(train, test)`` datasets for ``name`` = ``"embedded"`` or ``"folder"``."""
     if name == "embedded":
@@ -381,28 +364,24 @@ def build_datasets(
 
 def build_dataloaders(
     name: str = "embedded",
-    train_dir: str | Path | None = None,
-    test_dir: str | Path | None = None,
-    crop_size: CropSize | None = 256,
-    test_crop_size: CropSize | None = None,
+    *,
     batch_size: int = 8,
     test_batch_size: int = 1,
     num_workers: int = 0,
     seed: int = 0,
-    samples_per_epoch: int = 512,
     pin_memory: bool = False,
     drop_last: bool = False,
     num_replicas: int = 1,
     rank: int = 0,
+    **datasets: Any,
 ) -> DataLoaders:
-    """Train and test loaders with a data order and crops fixed by ``seed`` (see module doc).
+    """Train and test loaders with a data order and crops fixed by ``seed`` (see module doc);
+    ``datasets`` are the keyword arguments of :func:`build_datasets` (folders, crop sizes ...).
 
     Test images of different sizes (no ``test_crop_size``) need ``test_batch_size=1``. The test
     loader is not sharded across ranks. ``loaders.train.sampler.set_epoch(e)`` resumes epoch e.
     """
-    train_set, test_set = build_datasets(
-        name, train_dir, test_dir, crop_size, test_crop_size, samples_per_epoch
-    )
+    train_set, test_set = build_datasets(name, **datasets)
     sampler = SeededSampler(len(train_set), seed, True, num_replicas, rank)
     common = {
         "num_workers": num_workers,

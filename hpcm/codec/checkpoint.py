@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from hpcm.model import HPCM, MODEL_CONFIGS, HPCMConfig
+from hpcm.codec.model import HPCM, MODEL_CONFIGS, HPCMConfig
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -115,7 +115,47 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the requested model."""
 
 
-def load_model(source, name: str | None = None, device=None, update: bool = True):
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The dict in a checkpoint file, loaded with ``weights_only=True`` (no pickled code runs).
+
+    Every failure is one :class:`CheckpointError` line: a missing file, bytes that are not a
+    PyTorch file of tensors and plain data, or a file that holds something other than a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = safe_torch_load(path)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line error
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_error(error)}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"cannot read checkpoint {path}: it holds a {type(data).__name__}")
+    return data
+
+
+def _load_error(error: Exception) -> str:
+    """The informative part of torch.load's (often many-line) message."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:  # weights_only refused the bytes: not plain data
+        detail = text.split("WeightsUnpickler error:")[1].split("Check the documentation")[0]
+        return f"not a PyTorch file of tensors and plain data: {' '.join(detail.split())}"
+    return (text.strip().splitlines() or [type(error).__name__])[0]
+
+
+def check_same_model(source: str, name: str, config: HPCMConfig, model: HPCM) -> None:
+    """The one compatibility check between a checkpoint's model (``name``, ``config``) and the
+    model a run or a caller builds: the same name and the same widths and depths."""
+    if name != model.name:
+        raise CheckpointError(f"{source} holds model {name!r}, this run builds model={model.name}")
+    if config != model.config:
+        ours = model.config.to_dict()
+        diff = [
+            f"{k}={v} (this run: {ours[k]})" for k, v in config.to_dict().items() if v != ours[k]
+        ]
+        raise CheckpointError(f"{source} holds model {name!r} with other sizes: {', '.join(diff)}")
+
+
+def load_model(source, name: str | None = None, device=None, update: bool = True) -> HPCM:
     """A ready-to-code model (eval mode, coding tables built) from a checkpoint.
 
     ``source`` is a path or an already loaded dict: either a project checkpoint (see
@@ -125,13 +165,7 @@ def load_model(source, name: str | None = None, device=None, update: bool = True
     Files are loaded with ``weights_only=True``: no pickled code runs.
     """
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        try:
-            source = safe_torch_load(path)
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line error
-            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+        source = read_checkpoint(source)
     if not isinstance(source, dict):
         raise CheckpointError("a checkpoint must be a dict (project checkpoint or state dict)")
     if source.get("format") == CHECKPOINT_FORMAT:

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 METRICS_FILE = "metrics.jsonl"
 LOGGERS = ("wandb", "none")
 
@@ -58,6 +60,37 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a metrics file (for tests and analysis scripts)."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+class MetricWindow:
+    """On-device sums of per-step metric vectors, read back once per logging window.
+
+    ``add(values)`` takes a finite step's vector (``names`` order), ``skip()`` counts a skipped
+    batch; ``flush(mean)`` returns ``{"train/<name>": mean}`` over the finite steps (``mean``
+    reduces the sums, e.g. over DDP ranks) and starts a new window.
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self._sums: Tensor | None = None
+        self.steps = 0  # finite steps in the window
+        self.batches = 0  # all batches in the window, skipped ones included
+
+    def add(self, values: Tensor) -> None:
+        self._sums = values if self._sums is None else self._sums + values
+        self.steps += 1
+        self.batches += 1
+
+    def skip(self) -> None:
+        self.batches += 1
+
+    def flush(self, mean: Any) -> dict[str, float]:
+        record: dict[str, float] = {}
+        if self.steps:
+            means = (mean(self._sums) / self.steps).tolist()  # one sync per window
+            record = {f"train/{n}": v for n, v in zip(self.names, means, strict=True)}
+        self._sums, self.steps, self.batches = None, 0, 0
+        return record
 
 
 class Tracker:

@@ -80,11 +80,18 @@ class GGMEntropyModel(nn.Module):
         return _GGMCdf.apply(v, self.beta.to(v.dtype))
 
     def likelihood(self, residual: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        """P(residual) of an integer (or noisy) residual ``value - mean`` under scale ``scales``."""
-        scales = self.scale_lower_bound(scales)
-        upper = self.cdf((residual + 0.5) / scales)
-        lower = self.cdf((residual - 0.5) / scales)
-        return self.likelihood_lower_bound(upper - lower)
+        """P(residual) of an integer (or noisy) residual ``value - mean`` under scale ``scales``.
+
+        Always evaluated in fp32 with autocast off, whatever the caller runs under: it is a
+        difference of two CDFs, which bf16's 8-bit mantissa would round away for confident
+        predictions (and the rate the optimizers see would be wrong).
+        """
+        with torch.autocast(residual.device.type, enabled=False):
+            residual, scales = residual.float(), scales.float()
+            scales = self.scale_lower_bound(scales)
+            upper = self.cdf((residual + 0.5) / scales)
+            lower = self.cdf((residual - 0.5) / scales)
+            return self.likelihood_lower_bound(upper - lower)
 
     @torch.no_grad()
     def build_tables(self, scales: torch.Tensor):
@@ -115,6 +122,74 @@ class GGMEntropyModel(nn.Module):
         return cdf, (length + 2).int(), (-center).int()
 
 
+# Coding-table buffers of a CompressionModel: empty until update(), saved with the weights.
+TABLE_BUFFERS = (
+    "y_scale_table",
+    "y_cdf",
+    "y_cdf_length",
+    "y_offset",
+    "z_cdf",
+    "z_cdf_length",
+    "z_offset",
+)
+
+
+class CompressionModel(nn.Module):
+    """A model that owns its rANS coding tables, as CompressAI's ``CompressionModel`` owns those
+    of its entropy bottlenecks: buffers that stay empty until :meth:`update` builds them (after
+    training or loading), and their host-side form for the coder (:meth:`tables`).
+
+    Subclasses provide ``entropy`` (a :class:`GGMEntropyModel`) and ``z_scales`` (the learned
+    per-channel scales of ``z``).
+    """
+
+    entropy: GGMEntropyModel
+    z_scales: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        for buf in TABLE_BUFFERS:
+            self.register_buffer(buf, torch.empty(0))
+        self._tables: dict[str, CodingTables] | None = None
+
+    def update(self, scales: torch.Tensor | None = None, force: bool = False) -> bool:
+        """Build the rANS tables (y from the scale table, z from the learned z scales). Returns
+        False when they exist already and ``force`` is not set."""
+        if self.y_cdf.numel() and not force:
+            return False
+        table = scale_table() if scales is None else scales.detach().float().cpu()
+        device = self.z_scales.device
+        y_cdf, y_len, y_off = self.entropy.build_tables(table)
+        z_cdf, z_len, z_off = self.entropy.build_tables(self.z_scales.detach().reshape(-1))
+        for name, t in zip(
+            ("y_scale_table", "y_cdf", "y_cdf_length", "y_offset", "z_cdf", "z_cdf_length"),
+            (table, y_cdf, y_len, y_off, z_cdf, z_len),
+        ):
+            setattr(self, name, t.to(device))
+        self.z_offset = z_off.to(device)
+        self._tables = None
+        return True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Table buffers are empty until update(): take whatever size the checkpoint holds.
+        for name, _ in self.named_buffers(recurse=False):
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key], device=self.z_scales.device))
+        self._tables = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def tables(self) -> dict[str, CodingTables]:
+        if not self.y_cdf.numel():
+            raise RuntimeError("coding tables are not built: call model.update() first")
+        if self._tables is None:
+            self._tables = {
+                "y": CodingTables.from_tensors(self.y_cdf, self.y_cdf_length, self.y_offset),
+                "z": CodingTables.from_tensors(self.z_cdf, self.z_cdf_length, self.z_offset),
+            }
+        return self._tables
+
+
 def scale_indexes(scales: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Row of the scale table for each scale: how many of ``table[:-1]`` lie strictly below."""
     bounds = table[:-1].to(device=scales.device, dtype=scales.dtype).contiguous()
@@ -139,8 +214,10 @@ def decode_symbols(decoder: RansDecoder, indexes: torch.Tensor, tables: CodingTa
 
 
 __all__ = [
+    "TABLE_BUFFERS",
     "BufferedRansEncoder",
     "CodingTables",
+    "CompressionModel",
     "GGMEntropyModel",
     "RansDecoder",
     "decode_symbols",

@@ -1,0 +1,279 @@
+"""The training loop: one step, the epochs, validation, checkpoints and logging.
+
+One step, the same for every optimizer (so a comparison is fair: same data order, noise
+stream, clip and LR schedule)::
+
+    forward (training-mode quantization noise) -> losses -> task losses
+    balancer.backward(task losses)         plain sum (adam), FAMO combination, QP combination
+    one clip of the total gradient norm
+    non-finite loss or norm: skip the batch (counted, logged; weights and balancer untouched)
+    optimizer step
+    balancer.after_step(probe)             e.g. FAMO's weight update from post-step losses
+
+Per-step metrics stay on the device and are read back every ``log_every_n_steps``; the only
+per-step host sync is the finiteness check that decides whether the batch is skipped.
+
+Under DDP (``trainer.ddp``, :mod:`hpcm.train.distributed`) the gradients, the balancer's task
+losses and the skip decision are averaged or agreed over the processes; rank 0 writes. Building
+a trainer from the config is :mod:`hpcm.train.build`; checkpoint contents :mod:`hpcm.train.state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from hpcm.optim.balancer import Balancer
+from hpcm.train import state
+from hpcm.train.data import DataLoaders
+from hpcm.train.distributed import DistContext, wrap_ddp
+from hpcm.train.losses import RateDistortionLoss
+from hpcm.train.lr_schedule import LRSchedule
+from hpcm.train.post_step import BatchProbe, rng_state, set_rng_state
+from hpcm.train.speed import SpeedOptions
+from hpcm.train.tracking import MetricWindow, Tracker
+from hpcm.train.validate import validate
+
+log = logging.getLogger(__name__)
+
+# Per-step values averaged over a logging window; each is logged as train/<name>.
+STEP_METRICS = ("loss", "distortion", "bpp_loss", "psnr")
+# Skipped batches are announced one by one up to this count, then every SKIP_REPORT_EVERY-th.
+SKIP_WARNINGS, SKIP_REPORT_EVERY = 10, 100
+
+
+class Trainer:
+    """Trains ``model`` on ``loaders`` as configured by ``cfg`` (the composed ``conf/train.yaml``).
+
+    Build one with :func:`hpcm.train.build.build_trainer`; :meth:`train_step` runs one batch,
+    :meth:`fit` the whole run, :meth:`resume` restores a checkpoint first.
+
+    ``model`` stays the bare model (checkpoints, validation, the balancer's probe);
+    ``train_model`` runs the training forward (DDP wrapper, torch.compile), ``plain_forward``
+    the no-grad re-evaluations (compiled, never the DDP wrapper).
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        model: nn.Module,
+        criterion: RateDistortionLoss,
+        optimizer: torch.optim.Optimizer,
+        balancer: Balancer,
+        loaders: DataLoaders,
+        device: torch.device,
+        run_dir: Path,
+        speed: SpeedOptions,
+        dist: DistContext,
+    ) -> None:
+        self.cfg, self.model, self.criterion = cfg, model, criterion
+        self.optimizer, self.balancer, self.loaders = optimizer, balancer, loaders
+        self.device, self.run_dir, self.speed, self.dist = device, Path(run_dir), speed, dist
+        t = cfg.trainer
+        self.epochs = int(t.epochs)
+        self.schedule = LRSchedule.from_config(t.lr_schedule, self.epochs)
+        self.base_lr = float(cfg.optimizer.lr)
+        clip = cfg.optimizer.clip_max_norm
+        self.clip_max_norm = float(clip) if clip else None
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.tasks = balancer.task_names
+        self.metric_names = STEP_METRICS + (("ms_ssim",) if criterion.metric == "ms-ssim" else ())
+        self.window = MetricWindow((*self.metric_names, "grad_norm"))
+        self.progress = state.Progress()
+        self.tracker: Tracker | None = None
+        self.last_test: dict[str, float] = {}
+        self.resume_rng: dict[str, Tensor | None] | None = None
+        self.resume_run_id: str | None = None
+        self.plain_forward = speed.compiled(model)
+        wrapped = wrap_ddp(model, dist, device)
+        self.train_model = self.plain_forward if wrapped is model else speed.compiled(wrapped)
+
+    def _forward(self, module: Any, x: Tensor) -> dict[str, Any]:
+        with self.speed.autocast(self.device):
+            output = module(x)
+        return self.speed.float_output(output)
+
+    # ------------------------------------------------------------------------- one step
+    def train_step(self, x: Tensor) -> Tensor | None:
+        """One optimizer step on batch ``x``; returns the detached values of ``metric_names``
+        plus the gradient norm, or None when the batch was skipped as non-finite."""
+        x = self.speed.batch(x, self.device)
+        noise = rng_state(self.device)  # the probe replays the step's noise
+        output = self._forward(self.train_model, x)
+        losses = self.criterion(output, x)
+        task_losses = self.criterion.task_losses(losses, output, self.tasks)
+        self.optimizer.zero_grad(set_to_none=True)
+        objective = self.balancer.backward(task_losses, self.params)
+        if self.clip_max_norm is not None:  # the only clip, the same for every optimizer
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.params if p.grad is not None]
+            )
+        finite = torch.isfinite(objective) & torch.isfinite(losses["loss"]) & torch.isfinite(norm)
+        if not self.dist.all_true(finite):  # the one per-step sync, agreed by all DDP ranks
+            self.optimizer.zero_grad(set_to_none=True)
+            self._report_skip()
+            return None
+        self.optimizer.step()
+        self.balancer.after_step(
+            BatchProbe(
+                self.model,
+                lambda batch: self._forward(self.plain_forward, batch),
+                self.criterion,
+                self.tasks,
+                x,
+                output,
+                noise,
+                self.device,
+            )
+        )
+        values = [losses[name].detach() for name in self.metric_names]
+        return torch.stack([*values, norm.detach().to(values[0].dtype)])
+
+    def _report_skip(self) -> None:
+        self.progress.skipped_batches += 1
+        count = self.progress.skipped_batches
+        if count <= SKIP_WARNINGS or count % SKIP_REPORT_EVERY == 0:
+            log.warning(
+                "skipped batch at step %d: non-finite loss or gradient norm (%d skipped so far; "
+                "if this repeats, lower optimizer.clip_max_norm or optimizer.lr, or raise "
+                "optimizer.balancer.gamma)",
+                self.progress.global_step,
+                count,
+            )
+
+    # ------------------------------------------------------------------------- epochs
+    def set_epoch_lr(self, epoch: int) -> float:
+        lr = self.base_lr * self.schedule.factor(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def steps_per_epoch(self) -> int:
+        steps = len(self.loaders.train)
+        cap = self.cfg.trainer.max_steps_per_epoch
+        return min(steps, int(cap)) if cap else steps
+
+    def train_epoch(self, epoch: int, bar: tqdm | None = None) -> None:
+        self.model.train()
+        self.set_epoch_lr(epoch)
+        self.loaders.train.sampler.set_epoch(epoch)
+        steps, log_every = self.steps_per_epoch(), int(self.cfg.trainer.log_every_n_steps)
+        for i, x in enumerate(self.loaders.train):
+            if i >= steps:
+                break
+            values = self.train_step(x)
+            if values is None:
+                self.window.skip()
+            else:
+                self.window.add(values)
+            self.progress.global_step += 1
+            if self.progress.global_step % log_every == 0:
+                self._log_window(epoch, bar)
+            if bar is not None:
+                bar.update(1)
+        self._log_window(epoch, bar)
+
+    def _log_window(self, epoch: int, bar: tqdm | None) -> None:
+        if not self.window.batches:
+            return
+        record = self.window.flush(self.dist.all_reduce_mean)  # DDP: the ranks' mean
+        record["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        record["train/skipped_batches"] = float(self.progress.skipped_batches)
+        record.update({f"train/{k}": v for k, v in self.balancer.report().items()})
+        if self.tracker is not None:
+            self.tracker.log(record, self.progress.global_step, epoch)
+        if bar is not None and "train/loss" in record:
+            bar.set_postfix(
+                epoch=epoch,
+                loss=f"{record['train/loss']:.4g}",
+                bpp=f"{record['train/bpp_loss']:.4g}",
+                psnr=f"{record['train/psnr']:.2f}",
+            )
+
+    def validate(self) -> dict[str, float]:
+        return validate(
+            self.model, self.criterion, self.loaders.test, self.metric_names, self.dist, self.device
+        )
+
+    # ------------------------------------------------------------------------- the run
+    def fit(self) -> float:
+        """Train from ``progress.next_epoch`` to ``trainer.epochs``; returns the best test loss
+        (NaN when no validation gave a finite loss, e.g. a diverged run)."""
+        t = self.cfg.trainer
+        val_every, save_every = int(t.val_every_n_epochs), int(t.save_every_n_epochs)
+        if self.resume_rng is not None:  # last, so that nothing built after it draws from it
+            set_rng_state(self.resume_rng, self.device)
+            self.resume_rng = None
+        start = self.progress.next_epoch
+        if start >= self.epochs:
+            log.info("nothing to train: all %d epochs are done (raise trainer.epochs)", self.epochs)
+        steps = self.steps_per_epoch()
+        bar = tqdm(
+            total=self.epochs * steps,
+            initial=start * steps,
+            disable=not t.progress_bar or not self.dist.is_main,
+            desc="train",
+            dynamic_ncols=True,
+        )
+        with logging_redirect_tqdm(), bar:  # log lines above the bar, not through it
+            for epoch in range(start, self.epochs):
+                self.train_epoch(epoch, bar)
+                is_best = False
+                if (epoch + 1) % val_every == 0 or epoch == self.epochs - 1:
+                    self.last_test = self.validate()
+                    loss = self.last_test["test/loss"]
+                    is_best = loss < self.progress.best_loss  # False for NaN
+                    if is_best:
+                        self.progress.best_loss = loss
+                    self._log_test(epoch, is_best)
+                self.progress.next_epoch = epoch + 1
+                self.save(epoch, is_best, periodic=epoch % save_every == 0)
+        best = self.progress.best_loss
+        return best if math.isfinite(best) else math.nan
+
+    def _log_test(self, epoch: int, is_best: bool) -> None:
+        if self.tracker is not None:
+            self.tracker.log(self.last_test, self.progress.global_step, epoch)
+        m = self.last_test
+        log.info(
+            "epoch %d: test loss %.4f, bpp %.4f, PSNR %.2f dB%s",
+            epoch,
+            m["test/loss"],
+            m["test/bpp_loss"],
+            m["test/psnr"],
+            " (best)" if is_best else "",
+        )
+
+    # ------------------------------------------------------------------------- state
+    def save(self, epoch: int, is_best: bool, periodic: bool) -> None:
+        state.save(self, epoch, is_best, periodic)
+
+    def resume(self, path: str | Path) -> None:
+        state.resume(self, path)
+
+    def start_tracking(self, resumed: bool = False) -> None:
+        cfg = self.cfg
+        name = f"{cfg.model.name}_{cfg.optimizer.name}_{cfg.metric}_{cfg.lmbda}"
+        self.tracker = Tracker(
+            self.run_dir,
+            cfg.logger,
+            OmegaConf.to_container(cfg, resolve=True),
+            run_name=name,
+            resume_step=self.progress.global_step if resumed else None,
+            run_id=self.resume_run_id,
+        )
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None

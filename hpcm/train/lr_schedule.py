@@ -1,0 +1,35 @@
+"""The learning-rate schedule of a run (``trainer.lr_schedule``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Piecewise-constant learning rate: ``lr * factors[i]`` from epoch ``milestones[i]`` on."""
+
+    milestones: tuple[int, ...]
+    factors: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], epochs: int) -> LRSchedule:
+        """Milestones as written, or (``scale_to_run``) moved to the same fractions of
+        ``epochs`` as they have of ``reference_epochs`` (official HPCM: 2750/2850/2950 of 3001)."""
+        milestones = [int(m) for m in cfg["milestones"]]
+        factors = [float(f) for f in cfg["factors"]]
+        if len(milestones) != len(factors):
+            raise ValueError("trainer.lr_schedule: milestones and factors differ in length")
+        if cfg["scale_to_run"]:
+            reference = int(cfg["reference_epochs"])
+            milestones = [round(m * epochs / reference) for m in milestones]
+        return cls(tuple(milestones), tuple(factors))
+
+    def factor(self, epoch: int) -> float:
+        factor = 1.0
+        for milestone, value in zip(self.milestones, self.factors, strict=True):
+            if epoch >= milestone:
+                factor = value
+        return factor

@@ -1,0 +1,147 @@
+"""The complete state of a training run: what a checkpoint holds, writing it, restoring it.
+
+A training checkpoint is a project checkpoint (``hpcm.load_model`` reads it) plus everything a
+bit-exact resume needs: optimizer moments, the balancer's state (task logits, their Adam moments,
+bounds, previous losses, the post-step mode's average), counters, the last test metrics, the
+resolved config, the RNG of the noise stream (of every rank under DDP) and the wandb run id.
+Every entry loads with ``weights_only=True``; files are written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import OmegaConf
+
+from hpcm.codec.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    atomic_torch_save,
+    check_same_model,
+    model_checkpoint,
+    read_checkpoint,
+)
+from hpcm.codec.model import HPCMConfig
+from hpcm.train.post_step import rng_state
+
+if TYPE_CHECKING:
+    from hpcm.train.loop import Trainer
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.pth.tar"
+BEST_CHECKPOINT = "epoch_best.pth.tar"
+BEST_BALANCED_STATE = "balanced_state_best.pth"
+
+
+@dataclass
+class Progress:
+    next_epoch: int = 0
+    global_step: int = 0
+    best_loss: float = math.inf
+    skipped_batches: int = 0
+
+
+def training_checkpoint(trainer: Trainer, epoch: int) -> dict[str, Any]:
+    """The checkpoint of ``trainer`` after ``epoch``."""
+    progress, cfg = trainer.progress, trainer.cfg
+    ckpt = model_checkpoint(trainer.model)
+    ckpt.update(
+        epoch=epoch,
+        global_step=progress.global_step,
+        best_loss=progress.best_loss,
+        skipped_batches=progress.skipped_batches,
+        optimizer=trainer.optimizer.state_dict(),
+        balanced=trainer.balancer.state_dict(),
+        lr=trainer.optimizer.param_groups[0]["lr"],
+        test=dict(trainer.last_test),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        rng=rng_state(trainer.device),
+        wandb_run_id=None if trainer.tracker is None else trainer.tracker.run_id,
+    )
+    return ckpt
+
+
+def save(trainer: Trainer, epoch: int, is_best: bool, periodic: bool) -> None:
+    """Atomic writes: best, every ``save_every_n_epochs`` and ``last.pth.tar`` (written last,
+    so that a resume never starts from a state older than the other files). Under DDP every
+    rank calls this (it gathers the ranks' noise streams) and rank 0 alone writes."""
+    ckpt = training_checkpoint(trainer, epoch)
+    dist, run_dir = trainer.dist, trainer.run_dir
+    if dist.enabled:
+        ckpt["rng_ranks"] = dist.gather_objects(ckpt["rng"])
+        if not dist.is_main:
+            return
+    balanced = None
+    if ckpt["balanced"]:  # a balancer with state of its own: also saved alone, small
+        optimizer = OmegaConf.to_container(trainer.cfg.optimizer, resolve=True)
+        config = {"tasks": optimizer.get("tasks"), **optimizer["balancer"]}
+        balanced = {"epoch": epoch, "balanced": ckpt["balanced"], "config": config}
+    if is_best:
+        atomic_torch_save(ckpt, run_dir / BEST_CHECKPOINT)
+        if balanced is not None:
+            atomic_torch_save(balanced, run_dir / BEST_BALANCED_STATE)
+    if periodic:
+        atomic_torch_save(ckpt, run_dir / f"epoch_{epoch}.pth.tar")
+        if balanced is not None:
+            atomic_torch_save(balanced, run_dir / f"balanced_state_{epoch}.pth")
+    atomic_torch_save(ckpt, run_dir / LAST_CHECKPOINT)
+
+
+def _optimizer_of(config: dict[str, Any]) -> tuple[Any, Any]:
+    optimizer = config.get("optimizer") or {}
+    return optimizer.get("base"), (optimizer.get("balancer") or {}).get("_target_")
+
+
+def resume(trainer: Trainer, path: str | Path) -> None:
+    """Restore model, optimizer, balancer, counters and RNG from a checkpoint of :func:`save`;
+    refuses (one line) a checkpoint of another model, widths or optimizer."""
+    ckpt = read_checkpoint(path)
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project")
+    if "optimizer" not in ckpt:
+        raise CheckpointError(f"{path} holds no training state (optimizer) to resume")
+    config = HPCMConfig.from_dict(ckpt["model_config"])
+    check_same_model(str(path), ckpt["model_name"], config, trainer.model)
+    ours = OmegaConf.to_container(trainer.cfg, resolve=True)
+    saved = ckpt.get("config") or {}
+    if _optimizer_of(saved) != _optimizer_of(ours):
+        raise CheckpointError(
+            f"{path} was trained with optimizer={saved.get('optimizer', {}).get('name')}, this "
+            f"run uses optimizer={trainer.cfg.optimizer.name}"
+        )
+    trainer.model.load_state_dict(ckpt["state_dict"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.balancer.load_state_dict(ckpt["balanced"])
+    trainer.progress = Progress(
+        next_epoch=int(ckpt["epoch"]) + 1,
+        global_step=int(ckpt["global_step"]),
+        best_loss=float(ckpt["best_loss"]),
+        skipped_batches=int(ckpt["skipped_batches"]),
+    )
+    trainer.last_test = dict(ckpt.get("test") or {})
+    trainer.resume_rng = _rank_rng(trainer, ckpt)
+    trainer.resume_run_id = ckpt.get("wandb_run_id")
+    log.info("resumed from %s (epoch %d done)", path, int(ckpt["epoch"]))
+
+
+def _rank_rng(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """This rank's noise stream of a checkpoint (None: start fresh, distinct streams)."""
+    dist = trainer.dist
+    if not dist.enabled:
+        return ckpt["rng"]
+    ranks = ckpt.get("rng_ranks")
+    if ranks is not None and len(ranks) == dist.world_size:
+        return ranks[dist.rank]
+    log.warning(
+        "checkpoint saved by %s process(es), this run has %d: the noise streams restart",
+        len(ranks) if ranks else 1,
+        dist.world_size,
+    )
+    torch.manual_seed(dist.noise_seed(int(trainer.cfg.seed) + trainer.progress.global_step))
+    return None

@@ -261,3 +261,15 @@ def test_weights_fingerprint_follows_in_place_updates():
     with torch.no_grad():
         model.g_s[0].weight.add_(1e-3)  # e.g. an optimizer step after an encode
     assert weights_fingerprint(model) != before
+
+
+def test_a_plan_first_built_in_inference_mode_serves_training() -> None:
+    # The plan cache is shared: evaluation (inference mode) may build a shape's plan first,
+    # and a later training forward of that shape saves its masks for the backward.
+    torch.manual_seed(0)
+    model = hpcm.build_model("tiny", M=40)  # a latent shape no other test builds first
+    x = torch.rand(1, 3, 256, 256)
+    with torch.inference_mode():
+        model.eval()(x)
+    out = model.train()(x)
+    out["x_hat"].mean().backward()

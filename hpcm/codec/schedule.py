@@ -218,6 +218,12 @@ def _cached_plan(channels: int, height: int, width: int, device: str) -> Schedul
 
 
 def plan_for(y_shape: torch.Size | tuple, device: torch.device) -> SchedulePlan:
-    """The (cached) plan for a latent of shape (B, C, H, W) on ``device``."""
+    """The (cached) plan for a latent of shape (B, C, H, W) on ``device``.
+
+    The cache serves training and inference alike, so its tensors are built outside inference
+    mode: a plan first made under ``torch.inference_mode`` (evaluation) must still be usable by
+    a later training forward, which saves the masks for the backward.
+    """
     _, c, h, w = y_shape
-    return _cached_plan(c, h, w, str(device))
+    with torch.inference_mode(False):
+        return _cached_plan(c, h, w, str(device))

@@ -146,6 +146,7 @@ class FixedWeights:
     def __init__(self, task_names, weights, reduce_fn=None):
         self.task_names = tuple(task_names)
         self.weights = torch.tensor([float(w) for w in weights])
+        self.applied_weights = self.weights
         self.after = torch.zeros(len(self.task_names))
 
     def backward(self, task_losses, params):
@@ -183,6 +184,8 @@ def test_a_new_balancer_is_one_class_and_one_config(tmp_path):
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "train/lr" in r]
     assert records[0]["train/fixed_distortion"] == 0.25
     assert records[0]["train/fixed_bpp_loss"] == 0.75
+    lmbda = cfg.lmbda * 0.25 / 0.75  # the trade-off its weights train at
+    assert records[0]["train/effective_lambda"] == pytest.approx(lmbda, rel=1e-6)
 
     trainer = build_trainer(cfg)
     x = next(iter(trainer.loaders.train))

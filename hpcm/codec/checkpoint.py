@@ -115,13 +115,32 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the requested model."""
 
 
+# Checkpoints shipped with the package, named ``pretrained:NAME`` (see pretrained/README.md).
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def checkpoint_path(source: str | os.PathLike) -> Path:
+    """A checkpoint file: ``pretrained:NAME`` is ``hpcm/codec/pretrained/NAME.pth.tar``."""
+    text = str(source)
+    if not text.startswith(PRETRAINED_PREFIX):
+        return Path(source)
+    name = text[len(PRETRAINED_PREFIX) :]
+    path = PRETRAINED_DIR / f"{name}.pth.tar"
+    if not path.is_file():
+        known = sorted(p.name.removesuffix(".pth.tar") for p in PRETRAINED_DIR.glob("*.pth.tar"))
+        raise CheckpointError(f"unknown pretrained model {name!r}; shipped: {', '.join(known)}")
+    return path
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The dict in a checkpoint file, loaded with ``weights_only=True`` (no pickled code runs).
+    """The dict in a checkpoint file (or ``pretrained:NAME``), loaded with ``weights_only=True``
+    (no pickled code runs).
 
     Every failure is one :class:`CheckpointError` line: a missing file, bytes that are not a
     PyTorch file of tensors and plain data, or a file that holds something other than a dict.
     """
-    path = Path(path)
+    path = checkpoint_path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

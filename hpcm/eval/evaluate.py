@@ -3,8 +3,11 @@
 Follows the official HPCM test protocol (spec section 9): images in [0, 1], centred zero padding
 to a multiple of 256, real ``compress`` and ``decompress``, bpp from the y and z streams over the
 ORIGINAL pixels, PSNR on 8-bit images and MS-SSIM (also in dB) averaged per image. Checkpoints
-are grouped into R-D curves (by optimizer for project runs, by model name for official weights);
-each group becomes one CompressAI ``eval_model`` JSON, and every image one CSV row.
+are grouped into R-D curves (by optimizer for project runs, by model name for official weights),
+one curve per group and training seed: runs of different seeds are never points of one curve.
+Each curve becomes one CompressAI ``eval_model`` JSON (``GROUP.json``, or ``GROUP_seedN.json``
+when the group has several seeds) that also carries its seed and its per-image values (for the
+bootstrap of ``bdrate.py``), and every image one CSV row.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -45,6 +49,7 @@ RUN_MARKERS = ("config.yaml", ".hydra")  # the trainer's resolved config, Hydra'
 CSV_NAME = "per_image.csv"
 CSV_FIELDS = (
     "group",
+    "seed",
     "checkpoint",
     "lambda",
     "image",
@@ -73,6 +78,7 @@ class RunInfo:
     optimizer: str | None = None
     lmbda: float | None = None
     metric: str | None = None  # distortion: "mse" or "msssim"
+    seed: int | None = None  # the training seed (config ``seed``)
     group: str = ""
 
     @property
@@ -114,8 +120,10 @@ def read_run_info(path: Path, data: dict, model_name: str, official: bool) -> Ru
         return RunInfo(path, model_name, official=True)
     config = data.get("config")
     config = config if isinstance(config, dict) else {}
+    seed = config.get("seed")
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     return RunInfo(
-        path, model_name, False, _optimizer_name(config), _lambda(config), _metric(config)
+        path, model_name, False, _optimizer_name(config), _lambda(config), _metric(config), seed
     )
 
 
@@ -314,17 +322,52 @@ def average(results: Sequence[ImageResult]) -> dict[str, float | None]:
     }
 
 
-def group_json(group: str, points: Sequence[tuple[RunInfo, dict]], description: str) -> dict:
-    """CompressAI eval_model JSON of one group, every list sorted by bpp. Keys without a value
-    for any point (MS-SSIM on small images) are left out rather than written as NaN."""
+# Per-image values kept in a curve's JSON (``per_image``), for bootstraps over the test images.
+PER_IMAGE_KEYS = {
+    "bpp": "bpp",
+    "psnr-rgb": "psnr",
+    "ms-ssim-rgb": "ms_ssim",
+    "ms-ssim-db": "ms_ssim_db",
+}
+
+
+def group_json(
+    group: str,
+    points: Sequence[tuple[RunInfo, dict, Sequence[ImageResult]]],
+    description: str,
+    images: Sequence[str],
+) -> dict:
+    """CompressAI eval_model JSON of one curve, every list sorted by bpp. Keys without a value
+    for any point (MS-SSIM on small images) are left out rather than written as NaN. Besides
+    CompressAI's keys: the training ``seed``, the points' ``lambda`` and checkpoints, and
+    ``per_image`` values (``per_image[key][point][image]``, images as in ``per_image.images``)."""
     points = sorted(points, key=lambda p: p[1]["bpp"])
-    keys = [k for k in points[0][1] if all(m[k] is not None for _, m in points)]
+    keys = [k for k in points[0][1] if all(m[k] is not None for _, m, _ in points)]
+    per_image: dict[str, Any] = {"images": list(images)}
+    for key, field in PER_IMAGE_KEYS.items():
+        values = [[getattr(r, field) for r in results] for _, _, results in points]
+        if all(v is not None for row in values for v in row):
+            per_image[key] = values
     return {
         "name": group,
         "description": description,
-        "results": {k: [m[k] for _, m in points] for k in keys},
-        "checkpoints": [str(info.path) for info, _ in points],
-        "lambda": [info.lmbda for info, _ in points],
+        "seed": points[0][0].seed,
+        "results": {k: [m[k] for _, m, _ in points] for k in keys},
+        "checkpoints": [str(info.path) for info, _, _ in points],
+        "lambda": [info.lmbda for info, _, _ in points],
+        "per_image": per_image,
+    }
+
+
+def curve_files(points: dict[tuple[str, int | None], list]) -> dict[tuple[str, int | None], str]:
+    """File stem of each (group, seed) curve: ``GROUP``, or ``GROUP_seedN`` when the group has
+    runs of several seeds."""
+    seeds: dict[str, set] = {}
+    for group, seed in points:
+        seeds.setdefault(group, set()).add(seed)
+    return {
+        (group, seed): group if len(seeds[group]) == 1 else f"{group}_seed{seed}"
+        for group, seed in points
     }
 
 
@@ -334,7 +377,8 @@ def _cell(value: float | None) -> str:
 
 def csv_row(info: RunInfo, image: str, r: ImageResult) -> list[str]:
     values = (r.bpp, r.psnr, r.ms_ssim, r.ms_ssim_db, r.enc_time, r.dec_time)
-    return [info.group, str(info.path), _cell(info.lmbda), image, *map(_cell, values)]
+    seed = "" if info.seed is None else str(info.seed)
+    return [info.group, seed, str(info.path), _cell(info.lmbda), image, *map(_cell, values)]
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -387,12 +431,13 @@ def evaluate_checkpoint(
 
 
 def _note_repeated_lambdas(infos: Sequence[RunInfo]) -> None:
-    seen = Counter((i.group, i.lmbda) for i in infos if i.lmbda is not None)
-    for (group, lmbda), count in seen.items():
+    seen = Counter((i.group, i.seed, i.lmbda) for i in infos if i.lmbda is not None)
+    for (group, seed, lmbda), count in seen.items():
         if count > 1:
+            of_seed = "" if seed is None else f" (seed {seed})"
             print(
-                f"note: {count} checkpoints of group {group!r} share lambda {lmbda}; each is "
-                "its own point of the curve (use --group to separate runs)",
+                f"note: {count} checkpoints of group {group!r}{of_seed} share lambda {lmbda}; "
+                "each is its own point of the curve (use --group to separate runs)",
                 file=sys.stderr,
             )
 
@@ -408,7 +453,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     _note_repeated_lambdas(infos)
     measure = estimate_image if args.entropy_estimation else code_image
     args.out.mkdir(parents=True, exist_ok=True)
-    points: dict[str, list] = {}
+    points: dict[tuple[str, int | None], list] = {}
     small: set[str] = set()
     progress = tqdm(total=len(infos) * len(images), unit="img", dynamic_ncols=True)
     with open(args.out / CSV_NAME, "w", newline="") as f, progress:
@@ -425,7 +470,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
                 progress.update()
 
             results = evaluate_checkpoint(info, images, device, measure, on_image)
-            points.setdefault(info.group, []).append((info, average(results)))
+            points.setdefault((info.group, info.seed), []).append((info, average(results), results))
     if small:
         print(
             f"note: MS-SSIM needs both image sides > 160 px; left out for {len(small)} "
@@ -434,9 +479,13 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
         )
     mode = "entropy estimation" if args.entropy_estimation else "ans"
     description = f"Inference ({mode}) on {args.dataset} ({len(images)} images, {device.type})"
-    curves = {g: group_json(g, pts, description) for g, pts in points.items()}
-    for group, curve in curves.items():
-        (args.out / f"{group}.json").write_text(json.dumps(curve, indent=2) + "\n")
+    names = [path.relative_to(args.dataset).as_posix() for path in images]
+    stems = curve_files(points)
+    curves = {
+        stems[key]: group_json(key[0], pts, description, names) for key, pts in points.items()
+    }
+    for stem, curve in curves.items():
+        (args.out / f"{stem}.json").write_text(json.dumps(curve, indent=2) + "\n")
     return curves
 
 

@@ -5,6 +5,11 @@ Curves are read from JSON files, folders of JSON files, or shipped anchors (``an
 package: BD-rate (%, negative = fewer bits for the same quality) and BD-PSNR / BD-MS-SSIM (dB).
 Results are printed as a Markdown table and written as Markdown, CSV and an R-D plot (PNG).
 
+Curves of several training seeds (``evaluate.py`` writes one per group and seed) are compared
+seed by seed with the reference curve of the same seed; the table then adds each group's mean
+with a 95% interval across seeds and a paired bootstrap interval over the test images
+(:mod:`hpcm.eval.seeds`), and the plot draws every seed thin and the mean bold.
+
 Run ``python bdrate.py --help`` (or ``python -m hpcm.eval.report --help``).
 """
 
@@ -28,7 +33,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hpcm.eval import anchors
+from hpcm.eval import anchors, seeds
+from hpcm.eval.seed_report import plot_seeds, seeds_markdown, write_seeds_csv
 from hpcm.metrics import ms_ssim_db
 
 METRICS = {"psnr": "psnr-rgb", "ms-ssim": "ms-ssim-db"}
@@ -49,12 +55,16 @@ class ReportError(Exception):
 
 @dataclass(frozen=True)
 class Curve:
-    """One R-D curve: ``results`` holds per-point lists sorted by ``bpp``."""
+    """One R-D curve: ``results`` holds per-point lists sorted by ``bpp``; ``seed``,
+    ``lambdas`` and ``per_image`` (``per_image[key][point][image]``) when the JSON has them."""
 
     label: str
     source: str
     results: dict[str, list[float]]
     anchor: bool = False
+    seed: int | None = None
+    lambdas: list[float | None] | None = None
+    per_image: dict[str, Any] | None = None
 
     @property
     def bpp(self) -> list[float]:
@@ -99,7 +109,32 @@ def parse_curve(data: Any, source: str, label: str = "", anchor: bool = False) -
     results = {key: [values[i] for i in order] for key, values in results.items()}
     name = data.get("name")
     label = label or (name if isinstance(name, str) and name else Path(source).stem)
-    return Curve(label=label, source=source, results=results, anchor=anchor)
+    seed = data.get("seed")
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    lambdas = data.get("lambda")
+    lambdas = [lambdas[i] for i in order] if _per_point(lambdas, len(bpp)) else None
+    per_image = _per_image(data.get("per_image"), order, source)
+    return Curve(label, source, results, anchor, seed, lambdas, per_image)
+
+
+def _per_point(values: Any, n: int) -> bool:
+    return isinstance(values, list) and len(values) == n
+
+
+def _per_image(data: Any, order: list[int], source: str) -> dict[str, Any] | None:
+    """Per-image values of a curve, points in bpp order; None when absent."""
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        return None
+    out: dict[str, Any] = {"images": data["images"]}
+    for key, rows in data.items():
+        if key == "images":
+            continue
+        if not _per_point(rows, len(order)) or any(
+            not _per_point(row, len(data["images"])) for row in rows
+        ):
+            raise ReportError(f"{source}: per_image[{key!r}] is not one list per point and image")
+        out[key] = [rows[i] for i in order]
+    return out
 
 
 def _load_file(path: Path) -> Curve:
@@ -124,6 +159,11 @@ def load_curves(spec: str, metric_key: str | None = None) -> list[Curve]:
         except KeyError as exc:
             raise ReportError(exc.args[0]) from None
         return [parse_curve(data, spec, label=data["name"], anchor=True)]
+    if any(ch in spec for ch in "*?["):  # a glob pattern, e.g. 'EVAL/adam_seed*.json'
+        files = sorted(Path().glob(spec) if not Path(spec).is_absolute() else _abs_glob(spec))
+        if not files:
+            raise ReportError(f"{spec}: no file matches")
+        return [_load_file(f) for f in files]
     path = Path(spec)
     if path.is_dir():
         files = sorted(path.glob("*.json"))
@@ -133,6 +173,11 @@ def load_curves(spec: str, metric_key: str | None = None) -> list[Curve]:
     if not path.exists():
         raise ReportError(f"{path}: no such file or folder")
     return [_load_file(path)]
+
+
+def _abs_glob(pattern: str) -> list[Path]:
+    root = Path(pattern).anchor
+    return list(Path(root).glob(str(Path(pattern).relative_to(root))))
 
 
 def unique_labels(curves: Sequence[Curve]) -> list[Curve]:
@@ -329,7 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "curves", nargs="*", help="JSON files, folders of JSON files, or anchor:NAME"
     )
-    parser.add_argument("--reference", "-r", help="reference curve: a JSON file or anchor:NAME")
+    parser.add_argument(
+        "--reference",
+        "-r",
+        help="reference: a JSON file, a folder or glob of one curve per seed, anchor:NAME, or the "
+        "name of curves among those given (e.g. -r adam)",
+    )
     parser.add_argument("--metric", choices=sorted(METRICS), default="psnr")
     parser.add_argument("--method", choices=METHODS, default="pchip", help="interpolation")
     parser.add_argument(
@@ -338,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MIN_OVERLAP,
         help="smallest shared fraction of the joint range that still gives a number",
     )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="replicates of the paired bootstrap over test images (0: none)",
+    )
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--out", type=Path, default=Path("report"), help="output folder")
     parser.add_argument("--list-anchors", action="store_true", help="list shipped anchors")
     return parser
@@ -351,32 +408,119 @@ def list_anchors() -> None:
     print(f"(anchor:<model>/<dataset> picks the {anchors.MSSSIM_SUFFIX} set for --metric ms-ssim)")
 
 
+def split_reference(
+    spec: str, curves: list[Curve], metric_key: str
+) -> tuple[list[Curve], list[Curve]]:
+    """(reference curves, test curves): ``spec`` loads its own curves, or names curves among
+    ``curves`` (e.g. ``adam``), which then leave the test set."""
+    named = [c for c in curves if c.label == spec]
+    if named and not Path(spec).exists():
+        return named, [c for c in curves if c.label != spec]
+    refs = load_curves(spec, metric_key)
+    sources = {r.source for r in refs}
+    return refs, [c for c in curves if c.source not in sources]
+
+
 def run(args: argparse.Namespace) -> None:
     """Load, compare, print and write; raises ``ReportError`` on bad inputs."""
     metric_key = METRICS[args.metric]
     if not 0.0 <= args.min_overlap <= 1.0:
         raise ReportError("--min-overlap must lie in [0, 1]")
-    refs = load_curves(args.reference, metric_key)
-    if len(refs) != 1:
-        raise ReportError(f"{args.reference}: the reference must be a single curve")
-    reference = refs[0]
-    if metric_key not in reference.results:
+    loaded = [c for spec in args.curves for c in load_curves(spec, metric_key)]
+    refs, curves = split_reference(args.reference, loaded, metric_key)
+    if any(metric_key not in r.results for r in refs):
         raise ReportError(f"{args.reference}: reference has no {metric_key} data")
-    curves = unique_labels([c for spec in args.curves for c in load_curves(spec, metric_key)])
-    rows = compare(curves, reference, metric_key, args.method, args.min_overlap)
-    table = markdown_table(rows, reference, metric_key, args.method, args.min_overlap)
-    print(table, end="")
-    out: Path = args.out
+    for line in usability_warnings([*refs, *curves], refs, metric_key, args.min_overlap):
+        print(f"WARNING: {line}", file=sys.stderr)
+    stem = args.metric.replace("-", "")
+    paths = [args.out / f"bdrate_{stem}.md", args.out / f"bdrate_{stem}.csv"]
+    paths.append(args.out / f"rd_{stem}.png")
+    seeded = len(refs) > 1 or any(c.seed is not None for c in [*refs, *curves])
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        stem = args.metric.replace("-", "")
-        paths = [out / f"bdrate_{stem}.md", out / f"bdrate_{stem}.csv", out / f"rd_{stem}.png"]
+        args.out.mkdir(parents=True, exist_ok=True)
+        if seeded:
+            table = _run_seeds(args, refs, curves, metric_key, paths)
+        else:
+            if len(refs) != 1:
+                raise ReportError(f"{args.reference}: the reference must be a single curve")
+            curves = unique_labels(loaded)  # the reference's own row reads 0 (a check)
+            rows = compare(curves, refs[0], metric_key, args.method, args.min_overlap)
+            table = markdown_table(rows, refs[0], metric_key, args.method, args.min_overlap)
+            write_csv(rows, refs[0], metric_key, args.method, paths[1])
+            plot_curves(curves, refs[0], metric_key, paths[2])
         paths[0].write_text(table, encoding="utf-8")
-        write_csv(rows, reference, metric_key, args.method, paths[1])
-        plot_curves(curves, reference, metric_key, paths[2])
     except OSError as exc:
-        raise ReportError(f"{out}: cannot write report ({exc.strerror or exc})") from None
+        raise ReportError(f"{args.out}: cannot write report ({exc.strerror or exc})") from None
+    print(table, end="")
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _run_seeds(
+    args: argparse.Namespace,
+    refs: list[Curve],
+    curves: list[Curve],
+    metric_key: str,
+    paths: list[Path],
+) -> str:
+    """The seed-paired comparison: table, CSV and plot; returns the table."""
+    try:
+        groups = seeds.pair_by_seed(curves, refs)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
+
+    def bd(kind: str, ref: tuple, test: tuple) -> BDResult:
+        return bd_delta(kind, ref, test, args.method, args.min_overlap)
+
+    rows = seeds.compare_seeds(groups, metric_key, bd, args.bootstrap, args.bootstrap_seed)
+    title = METRIC_TITLES[metric_key]
+    settings = f"metric {metric_key}; method {args.method}; min overlap {args.min_overlap:.0%}"
+    table = seeds_markdown(rows, refs[0].label, title, settings, args.bootstrap)
+    write_seeds_csv(rows, refs[0].label, metric_key, args.method, paths[1])
+    plot_seeds([*refs, *curves], refs[0].label, metric_key, title, paths[2])
+    return table
+
+
+# Below this quality span a curve cannot say much about a BD difference of a few percent.
+MIN_SPAN_DB = 0.5
+
+
+def usability_warnings(
+    curves: Sequence[Curve], references: Sequence[Curve], metric_key: str, min_overlap: float
+) -> list[str]:
+    """What makes a comparison unusable, each with what to change: quality that does not rise
+    with rate (models far from converged), a tiny quality span, too little overlap with the
+    reference of the same seed."""
+    title = METRIC_TITLES[metric_key]
+    by_seed = {r.seed: r for r in references}
+    out = []
+    for curve in curves:
+        quality = curve.results.get(metric_key)
+        if quality is None:
+            continue
+        name = curve.label + ("" if curve.seed is None else f" (seed {curve.seed})")
+        values = ", ".join(f"{v:.2f}" for v in quality)
+        if not _increasing(quality):
+            out.append(
+                f"{name}: {title} does not rise with rate ({values} dB at increasing bpp): the "
+                "models are far from converged; train longer (trainer.epochs, "
+                "trainer.max_steps_per_epoch) or start from a trained model (init_from)"
+            )
+        elif quality[-1] - quality[0] < MIN_SPAN_DB:
+            out.append(
+                f"{name}: the curve spans only {quality[-1] - quality[0]:.2f} dB of {title}: "
+                "widen the lambda range or train longer"
+            )
+        reference = by_seed.get(curve.seed) or (references[0] if len(references) == 1 else None)
+        if reference is None or reference is curve or metric_key not in reference.results:
+            continue
+        overlap = _overlap(reference.results[metric_key], quality)
+        if overlap < min_overlap:
+            out.append(
+                f"{name}: shares {overlap:.0%} of its {title} range with {reference.label} "
+                f"(< {min_overlap:.0%}): BD values need curves that reach the same qualities; "
+                "choose lambdas so that both optimizers cover the same range"
+            )
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

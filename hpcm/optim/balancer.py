@@ -1,12 +1,18 @@
 """Task balancers: how one training step turns a vector of task losses into gradients.
 
-Every balancer has the same four parts, and the training loop calls nothing else::
+Every balancer has the same parts, and the training loop uses nothing else::
 
     objective = balancer.backward(task_losses, params)   # gradients into .grad
+    balancer.applied_weights                             # what that step applied to each loss
     ... one clip, the finiteness check, optimizer.step() ...
     balancer.after_step(probe)                           # e.g. FAMO's weight update
     balancer.report()                                    # what to log, once per logging window
     balancer.state_dict() / load_state_dict(state)       # saved with every checkpoint
+
+``applied_weights`` are the factors ``a_i`` of the model step's gradient ``sum_i a_i grad L_i``
+(a tensor on the losses' device, no host sync): ones for the plain sum, FAMO's ``alpha``, the QP
+weights divided by their renormalisation. The trade-off the model actually trains at follows from
+them (``hpcm.train.losses.effective_lambda``).
 
 A balancer knows nothing of HPCM or of how the losses were computed: the task losses are a
 vector (``task_names`` says which), and after the optimizer step it may ask the loop's
@@ -56,6 +62,7 @@ class StepProbe(Protocol):
 
 class Balancer(Protocol):
     task_names: tuple[str, ...]
+    applied_weights: Tensor
 
     def backward(self, task_losses: Tensor, params: Sequence[Tensor]) -> Tensor:
         """Gradients of the balanced objective into ``.grad``; returns the (detached) objective."""
@@ -93,8 +100,11 @@ class PlainBalancer:
     def __init__(self, task_names: Sequence[str], reduce_fn: ReduceFn | None = None) -> None:
         del reduce_fn  # DDP averages the gradients; nothing else to agree on
         self.task_names = tuple(task_names)
+        self.applied_weights = torch.ones(len(self.task_names))
 
     def backward(self, task_losses: Tensor, params: Sequence[Tensor]) -> Tensor:
+        if self.applied_weights.device != task_losses.device:  # once
+            self.applied_weights = self.applied_weights.to(task_losses.device)
         objective = task_losses.sum()
         objective.backward()
         return objective.detach()
@@ -175,6 +185,10 @@ class FAMOBalancer:
     def weights(self) -> Tensor:
         return self.famo.weights
 
+    @property
+    def applied_weights(self) -> Tensor:
+        return self.famo.last_alpha
+
     def backward(self, task_losses: Tensor, params: Sequence[Tensor]) -> Tensor:
         objective = self.famo.combine(task_losses)
         objective.backward()
@@ -227,6 +241,7 @@ class QPBalancer:
         self._min = torch.tensor([float(b) for b in min_losses])
         self.eps = float(eps)
         self._weights = torch.full((2,), 0.5)
+        self.applied_weights = torch.full((2,), 0.5)
         self._report = _WeightReport(self.task_names, warn_weight_above)
 
     @property
@@ -248,6 +263,8 @@ class QPBalancer:
         grads = [p.grad for p in params if p.grad is not None]
         torch._foreach_mul_(grads, scale.to(grads[0].dtype))
         self._weights = torch.stack([w_dist, w_rate]).detach().float()
+        # d(log D_i) = grad L_i / D_i: the step applied (w_i / D_i) * scale to grad L_i.
+        self.applied_weights = (self._weights / d.float()) * scale.float()
         return task_losses.sum().detach()
 
     def after_step(self, probe: StepProbe) -> None:

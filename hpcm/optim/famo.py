@@ -102,6 +102,8 @@ class FAMOWeighting:
         if b.shape != (n_tasks,):
             raise ValueError(f"min_losses must be a scalar or have {n_tasks} entries")
         zeros = torch.zeros(n_tasks, dtype=torch.float32, device=dev)
+        # alpha of the last combine(): the weights the model step applied to the losses
+        self.last_alpha = torch.full((n_tasks,), 1.0 / n_tasks, device=dev)
         self._state: dict[str, Tensor | None] = {
             "logits": zeros.clone(),
             "exp_avg": zeros.clone(),
@@ -178,6 +180,7 @@ class FAMOWeighting:
         self._state["prev_losses"] = reduced.clone()
         ratio = self.weights / self._shifted(reduced)
         alpha = ratio / ratio.sum()
+        self.last_alpha = alpha.detach()
         return (alpha.to(losses.dtype) * losses).sum()
 
     def update(self, losses_after: Tensor, losses_before: Tensor | None = None) -> None:

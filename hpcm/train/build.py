@@ -53,6 +53,13 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, DeviceError, OmegaConfBa
 def _find_resume(resume: Any, run_dir: Path) -> Path | None:
     if resume is None or resume is False:
         return None
+    if resume == "auto":  # restart with the same command: continue if there is anything
+        path = run_dir / LAST_CHECKPOINT
+        if path.is_file():
+            log.info("resume=auto: continuing from %s", path)
+            return path
+        log.info("resume=auto: no checkpoint in %s, starting fresh", run_dir)
+        return None
     if resume is True:
         path = run_dir / LAST_CHECKPOINT
         if not path.is_file():
@@ -206,6 +213,8 @@ def train(cfg: DictConfig) -> float:
     except OmegaConfBaseException:
         raise ConfigError("paths.run_dir cannot be resolved: set paths.run_dir=DIR") from None
     apply_global_settings(SpeedOptions.from_config(cfg.trainer))
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
     dist = setup_distributed(cfg)
     try:
         if dist.enabled:  # rank 0's directory for all (Hydra's timestamps may differ by rank)

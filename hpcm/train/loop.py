@@ -35,7 +35,7 @@ from hpcm.optim.balancer import Balancer
 from hpcm.train import state
 from hpcm.train.data import DataLoaders
 from hpcm.train.distributed import DistContext, wrap_ddp
-from hpcm.train.losses import RateDistortionLoss
+from hpcm.train.losses import RateDistortionLoss, effective_lambda
 from hpcm.train.lr_schedule import LRSchedule
 from hpcm.train.post_step import BatchProbe, rng_state, set_rng_state
 from hpcm.train.speed import SpeedOptions
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # Per-step values averaged over a logging window; each is logged as train/<name>.
 STEP_METRICS = ("loss", "distortion", "bpp_loss", "psnr")
+# Also per step: the gradient norm before the clip, and the trade-off the step trained at.
+STEP_EXTRAS = ("grad_norm", "effective_lambda")
 # Skipped batches are announced one by one up to this count, then every SKIP_REPORT_EVERY-th.
 SKIP_WARNINGS, SKIP_REPORT_EVERY = 10, 100
 
@@ -86,7 +88,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.tasks = balancer.task_names
         self.metric_names = STEP_METRICS + (("ms_ssim",) if criterion.metric == "ms-ssim" else ())
-        self.window = MetricWindow((*self.metric_names, "grad_norm"))
+        self.window = MetricWindow((*self.metric_names, *STEP_EXTRAS))
         self.progress = state.Progress()
         self.tracker: Tracker | None = None
         self.last_test: dict[str, float] = {}
@@ -104,7 +106,7 @@ class Trainer:
     # ------------------------------------------------------------------------- one step
     def train_step(self, x: Tensor) -> Tensor | None:
         """One optimizer step on batch ``x``; returns the detached values of ``metric_names``
-        plus the gradient norm, or None when the batch was skipped as non-finite."""
+        and ``STEP_EXTRAS``, or None when the batch was skipped as non-finite."""
         x = self.speed.batch(x, self.device)
         noise = rng_state(self.device)  # the probe replays the step's noise
         output = self._forward(self.train_model, x)
@@ -137,7 +139,11 @@ class Trainer:
             )
         )
         values = [losses[name].detach() for name in self.metric_names]
-        return torch.stack([*values, norm.detach().to(values[0].dtype)])
+        trade_off = effective_lambda(
+            self.criterion.lmbda, self.balancer.applied_weights, task_losses
+        )
+        extras = [norm.detach(), trade_off.detach()]
+        return torch.stack([*values, *(v.to(values[0].dtype) for v in extras)])
 
     def _report_skip(self) -> None:
         self.progress.skipped_batches += 1

@@ -142,6 +142,23 @@ class RateDistortionLoss(nn.Module):
         return f"lmbda={self.lmbda}, metric={self.metric!r}"
 
 
+def effective_lambda(lmbda: float, applied: Tensor, task_losses: Tensor) -> Tensor:
+    """The trade-off a balanced model step actually trains at (a 0-dim tensor, no host sync).
+
+    The step follows ``a_D grad D + sum_k a_k grad R_k`` (``applied`` = the balancer's
+    ``applied_weights``, distortion first; ``D = lambda * 255^2 * MSE``). Up to a positive factor
+    that is the plain step of ``R + lambda_eff * 255^2 * MSE`` with ``lambda_eff = lambda * a_D /
+    a_R``; with several rate tasks, ``a_R`` is their rate-weighted mean ``sum_k a_k R_k / sum_k
+    R_k``. The plain sum gives ``lambda`` itself.
+    """
+    rates = task_losses[1:].detach().float()
+    weights = applied[1:].float()
+    mean_rate_weight = (weights * rates).sum() / rates.sum().clamp_min(1e-12)
+    if len(rates) == 1:
+        mean_rate_weight = weights[0]
+    return lmbda * applied[0].float() / mean_rate_weight
+
+
 def scale_rates(
     output: Mapping[str, Any], num_pixels: int, per_image: bool = False
 ) -> dict[str, Tensor]:

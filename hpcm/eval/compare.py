@@ -1,0 +1,67 @@
+"""The end of ``python train.py -m experiment=compare``: evaluate every run of the sweep with real
+bitstreams, then the seed-paired BD-rate report, both into the sweep directory.
+
+A Hydra callback (``hydra.callbacks.compare``) whose ``on_multirun_end`` runs in the launching
+process once every job has finished: ``SWEEP/eval`` gets one CompressAI JSON per (optimizer,
+seed) and the per-image CSV (``evaluate.py``), ``SWEEP/report`` the tables and plots against the
+reference optimizer (``bdrate.py``). Re-running the same command after an interruption continues
+the unfinished runs (``resume=auto``), skips the finished ones, and evaluates again.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from hpcm.eval import evaluate, report
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_and_report(sweep_dir: Path, settings: DictConfig, device: str | None) -> int:
+    """Evaluate ``sweep_dir`` into ``sweep_dir/eval`` and report into ``sweep_dir/report``;
+    returns the exit status of the step that failed (0: both ran)."""
+    eval_dir, report_dir = sweep_dir / "eval", sweep_dir / "report"
+    argv = [str(sweep_dir), "--dataset", str(settings.dataset), "--out", str(eval_dir)]
+    if settings.get("limit"):
+        argv += ["--limit", str(settings.limit)]
+    if device and device != "auto":
+        argv += ["--device", device]
+    status = evaluate.main(argv)
+    if status:
+        return status
+    for metric in settings.metrics:
+        status = report.main(
+            [
+                str(eval_dir),
+                "--reference",
+                str(settings.reference),
+                "--metric",
+                str(metric),
+                "--bootstrap",
+                str(settings.bootstrap),
+                "--out",
+                str(report_dir),
+            ]
+        )
+        if status:
+            return status
+    return 0
+
+
+class CompareReport(Callback):
+    """``on_multirun_end``: evaluation and BD-rate report of the whole sweep (settings in the
+    config's ``compare`` node: dataset, reference, metrics, bootstrap, limit)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        log.info("all runs done; evaluating %s with real bitstreams", sweep_dir)
+        status = evaluate_and_report(sweep_dir, config.compare, str(config.trainer.device))
+        if status:
+            log.error("the comparison report was not written (status %d, see above)", status)
+            return
+        log.info("comparison written to %s", sweep_dir / "report")

@@ -1,0 +1,114 @@
+"""Tables and plots of seed-paired comparisons (:mod:`hpcm.eval.seeds`): Markdown, CSV and an R-D
+plot with every seed drawn thin and each group's mean over seeds drawn bold."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from hpcm.eval.seeds import LEVEL, Interval, SeedRow, mean_curve
+
+
+def _value(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:+.{digits}f}"
+
+
+def _interval(interval: Interval | None, digits: int) -> str:
+    return "" if interval is None else interval.cell(digits)
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def seeds_markdown(
+    rows: Sequence[SeedRow], reference: str, title: str, settings: str, replicates: int
+) -> str:
+    """The table: a row per seed and a bold mean row per group, BD values with both intervals."""
+    level = f"{LEVEL:.0%}"
+    header = (
+        f"Reference: {_escape(reference)} (paired by seed); {settings}; bootstrap: {replicates} "
+        "replicates over the test images, paired across curves and seeds"
+    )
+    columns = (
+        f"| curve | seed | points | BD-rate (%) | {level} CI, seeds | {level} CI, images "
+        f"| BD-{title} (dB) | {level} CI, seeds | {level} CI, images | note |"
+    )
+    lines = [header, "", columns, "|---|---|---:|---:|---|---|---:|---|---|---|"]
+    for row in rows:
+        if row.seed is None:
+            label, seed = f"**{_escape(row.label)} mean**", f"{row.seeds} seeds"
+            rate = f"**{_value(row.rate, 2)}**"
+            metric = f"**{_value(row.metric, 3)}**"
+        else:
+            label, seed = _escape(row.label), str(row.seed)
+            rate, metric = _value(row.rate, 2), _value(row.metric, 3)
+        cells = [label, seed, str(row.points), rate, _interval(row.rate_seeds, 2)]
+        cells += [_interval(row.rate_images, 2), metric, _interval(row.metric_seeds, 3)]
+        cells += [_interval(row.metric_images, 3), _escape(row.note)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_seeds_csv(
+    rows: Sequence[SeedRow], reference: str, metric_key: str, method: str, path: Path
+) -> None:
+    header = ["curve", "seed", "points", "reference", "metric", "method", "bd_rate_percent"]
+    header += ["bd_rate_ci_seeds_low", "bd_rate_ci_seeds_high"]
+    header += ["bd_rate_ci_images_low", "bd_rate_ci_images_high", "bd_metric_db"]
+    header += ["bd_metric_ci_seeds_low", "bd_metric_ci_seeds_high"]
+    header += ["bd_metric_ci_images_low", "bd_metric_ci_images_high", "seeds", "note"]
+
+    def cells(interval: Interval | None) -> list[str]:
+        return ["", ""] if interval is None else [repr(interval.low), repr(interval.high)]
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in rows:
+            seed = "mean" if row.seed is None else str(row.seed)
+            writer.writerow(
+                [row.label, seed, row.points, reference, metric_key, method]
+                + ["" if row.rate is None else repr(row.rate)]
+                + cells(row.rate_seeds)
+                + cells(row.rate_images)
+                + ["" if row.metric is None else repr(row.metric)]
+                + cells(row.metric_seeds)
+                + cells(row.metric_images)
+                + [row.seeds, row.note]
+            )
+
+
+def plot_seeds(
+    curves: Sequence[Any], reference: str, metric_key: str, title: str, path: Path
+) -> None:
+    """Every curve thin (one line per seed), each group's mean over seeds bold, one colour per
+    group; the reference group's mean is labelled as such."""
+    fig = Figure(figsize=(7, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    groups: dict[str, list[Any]] = {}
+    for curve in curves:
+        if metric_key in curve.results:
+            groups.setdefault(curve.label, []).append(curve)
+    for i, (label, members) in enumerate(groups.items()):
+        color = f"C{i % 10}"
+        for curve in members:
+            ax.plot(curve.bpp, curve.results[metric_key], color=color, linewidth=0.8, alpha=0.45)
+        mean = mean_curve(members, metric_key)
+        if mean is not None:
+            name = f"{label} (reference)" if label == reference else label
+            seeds = f", mean of {len(members)} seeds" if len(members) > 1 else ""
+            ax.plot(*mean, color=color, linewidth=2.4, marker="o", markersize=4, label=name + seeds)
+    ax.set_xlabel("bpp")
+    ax.set_ylabel(f"{title} (dB)")
+    ax.set_title(f"R-D curves, {title}: thin lines one seed each, bold the mean")
+    ax.grid(True, alpha=0.4)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)

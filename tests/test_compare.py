@@ -1,0 +1,256 @@
+"""The optimizer comparison (issue 9): seeds paired curve by curve, the intervals across seeds and
+the paired bootstrap over test images, warnings for unusable curves, the effective lambda, and a
+whole `experiment=compare` sweep with a toy budget."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hpcm.eval import report, seeds
+from hpcm.train.losses import effective_lambda
+
+ROOT = Path(__file__).resolve().parents[1]
+BPP = [0.1, 0.2, 0.4, 0.8]
+PSNR = [28.0, 30.0, 32.0, 34.0]
+
+
+def per_image_curve(
+    name: str, seed: int | None, scale: float = 1.0, n_images: int = 8, jitter: int = 0
+) -> dict:
+    """An eval JSON whose points are means over ``n_images`` images; every image's rate is the
+    curve's rate times a per-image factor, times ``scale`` (the same PSNR everywhere)."""
+    rng = np.random.default_rng(jitter)
+    factors = rng.uniform(0.7, 1.3, n_images) if jitter else np.linspace(0.7, 1.3, n_images)
+    factors = factors / factors.mean()
+    bpp = [[b * scale * f for f in factors] for b in BPP]
+    psnr = [[p + 0.5 * (f - 1.0) for f in factors] for p in PSNR]
+    return {
+        "name": name,
+        "seed": seed,
+        "results": {
+            "bpp": [float(np.mean(r)) for r in bpp],
+            "psnr-rgb": [float(np.mean(r)) for r in psnr],
+        },
+        "lambda": [0.0018, 0.0067, 0.025, 0.0483],
+        "per_image": {
+            "images": [f"im{i}.png" for i in range(n_images)],
+            "bpp": bpp,
+            "psnr-rgb": psnr,
+        },
+    }
+
+
+def curve(data: dict, source: str = "") -> report.Curve:
+    return report.parse_curve(data, source or f"{data['name']}_{data['seed']}.json")
+
+
+def bd(kind: str, ref: tuple, test: tuple) -> report.BDResult:
+    return report.bd_delta(kind, ref, test, "pchip", 0.75)
+
+
+# ----------------------------------------------------------------------------- pairing
+def test_curves_are_paired_seed_by_seed() -> None:
+    refs = [curve(per_image_curve("adam", s)) for s in (0, 1, 2)]
+    tests = [curve(per_image_curve("balanced", s)) for s in (2, 0, 1)]
+    groups = seeds.pair_by_seed(tests, refs)
+    assert list(groups) == ["balanced"]
+    assert [(p.seed, p.test.seed, p.reference.seed) for p in groups["balanced"]] == [
+        (0, 0, 0),
+        (1, 1, 1),
+        (2, 2, 2),
+    ]
+    with pytest.raises(ValueError, match="no reference curve of seed 3"):
+        seeds.pair_by_seed([curve(per_image_curve("balanced", 3))], refs)
+    with pytest.raises(ValueError, match="two curves of seed 0"):
+        seeds.pair_by_seed(tests + [curve(per_image_curve("balanced", 0), "x.json")], refs)
+    anchor = curve(per_image_curve("vtm", None))  # one reference without a seed serves all
+    assert len(seeds.pair_by_seed(tests, [anchor])["balanced"]) == 3
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_identical_curves_give_intervals_around_zero() -> None:
+    refs = [curve(per_image_curve("adam", s, jitter=s + 1)) for s in (0, 1, 2)]
+    tests = [curve(per_image_curve("balanced", s, jitter=s + 1)) for s in (0, 1, 2)]
+    rows = seeds.compare_seeds(seeds.pair_by_seed(tests, refs), "psnr-rgb", bd, replicates=200)
+    mean = rows[-1]
+    assert mean.seed is None and mean.seeds == 3
+    assert mean.rate == pytest.approx(0.0, abs=1e-9)
+    assert mean.rate_images.low <= 0.0 <= mean.rate_images.high
+    assert mean.rate_images.high - mean.rate_images.low < 1e-6  # paired: identical every time
+
+
+def test_a_known_rate_factor_gives_that_bd_rate_with_intervals() -> None:
+    # The test curves need 10% fewer bits at every quality on every image and seed: BD-rate
+    # is -10% per seed, their mean, and (paired: every replicate keeps the factor) the bootstrap.
+    refs = [curve(per_image_curve("adam", s, jitter=s + 1)) for s in (0, 1, 2)]
+    tests = [curve(per_image_curve("balanced", s, 0.9, jitter=s + 1)) for s in (0, 1, 2)]
+    rows = seeds.compare_seeds(seeds.pair_by_seed(tests, refs), "psnr-rgb", bd, replicates=200)
+    for row in rows:
+        assert row.rate == pytest.approx(-10.0, abs=1e-6)
+    mean = rows[-1]
+    assert mean.rate_images.low == pytest.approx(-10.0, abs=1e-6)
+    assert mean.rate_images.high == pytest.approx(-10.0, abs=1e-6)
+    assert mean.rate_seeds.low == pytest.approx(-10.0, abs=1e-6)
+
+
+def test_seeds_interval_is_the_student_t_interval() -> None:
+    interval = seeds.t_interval([-2.0, 0.0, 1.0])
+    mean, sd = -1 / 3, float(np.std([-2.0, 0.0, 1.0], ddof=1))
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t(0.975, 2 dof)
+    assert interval.low == pytest.approx(mean - half) and interval.high == pytest.approx(
+        mean + half
+    )
+    assert seeds.t_interval([1.0]) is None
+
+
+def test_bootstrap_interval_widens_with_image_scatter() -> None:
+    # Per-image rate factors that differ between the optimizers: the BD-rate then depends on
+    # which images are drawn, and the interval has a width.
+    refs = [curve(per_image_curve("adam", 0, jitter=1))]
+    test = per_image_curve("balanced", 0, jitter=7)
+    rows = seeds.compare_seeds(
+        seeds.pair_by_seed([curve(test)], refs), "psnr-rgb", bd, replicates=300
+    )
+    interval = rows[-1].rate_images
+    assert interval.high - interval.low > 0.5
+    assert interval.low <= rows[-1].rate <= interval.high
+
+
+# ----------------------------------------------------------------------------- the command
+def write(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_bdrate_pairs_seeds_and_writes_table_csv_and_plot(tmp_path: Path, capsys) -> None:
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    for s in (0, 1):
+        write(ev / f"adam_seed{s}.json", per_image_curve("adam", s, jitter=s + 1))
+        write(ev / f"balanced_seed{s}.json", per_image_curve("balanced", s, 0.9, jitter=s + 1))
+    out = tmp_path / "report"
+    argv = [str(ev), "-r", "adam", "--bootstrap", "50", "--out", str(out)]
+    assert report.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| balanced | 0 | 4 | -10.00 |" in printed
+    assert "| **balanced mean** | 2 seeds | 4 | **-10.00** | [-10.00, -10.00] |" in printed
+    assert "adam" not in [line.split("|")[1].strip() for line in printed.splitlines()[3:-1]]
+    assert (out / "rd_psnr.png").stat().st_size > 0
+    csv_text = (out / "bdrate_psnr.csv").read_text()
+    assert "balanced,mean,4,adam" in csv_text
+
+
+def test_unusable_curves_are_named_with_what_to_change(tmp_path: Path) -> None:
+    flat = curve(
+        {
+            "name": "balanced",
+            "seed": 0,
+            "results": {"bpp": BPP, "psnr-rgb": [20.0, 20.2, 20.1, 20.3]},
+        }
+    )
+    narrow = curve(
+        {"name": "adam", "seed": 0, "results": {"bpp": BPP, "psnr-rgb": [28.0, 28.1, 28.2, 28.3]}}
+    )
+    far = curve(
+        {"name": "balanced_qp", "seed": 0, "results": {"bpp": BPP, "psnr-rgb": [40, 41, 42, 43]}}
+    )
+    lines = report.usability_warnings([flat, far], [narrow], "psnr-rgb", 0.75)
+    joined = "\n".join(lines)
+    assert "balanced (seed 0): PSNR does not rise with rate" in joined and "train longer" in joined
+    assert "balanced_qp (seed 0): shares 0% of its PSNR range with adam" in joined
+    spans = report.usability_warnings([narrow], [narrow], "psnr-rgb", 0.75)
+    assert spans and "spans only 0.30 dB" in spans[0]
+    assert (
+        report.usability_warnings([curve(per_image_curve("adam", 0))], [], "psnr-rgb", 0.75) == []
+    )
+
+
+def test_effective_lambda_is_lambda_times_the_applied_weight_ratio() -> None:
+    tasks = torch.tensor([5.0, 0.4])
+    assert effective_lambda(0.013, torch.ones(2), tasks).item() == pytest.approx(0.013)
+    assert effective_lambda(0.013, torch.tensor([0.2, 0.8]), tasks).item() == pytest.approx(
+        0.013 / 4
+    )
+    # Several rates: their weights averaged by each rate's share.
+    scales = torch.tensor([5.0, 0.1, 0.3, 0.0, 0.1])
+    applied = torch.tensor([0.1, 0.2, 0.4, 0.1, 0.2])
+    mean_rate_weight = (0.2 * 0.1 + 0.4 * 0.3 + 0.2 * 0.1) / 0.5
+    assert effective_lambda(0.013, applied, scales).item() == pytest.approx(
+        0.013 * 0.1 / mean_rate_weight
+    )
+
+
+# ----------------------------------------------------------------------------- end to end
+def make_images(folder: Path, count: int, size: int, seed: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        base = rng.integers(0, 255, (size // 32, size // 32, 3), dtype=np.uint8)
+        image = Image.fromarray(base).resize((size, size), Image.BILINEAR)
+        image.save(folder / f"img{i}.png")
+
+
+@pytest.mark.slow
+def test_compare_experiment_end_to_end_and_resumes(tmp_path: Path) -> None:
+    make_images(tmp_path / "train", 2, 256, 0)
+    make_images(tmp_path / "test", 2, 256, 1)
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "experiment=compare",
+        "model=tiny",
+        "data=folder",
+        f"data.train_dir={tmp_path / 'train'}",
+        f"data.test_dir={tmp_path / 'test'}",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "logger=none",
+        "optimizer=adam,balanced",
+        "seed=0,1",
+        "trainer.epochs=1",
+        "trainer.max_steps_per_epoch=1",
+        "trainer.progress_bar=false",
+        "compare.bootstrap=20",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted(p.name for p in sweep.iterdir() if (p / "last.pth.tar").is_file())
+    assert len(runs) == 16 and "balanced_0.0483_seed1" in runs
+    curves = sorted(p.name for p in (sweep / "eval").glob("*.json"))
+    assert curves == [
+        "adam_seed0.json",
+        "adam_seed1.json",
+        "balanced_seed0.json",
+        "balanced_seed1.json",
+    ]
+    data = json.loads((sweep / "eval" / "balanced_seed1.json").read_text())
+    assert data["seed"] == 1 and sorted(data["lambda"]) == [0.0018, 0.0067, 0.025, 0.0483]
+    assert len(data["per_image"]["bpp"][0]) == 2
+    table = (sweep / "report" / "bdrate_psnr.md").read_text()
+    assert "| balanced | 0 |" in table and "**balanced mean**" in table
+    assert (sweep / "report" / "rd_psnr.png").is_file()
+    assert "WARNING: " in done.stderr  # one step of training: not a usable comparison
+
+    stamp = {p: p.stat().st_mtime_ns for p in sweep.glob("*/last.pth.tar")}
+    again = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/last.pth.tar")} == stamp  # skipped
+    assert "resume=auto: continuing from" in again.stderr + again.stdout

@@ -32,9 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 GROUPS = ("model", "optimizer", "lambda", "data", "logger", "trainer", "experiment")
 # Extra overrides an option needs to resolve (mandatory paths).
+FOLDERS = ["data.train_dir=/tmp/train", "data.test_dir=/tmp/test"]
 NEEDS = {
-    ("data", "folder"): ["data.train_dir=/tmp/train", "data.test_dir=/tmp/test"],
+    ("data", "folder"): FOLDERS,
     ("data", "flickr2w"): ["data.root=/tmp/flickr"],
+    ("experiment", "compare"): ["data=folder", *FOLDERS],
+    ("experiment", "compare_cpu"): FOLDERS,
 }
 SHORT = [
     "model=tiny",
@@ -88,6 +91,15 @@ def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -
         assert cfg.data.name in ("embedded", "folder")
     elif group == "logger":
         assert cfg.logger.name in LOGGERS
+    elif group == "experiment" and option.startswith("compare"):
+        assert cfg.resume == "auto" and cfg.compare.dataset == "/tmp/test"
+        overrides = prepare_overrides([f"experiment={option}", *NEEDS[(group, option)]])
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            full = compose("train", overrides=overrides, return_hydra_config=True)
+        assert full.hydra.callbacks.compare._target_ == "hpcm.eval.compare.CompareReport"
+        params = full.hydra.sweeper.params
+        assert set(params.optimizer.split(",")) == {"adam", "balanced", "balanced_qp"}
+        assert len(params.seed.split(",")) == 3 and len(params["lambda"].split(",")) == 4
     elif group == "experiment":
         assert cfg.optimizer.lr < 1e-4 and cfg.trainer.epochs < 3001
     else:

@@ -254,3 +254,23 @@ def test_compare_experiment_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/last.pth.tar")} == stamp  # skipped
     assert "resume=auto: continuing from" in again.stderr + again.stdout
+
+
+def test_the_shipped_base_model_loads_and_starts_a_run(tmp_path: Path) -> None:
+    import hpcm
+    from hpcm.codec.checkpoint import CheckpointError
+
+    model = hpcm.load_model("pretrained:tiny_base")
+    assert model.name == "tiny" and next(model.parameters()).dtype == torch.float32
+    with pytest.raises(
+        CheckpointError, match="unknown pretrained model 'nope'; shipped: tiny_base"
+    ):
+        hpcm.load_model("pretrained:nope")
+    from test_train import make_cfg
+
+    from hpcm.train.build import build_trainer
+
+    trainer = build_trainer(make_cfg(tmp_path, "init_from=pretrained:tiny_base"))
+    for key, value in model.state_dict().items():
+        if not key.startswith(("y_", "z_cdf", "z_offset")):  # coding tables: built by update()
+            assert torch.equal(trainer.model.state_dict()[key], value), key

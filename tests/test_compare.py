@@ -262,6 +262,8 @@ def test_the_shipped_base_model_loads_and_starts_a_run(tmp_path: Path) -> None:
 
     model = hpcm.load_model("pretrained:tiny_base")
     assert model.name == "tiny" and next(model.parameters()).dtype == torch.float32
+    # fp16 weights, fp32 constants: a likelihood bound flushed to 0 would make rates infinite
+    assert model.entropy.likelihood_lower_bound.bound.item() == pytest.approx(1e-9)
     with pytest.raises(
         CheckpointError, match="unknown pretrained model 'nope'; shipped: tiny_base"
     ):

@@ -28,9 +28,11 @@ def export(source: Path, out: Path, half: bool, note: str) -> dict:
         source = best if best.is_file() else source / LAST_CHECKPOINT
     model = load_model(source, update=False)
     ckpt = model_checkpoint(model)
-    if half:
+    if half:  # the weights only: buffers hold constants such as the likelihood bound 1e-9,
+        # which fp16 would flush to 0 (and a zero likelihood is an infinite rate)
+        weights = {name for name, _ in model.named_parameters()}
         ckpt["state_dict"] = {
-            k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()
+            k: v.half() if k in weights else v for k, v in ckpt["state_dict"].items()
         }
     ckpt["note"] = note or f"exported from {source.name}"
     atomic_torch_save(ckpt, out)

@@ -35,7 +35,7 @@ from hpcm.train.distributed import (
 from hpcm.train.loop import Trainer
 from hpcm.train.losses import RateDistortionLoss, task_names
 from hpcm.train.speed import SpeedOptions, apply_global_settings
-from hpcm.train.state import LAST_CHECKPOINT
+from hpcm.train.state import LAST_CHECKPOINT, finished_result, mark_finished
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,33 @@ class ConfigError(ValueError):
 USER_ERRORS = (ConfigError, DataError, CheckpointError, DeviceError, OmegaConfBaseException)
 
 
+def resume_mode(resume: Any, multirun: bool) -> Any:
+    """``resume`` with its default (null) made explicit: ``auto`` in a multirun (sweeps,
+    searches, the SLURM and joblib launchers), ``false`` in a single run."""
+    if resume is None:
+        return "auto" if multirun else False
+    if isinstance(resume, str) and resume.lower() in ("auto", "true", "false"):
+        return {"auto": "auto", "true": True, "false": False}[resume.lower()]
+    return resume
+
+
 def _find_resume(resume: Any, run_dir: Path) -> Path | None:
-    if resume is None or resume is False:
+    if resume is False:
+        return None
+    if resume == "auto":  # the same command continues a run or starts it: say which
+        path = run_dir / LAST_CHECKPOINT
+        if path.is_file():
+            log.info("resume=auto: continuing from %s", path)
+            return path
+        log.info("resume=auto: no %s yet, starting a fresh run", path)
         return None
     if resume is True:
         path = run_dir / LAST_CHECKPOINT
         if not path.is_file():
             raise ConfigError(
                 f"resume=true but {path} does not exist; continue an old run with "
-                "hydra.run.dir=OLD_RUN_DIR resume=true, or pass resume=PATH"
+                "hydra.run.dir=OLD_RUN_DIR resume=true, pass resume=PATH, or use resume=auto "
+                "(continue when there is a checkpoint, else start fresh)"
             )
         return path
     path = Path(str(resume))
@@ -198,9 +216,11 @@ def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> 
         raise ConfigError(f"data: {error}") from None
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig, multirun: bool = False) -> float:
     """The whole run of ``python train.py``: returns the best validation RD loss (what the
-    Optuna sweeper minimises; NaN for a run that never gave a finite one)."""
+    Optuna sweeper minimises; NaN for a run that never gave a finite one). ``multirun``: a job
+    of ``-m`` (``resume`` then defaults to ``auto``). With ``resume=auto`` a run that finished
+    all its epochs is skipped (its best loss is returned)."""
     try:
         run_dir = Path(str(cfg.paths.run_dir))
     except OmegaConfBaseException:
@@ -214,7 +234,13 @@ def train(cfg: DictConfig) -> float:
                 logging.getLogger().setLevel(logging.ERROR)  # rank 0 reports
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        resume_path = _find_resume(cfg.resume, run_dir)
+        mode = resume_mode(cfg.resume, multirun)
+        resume_path = _find_resume(mode, run_dir)
+        if mode == "auto" and resume_path is not None:
+            done = finished_result(run_dir, int(cfg.trainer.epochs))
+            if done is not None:
+                log.info("%s finished all its epochs already: skipped", run_dir)
+                return done
         if dist.is_main:
             (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         trainer = build_trainer(cfg, run_dir, dist)
@@ -224,8 +250,11 @@ def train(cfg: DictConfig) -> float:
         if dist.is_main:
             trainer.start_tracking(resumed=resume_path is not None)
         try:
-            return trainer.fit()
+            best = trainer.fit()
         finally:
             trainer.close()
+        if dist.is_main:
+            mark_finished(run_dir, trainer.epochs, best)
+        return best
     finally:
         cleanup()

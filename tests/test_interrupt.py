@@ -106,6 +106,7 @@ def test_resume_auto_starts_fresh_then_skips_a_finished_run(
     with caplog.at_level(logging.INFO):
         assert train(make_cfg(tmp_path, "resume=auto")) == first
     assert "finished all its epochs already: skipped" in caplog.text
+    assert "continuing from" not in caplog.text
     assert (tmp_path / "last.pth.tar").stat().st_mtime_ns == before
     train(make_cfg(tmp_path, "resume=auto", "trainer.epochs=2"))  # more epochs: continues
     assert safe_torch_load(tmp_path / "last.pth.tar")["epoch"] == 1

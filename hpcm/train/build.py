@@ -279,12 +279,11 @@ def train(cfg: DictConfig, multirun: bool = False) -> float:
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
         mode = resume_mode(cfg.resume, multirun)
+        done = finished_result(run_dir, int(cfg.trainer.epochs)) if mode == "auto" else None
+        if done is not None:
+            log.info("resume=auto: %s finished all its epochs already: skipped", run_dir)
+            return done
         resume_path = _find_resume(mode, run_dir)
-        if mode == "auto" and resume_path is not None:
-            done = finished_result(run_dir, int(cfg.trainer.epochs))
-            if done is not None:
-                log.info("%s finished all its epochs already: skipped", run_dir)
-                return done
         if dist.is_main:
             (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         trainer = build_trainer(cfg, run_dir, dist)

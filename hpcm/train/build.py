@@ -147,10 +147,9 @@ def check_config(cfg: DictConfig) -> None:
     _number(d.get("samples_per_epoch"), "data.samples_per_epoch", 1, optional=True)
     _size(d, "crop_size", SIZE_MULTIPLE)
     _size(d, "test_crop_size", 1)  # validation pads test crops to multiples of 256
-    if _number(o.lr, "optimizer.lr", 0.0, float) == 0:
-        raise ConfigError("optimizer.lr must be > 0")
-    if _number(o.clip_max_norm, "optimizer.clip_max_norm", 0.0, float, optional=True) == 0:
-        raise ConfigError("optimizer.clip_max_norm must be > 0 or null (no clipping)")
+    _number(o.lr, "optimizer.lr", 0.0, float)  # 0: frozen weights (a valid probe)
+    # 0 or null: no clipping (CompressAI's examples/train.py: clip only when > 0)
+    _number(o.clip_max_norm, "optimizer.clip_max_norm", 0.0, float, optional=True)
     if _number(cfg.lmbda, "lmbda", 0.0, float) == 0:
         raise ConfigError("lmbda must be > 0")
     _number(cfg.seed, "seed", 0)

@@ -86,7 +86,8 @@ class MetricWindow:
 
     def state_dict(self) -> dict[str, Any]:
         """The open window (a run saved mid-epoch logs the same means when resumed)."""
-        return {"sums": self._sums, "steps": self.steps, "batches": self.batches}
+        sums = None if self._sums is None else self._sums.detach().cpu()
+        return {"sums": sums, "steps": self.steps, "batches": self.batches}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._sums, self.steps, self.batches = state["sums"], state["steps"], state["batches"]

@@ -240,24 +240,48 @@ def decode_cli(model, data: bytes, max_pixels: int, workdir: Path) -> torch.Tens
     return read_image(out)
 
 
+def run_case(decode, model, data: bytes, expected, max_pixels, workdir, timeout):
+    """``(outcome, detail, seconds)`` of decoding ``data`` with ``decode``."""
+    detail, start = "", time.perf_counter()
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        image = decode(model, data, max_pixels, workdir)
+        outcome = "refused" if image is None else "decoded"
+        if image is not None and not torch.equal(image, expected):
+            outcome = "wrong"
+    except CaseTimeout:
+        outcome = "hang"
+    except Exception as error:  # noqa: BLE001 - every other exception is a crash
+        outcome, detail = "crash", f"{type(error).__name__}: {error}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    elapsed = time.perf_counter() - start
+    if elapsed > timeout:  # also a C call that the alarm could not interrupt
+        outcome = "hang"
+    return outcome, detail or f"{elapsed:.2f} s", elapsed
+
+
+def coded_originals(model, workdir: Path) -> list[tuple]:
+    """``(file bytes, Encoded, decoded image, its 8-bit PNG)`` of each of :data:`SIZES`."""
+    atomic_torch_save(model_checkpoint(model), workdir / CHECKPOINT)
+    originals = []
+    for i, (h, w) in enumerate(SIZES):
+        enc = encode_image(model, test_image(h, w, seed=i), CHECKPOINT)
+        reference = decode_image(model, enc)
+        write_image(reference, workdir / "reference.png")  # the CLI's 8-bit output
+        originals.append((enc.to_bytes(), enc, reference, read_image(workdir / "reference.png")))
+    return originals
+
+
 def run(cases: int, seed: int, timeout: float, max_pixels: int, cli_every: int) -> dict:
     torch.set_num_threads(1)  # cases are small; one thread is steadier on a loaded machine
-    model = tiny_model()
-    rng = random.Random(seed)
+    model, rng = tiny_model(), random.Random(seed)
     counts = {family: Counter() for family in FAMILIES}
     examples: list[str] = []
     slowest = 0.0
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         workdir = Path(tmp)
-        atomic_torch_save(model_checkpoint(model), workdir / CHECKPOINT)
-        originals = []
-        for i, (h, w) in enumerate(SIZES):
-            enc = encode_image(model, test_image(h, w, seed=i), CHECKPOINT)
-            reference = decode_image(model, enc)
-            write_image(reference, workdir / "reference.png")  # the CLI's 8-bit output
-            originals.append(
-                (enc.to_bytes(), enc, reference, read_image(workdir / "reference.png"))
-            )
+        originals = coded_originals(model, workdir)
         previous = signal.signal(signal.SIGALRM, _alarm)
         try:
             for i in range(cases):
@@ -265,31 +289,16 @@ def run(cases: int, seed: int, timeout: float, max_pixels: int, cli_every: int) 
                 data, enc, reference, reference_png = originals[rng.randrange(len(originals))]
                 changed = MUTATORS[family](rng, data, enc)
                 cli = cli_every > 0 and i % cli_every == 0
-                decode = decode_cli if cli else decode_library
-                start = time.perf_counter()
-                signal.setitimer(signal.ITIMER_REAL, timeout)
-                try:
-                    image = decode(model, changed, max_pixels, workdir)
-                    outcome = "refused" if image is None else "decoded"
-                    if image is not None and not torch.equal(
-                        image, reference_png if cli else reference
-                    ):
-                        outcome = "wrong"
-                except CaseTimeout:
-                    outcome = "hang"
-                except Exception as error:  # noqa: BLE001 - every other exception is a crash
-                    outcome = "crash"
-                    detail = f"{type(error).__name__}: {error}"
-                finally:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-                elapsed = time.perf_counter() - start
+                decode, expected = (
+                    (decode_cli, reference_png) if cli else (decode_library, reference)
+                )
+                outcome, detail, elapsed = run_case(
+                    decode, model, changed, expected, max_pixels, workdir, timeout
+                )
                 slowest = max(slowest, elapsed)
-                if outcome != "hang" and elapsed > timeout:  # a C call the alarm could not stop
-                    outcome = "hang"
                 counts[family][outcome] += 1
                 if outcome in FAILURES and len(examples) < 10:
-                    info = detail if outcome == "crash" else f"{elapsed:.2f} s"
-                    examples.append(f"case {i} ({family}, cli={cli}): {outcome}: {info}")
+                    examples.append(f"case {i} ({family}, cli={cli}): {outcome}: {detail}")
         finally:
             signal.signal(signal.SIGALRM, previous)
     return {

@@ -253,7 +253,7 @@ def test_compare_experiment_end_to_end_and_resumes(tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/last.pth.tar")} == stamp  # skipped
-    assert "resume=auto: continuing from" in again.stderr + again.stdout
+    assert "finished all its epochs already: skipped" in again.stderr + again.stdout
 
 
 def test_the_shipped_base_model_loads_and_starts_a_run(tmp_path: Path) -> None:

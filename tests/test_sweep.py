@@ -4,10 +4,13 @@ through ``python train.py -m`` exactly as a user types it, in a working director
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,9 +167,42 @@ def test_failed_and_diverged_trials_are_recorded_and_the_search_goes_on(workdir:
     assert [t.state for t in study.trials] == [fail, fail, complete]
     assert study.trials[0].params["optimizer.lr"] == 1e30
     assert "diverged: no validation gave a finite loss" in output
-    assert "trainer.epochs, val_every_n_epochs, save_every_n_epochs must be >= 1" in output
+    assert "trainer.epochs must be >= 1, got 0" in output
     assert study.best_trial.number == 2
     assert not (workdir / "optuna.db").exists()  # the storage override was used
+
+
+def running_trials(db: Path) -> int:
+    if not db.is_file():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+        try:
+            return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+        except sqlite3.OperationalError:  # the schema is still being created
+            return 0
+
+
+def test_a_search_killed_in_a_trial_continues_with_the_same_command(workdir: Path) -> None:
+    command = [*SEARCH, *SHORT, "trainer.epochs=2", "hydra.sweeper.n_trials=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *command],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while not running_trials(workdir / "optuna.db"):  # killed while its trial trains
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    output = train(workdir, *command)  # the same command
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{workdir / 'optuna.db'}")
+    fail, complete = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
+    assert [t.state for t in study.trials] == [fail, complete]
+    assert "trial(s) 0 were left running by a command that stopped: marked FAIL" in output
 
 
 # -- lambda sweeps --------------------------------------------------------------------------------

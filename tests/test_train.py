@@ -116,7 +116,7 @@ def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
         "wandb",
         "offline",
     )
-    assert cfg.trainer.save_every_n_epochs == 500 and cfg.resume is False
+    assert cfg.trainer.save_every_n_epochs == 500 and cfg.resume is None
     balanced = make_cfg(tmp_path, "optimizer=balanced", short=False).optimizer
     famo = balanced.balancer
     assert (famo.gamma, famo.w_lr, balanced.clip_max_norm) == (0.003, 0.025, 1.0)

@@ -1,22 +1,31 @@
 """``python -m hpcm.codec encode IMAGE OUT.hpcm --checkpoint CKPT`` and
-``python -m hpcm.codec decode OUT.hpcm IMAGE.png``: real bitstreams from the command line."""
+``python -m hpcm.codec decode OUT.hpcm IMAGE.png``: real bitstreams from the command line.
+
+Every failure, whatever a file holds, is one ``error: ...`` line on stderr and exit status 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import torch
 
-from hpcm.codec.bitstream import CodecError, Encoded, decode_image, encode_image
+from hpcm.codec.bitstream import (
+    DEFAULT_MAX_PIXELS,
+    CodecError,
+    Encoded,
+    decode_image,
+    encode_image,
+)
 from hpcm.codec.checkpoint import CheckpointError, load_model
 from hpcm.codec.images import ImageError, read_image, write_image
 from hpcm.device import DeviceError, resolve_device
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hpcm.codec", description="Encode an image to a .hpcm file, or decode one."
     )
@@ -30,40 +39,76 @@ def main(argv: list[str] | None = None) -> int:
     dec = sub.add_parser("decode", help=".hpcm file -> PNG")
     dec.add_argument("input")
     dec.add_argument("output")
-    dec.add_argument("--checkpoint", help="default: the checkpoint path stored at encoding")
+    dec.add_argument(
+        "--checkpoint",
+        help="default: the checkpoint file named in the .hpcm file, looked up beside it",
+    )
     dec.add_argument("--model", help="model name for official checkpoints")
     dec.add_argument("--device", help="must match the encoder's device type")
-    args = parser.parse_args(argv)
+    dec.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse files whose image, padded to multiples of 256, has more pixels "
+        "(default %(default)s: 8K photos pass)",
+    )
+    return parser
+
+
+def find_checkpoint(encoded: Encoded, input_path: Path, given: str | None) -> str:
+    """``--checkpoint`` when given, else the file the header names, beside the .hpcm file
+    (version 1 files name a full path: that path is tried after the file beside)."""
+    if given:
+        return given
+    if not encoded.checkpoint:
+        raise CodecError("no checkpoint named in the file: pass --checkpoint")
+    # Either separator: a version 1 file may come from another operating system.
+    name = PurePath(encoded.checkpoint.replace("\\", "/")).name
+    beside = input_path.parent / name
+    if name and beside.is_file():
+        return str(beside)
+    if encoded.version == 1 and Path(encoded.checkpoint).is_file():
+        return encoded.checkpoint
+    raise CodecError(
+        f"checkpoint {name!r} named in the file is not beside it ({beside}): pass --checkpoint"
+    )
+
+
+def _encode(args: argparse.Namespace) -> None:
+    x = read_image(args.image)
+    model = load_model(args.checkpoint, name=args.model, device=resolve_device(args.device))
+    start = time.perf_counter()
+    encoded = encode_image(model, x, Path(args.checkpoint).name)
+    Path(args.output).write_bytes(encoded.to_bytes())
+    h, w = encoded.size
+    print(
+        f"{args.image}: {h}x{w}, {encoded.num_bytes} bytes, "
+        f"{encoded.num_bytes * 8 / (h * w):.4f} bpp, {time.perf_counter() - start:.2f} s"
+    )
+
+
+def _decode(args: argparse.Namespace) -> None:
+    if args.max_pixels < 1:
+        raise CodecError(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    try:
+        data = Path(args.input).read_bytes()
+    except OSError as e:
+        raise CodecError(f"cannot read {args.input}: {e.strerror}") from None
+    encoded = Encoded.from_bytes(data)
+    ckpt = find_checkpoint(encoded, Path(args.input), args.checkpoint)
+    name = args.model or encoded.model_name
+    model = load_model(ckpt, name=name, device=resolve_device(args.device))
+    start = time.perf_counter()
+    x_hat = decode_image(model, encoded, args.max_pixels)
+    write_image(x_hat, args.output)
+    print(f"{args.output}: {time.perf_counter() - start:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         with torch.inference_mode():
-            if args.command == "encode":
-                x = read_image(args.image)
-                ckpt = str(Path(args.checkpoint).resolve())
-                model = load_model(ckpt, name=args.model, device=resolve_device(args.device))
-                start = time.perf_counter()
-                encoded = encode_image(model, x, ckpt)
-                Path(args.output).write_bytes(encoded.to_bytes())
-                h, w = encoded.size
-                print(
-                    f"{args.image}: {h}x{w}, {encoded.num_bytes} bytes, "
-                    f"{encoded.num_bytes * 8 / (h * w):.4f} bpp, "
-                    f"{time.perf_counter() - start:.2f} s"
-                )
-            else:
-                try:
-                    data = Path(args.input).read_bytes()
-                except OSError as e:
-                    raise CodecError(f"cannot read {args.input}: {e.strerror}") from None
-                encoded = Encoded.from_bytes(data)
-                ckpt = args.checkpoint or encoded.checkpoint
-                if not ckpt:
-                    raise CodecError("no checkpoint stored in the file: pass --checkpoint")
-                name = args.model or encoded.model_name
-                model = load_model(ckpt, name=name, device=resolve_device(args.device))
-                start = time.perf_counter()
-                x_hat = decode_image(model, encoded)
-                write_image(x_hat, args.output)
-                print(f"{args.output}: {time.perf_counter() - start:.2f} s")
+            (_encode if args.command == "encode" else _decode)(args)
     except (CodecError, CheckpointError, DeviceError, ImageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,17 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 
 def write_image(x: torch.Tensor, path: str | Path) -> None:
-    """Write the first image of a (B, 3, H, W) tensor in [0, 1] as an 8-bit file."""
+    """Write the first image of a (B, 3, H, W) tensor in [0, 1] as an 8-bit file (format from
+    the extension). Written to a temporary file renamed over ``path``: never a partial file."""
+    path = Path(path)
     arr = x[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(arr).save(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise ImageError(f"cannot write image {path}: unknown extension {path.suffix!r}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        Image.fromarray(arr).save(tmp, format=image_format)
+        os.replace(tmp, path)
+    except (OSError, ValueError, KeyError) as e:
+        tmp.unlink(missing_ok=True)
+        raise ImageError(f"cannot write image {path}: {e}") from None

@@ -42,6 +42,19 @@ from hpcm.codec.schedule import NUM_ADAPTORS, SCALES, STEPS, CodingStep, Schedul
 # Image sides must be multiples of this: y is 1/16 of the image and the s1 attention windows
 # (4x4 at 1/4 of y) must tile it.
 SIZE_MULTIPLE = 256
+# y is 1/16 of the (padded) image (g_a), z 1/64 (h_a down-samples by 4 more).
+Y_DOWNSAMPLING, Z_DOWNSAMPLING = 16, 64
+
+
+def padded_size(h: int, w: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """The size :func:`pad_to_multiple` gives an ``h`` x ``w`` image."""
+    return -(-h // multiple) * multiple, -(-w // multiple) * multiple
+
+
+def z_size(h: int, w: int) -> tuple[int, int]:
+    """The spatial size of ``z`` for an ``h`` x ``w`` image (padded first, as the codec does)."""
+    hp, wp = padded_size(h, w)
+    return hp // Z_DOWNSAMPLING, wp // Z_DOWNSAMPLING
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ constrains are checked here, before any data is loaded, so that a bad value is a
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from hpcm.train.distributed import (
 from hpcm.train.loop import Trainer
 from hpcm.train.losses import RateDistortionLoss, task_names
 from hpcm.train.speed import SpeedOptions, apply_global_settings
-from hpcm.train.state import LAST_CHECKPOINT
+from hpcm.train.state import LAST_CHECKPOINT, finished_result, mark_finished
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +51,33 @@ class ConfigError(ValueError):
 USER_ERRORS = (ConfigError, DataError, CheckpointError, DeviceError, OmegaConfBaseException)
 
 
+def resume_mode(resume: Any, multirun: bool) -> Any:
+    """``resume`` with its default (null) made explicit: ``auto`` in a multirun (sweeps,
+    searches, the SLURM and joblib launchers), ``false`` in a single run."""
+    if resume is None:
+        return "auto" if multirun else False
+    if isinstance(resume, str) and resume.lower() in ("auto", "true", "false"):
+        return {"auto": "auto", "true": True, "false": False}[resume.lower()]
+    return resume
+
+
 def _find_resume(resume: Any, run_dir: Path) -> Path | None:
-    if resume is None or resume is False:
+    if resume is False:
         return None
-    if resume == "auto":  # restart with the same command: continue if there is anything
+    if resume == "auto":  # the same command continues a run or starts it: say which
         path = run_dir / LAST_CHECKPOINT
         if path.is_file():
             log.info("resume=auto: continuing from %s", path)
             return path
-        log.info("resume=auto: no checkpoint in %s, starting fresh", run_dir)
+        log.info("resume=auto: no %s yet, starting a fresh run", path)
         return None
     if resume is True:
         path = run_dir / LAST_CHECKPOINT
         if not path.is_file():
             raise ConfigError(
                 f"resume=true but {path} does not exist; continue an old run with "
-                "hydra.run.dir=OLD_RUN_DIR resume=true, or pass resume=PATH"
+                "hydra.run.dir=OLD_RUN_DIR resume=true, pass resume=PATH, or use resume=auto "
+                "(continue when there is a checkpoint, else start fresh)"
             )
         return path
     path = Path(str(resume))
@@ -77,28 +89,70 @@ def _find_resume(resume: Any, run_dir: Path) -> Path | None:
 
 
 # ----------------------------------------------------------------------------- checks
-def check_config(cfg: DictConfig) -> None:
-    """One-line errors for values that could only fail later (at the first step or epoch)."""
-    t = cfg.trainer
-    if int(t.epochs) < 1 or int(t.val_every_n_epochs) < 1 or int(t.save_every_n_epochs) < 1:
-        raise ConfigError("trainer.epochs, val_every_n_epochs, save_every_n_epochs must be >= 1")
-    if int(t.log_every_n_steps) < 1:
-        raise ConfigError("trainer.log_every_n_steps must be >= 1")
-    schedule = t.lr_schedule
-    if len(schedule.milestones) != len(schedule.factors):
-        raise ConfigError("trainer.lr_schedule: milestones and factors differ in length")
-    d = cfg.data
-    if int(d.batch_size) < 1:
-        raise ConfigError(f"data.batch_size must be >= 1, got {d.batch_size}")
+def _number(value: Any, name: str, low: float, kind: type = int, optional: bool = False):
+    """``value`` (the config key ``name``) as ``kind``, finite and at least ``low``; ``None``
+    passes when ``optional``. Anything else is a one-line :class:`ConfigError`."""
+    if value is None and optional:
+        return None
     try:
-        crop = as_size(d.crop_size)
-    except ValueError as error:
-        raise ConfigError(f"data.crop_size: {error}") from None
-    if crop[0] % SIZE_MULTIPLE or crop[1] % SIZE_MULTIPLE:
+        if isinstance(value, bool) or (kind is int and float(value) != int(value)):
+            raise ValueError
+        number = kind(value)
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name} must be {what}, got {value}") from None
+    if not math.isfinite(number) or number < low:
+        raise ConfigError(f"{name} must be >= {low}{' or null' if optional else ''}, got {value}")
+    return number
+
+
+def _size(d: DictConfig, key: str, multiple: int) -> None:
+    value = d.get(key)
+    if value is None and key == "test_crop_size":  # whole test images
+        return
+    try:
+        size = as_size(value)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"data.{key}={value}: {error}") from None
+    if size[0] % multiple or size[1] % multiple:
         raise ConfigError(
-            f"data.crop_size={d.crop_size}: HPCM trains on crops whose sides are multiples of "
-            f"{SIZE_MULTIPLE}"
+            f"data.{key}={value}: HPCM trains on crops whose sides are multiples of {multiple}"
         )
+
+
+def _check_lr_schedule(schedule: DictConfig) -> None:
+    name = "trainer.lr_schedule"
+    milestones = [_number(m, f"{name}.milestones", 0) for m in schedule.milestones]
+    if any(_number(f, f"{name}.factors", 0.0, float) == 0 for f in schedule.factors):
+        raise ConfigError(f"{name}.factors must be > 0, got {list(schedule.factors)}")
+    if len(milestones) != len(schedule.factors):
+        raise ConfigError(f"{name}: milestones and factors differ in length")
+    if milestones != sorted(milestones):
+        raise ConfigError(f"{name}.milestones must be increasing, got {milestones}")
+    if schedule.scale_to_run:
+        _number(schedule.reference_epochs, f"{name}.reference_epochs", 1)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """One-line errors for every numeric value the model and the run constrain, before any
+    data is loaded (else they fail at the first step or epoch, with a traceback)."""
+    t, d, o = cfg.trainer, cfg.data, cfg.optimizer
+    for key in ("epochs", "val_every_n_epochs", "save_every_n_epochs", "log_every_n_steps"):
+        _number(t[key], f"trainer.{key}", 1)
+    _number(t.max_steps_per_epoch, "trainer.max_steps_per_epoch", 1, optional=True)
+    _check_lr_schedule(t.lr_schedule)
+    for key in ("batch_size", "test_batch_size"):
+        _number(d[key], f"data.{key}", 1)
+    _number(d.num_workers, "data.num_workers", 0)
+    _number(d.get("samples_per_epoch"), "data.samples_per_epoch", 1, optional=True)
+    _size(d, "crop_size", SIZE_MULTIPLE)
+    _size(d, "test_crop_size", 1)  # validation pads test crops to multiples of 256
+    _number(o.lr, "optimizer.lr", 0.0, float)  # 0: frozen weights (a valid probe)
+    # 0 or null: no clipping (CompressAI's examples/train.py: clip only when > 0)
+    _number(o.clip_max_norm, "optimizer.clip_max_norm", 0.0, float, optional=True)
+    if _number(cfg.lmbda, "lmbda", 0.0, float) == 0:
+        raise ConfigError("lmbda must be > 0")
+    _number(cfg.seed, "seed", 0)
 
 
 # ----------------------------------------------------------------------------- building
@@ -205,9 +259,11 @@ def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> 
         raise ConfigError(f"data: {error}") from None
 
 
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig, multirun: bool = False) -> float:
     """The whole run of ``python train.py``: returns the best validation RD loss (what the
-    Optuna sweeper minimises; NaN for a run that never gave a finite one)."""
+    Optuna sweeper minimises; NaN for a run that never gave a finite one). ``multirun``: a job
+    of ``-m`` (``resume`` then defaults to ``auto``). With ``resume=auto`` a run that finished
+    all its epochs is skipped (its best loss is returned)."""
     try:
         run_dir = Path(str(cfg.paths.run_dir))
     except OmegaConfBaseException:
@@ -223,7 +279,12 @@ def train(cfg: DictConfig) -> float:
                 logging.getLogger().setLevel(logging.ERROR)  # rank 0 reports
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        resume_path = _find_resume(cfg.resume, run_dir)
+        mode = resume_mode(cfg.resume, multirun)
+        done = finished_result(run_dir, int(cfg.trainer.epochs)) if mode == "auto" else None
+        if done is not None:
+            log.info("resume=auto: %s finished all its epochs already: skipped", run_dir)
+            return done
+        resume_path = _find_resume(mode, run_dir)
         if dist.is_main:
             (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         trainer = build_trainer(cfg, run_dir, dist)
@@ -233,8 +294,11 @@ def train(cfg: DictConfig) -> float:
         if dist.is_main:
             trainer.start_tracking(resumed=resume_path is not None)
         try:
-            return trainer.fit()
+            best = trainer.fit()
         finally:
             trainer.close()
+        if dist.is_main:
+            mark_finished(run_dir, trainer.epochs, best)
+        return best
     finally:
         cleanup()

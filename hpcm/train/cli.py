@@ -9,6 +9,7 @@ must be a string or a list"). The same pass refuses an unknown option of any gro
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import sys
@@ -21,6 +22,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hpcm.train.build import USER_ERRORS, ConfigError, train
+from hpcm.train.interrupt import TrainingInterrupted
+
+log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -65,14 +69,18 @@ def _option_name(group: str, value: str) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _app(cfg: DictConfig) -> float:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        loss = train(cfg)
+        loss = train(cfg, multirun=multirun)
     except USER_ERRORS as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             raise  # a sweep records the failed trial and goes on
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    if not math.isfinite(loss) and HydraConfig.get().mode == RunMode.MULTIRUN:
+    except TrainingInterrupted as stop:  # saved: the process (a sweep too) ends, non-zero
+        log.warning("%s", stop)
+        sys.exit(stop.exit_code)
+    if not math.isfinite(loss) and multirun:
         # A diverged trial must fail: Optuna rejects a NaN value, which would end the study.
         raise FloatingPointError("diverged: no validation gave a finite loss")
     return loss

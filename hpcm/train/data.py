@@ -292,7 +292,9 @@ class EmbeddedSamples(Dataset):
 class SeededSampler(Sampler):
     """Yields ``(index, sample_seed)``, shuffled per epoch, from ``(seed, epoch)`` alone.
 
-    Each ``iter()`` starts the next epoch (first: 0); ``set_epoch`` sets it, e.g. on resume.
+    Each ``iter()`` starts the next epoch (first: 0); ``set_epoch`` sets it, e.g. on resume,
+    and may skip that epoch's first keys (a run resumed in the middle of an epoch: the keys
+    alone are dropped, no image is read for them).
     With ``num_replicas > 1`` every rank draws the same permutation and takes every
     ``num_replicas``-th key from ``rank`` (the list is wrapped to an equal length per rank).
     """
@@ -312,9 +314,11 @@ class SeededSampler(Sampler):
         self.length, self.seed, self.shuffle = length, seed, shuffle
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Start epoch ``epoch`` at its key number ``skip`` (of this rank), for one ``iter()``."""
+        self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
         return math.ceil(self.length / self.num_replicas)
@@ -330,7 +334,8 @@ class SeededSampler(Sampler):
         seeds = torch.randint(torch.iinfo(torch.int64).max, (self.length,), generator=generator)
         total = len(self) * self.num_replicas
         keys = [(int(order[i % self.length]), int(seeds[i % self.length])) for i in range(total)]
-        return iter(keys[self.rank :: self.num_replicas])
+        skip, self.skip = self.skip, 0
+        return iter(keys[self.rank :: self.num_replicas][skip:])
 
 
 class DataLoaders(NamedTuple):

@@ -35,6 +35,7 @@ from hpcm.optim.balancer import Balancer
 from hpcm.train import state
 from hpcm.train.data import DataLoaders
 from hpcm.train.distributed import DistContext, wrap_ddp
+from hpcm.train.interrupt import StopRequest
 from hpcm.train.losses import RateDistortionLoss, effective_lambda
 from hpcm.train.lr_schedule import LRSchedule
 from hpcm.train.post_step import BatchProbe, rng_state, set_rng_state
@@ -169,12 +170,18 @@ class Trainer:
         cap = self.cfg.trainer.max_steps_per_epoch
         return min(steps, int(cap)) if cap else steps
 
-    def train_epoch(self, epoch: int, bar: tqdm | None = None) -> None:
+    def train_epoch(
+        self, epoch: int, bar: tqdm | None = None, stop: StopRequest | None = None
+    ) -> bool:
+        """Train ``epoch`` from its batch ``progress.epoch_batches`` (a run resumed mid-epoch
+        skips the keys of the batches it did). Returns False when ``stop`` was requested: the
+        epoch stops after the current step."""
         self.model.train()
         self.set_epoch_lr(epoch)
-        self.loaders.train.sampler.set_epoch(epoch)
+        done = self.progress.epoch_batches
+        self.loaders.train.sampler.set_epoch(epoch, skip=done * self.loaders.train.batch_size)
         steps, log_every = self.steps_per_epoch(), int(self.cfg.trainer.log_every_n_steps)
-        for i, x in enumerate(self.loaders.train):
+        for i, x in enumerate(self.loaders.train, start=done):
             if i >= steps:
                 break
             values = self.train_step(x)
@@ -187,7 +194,12 @@ class Trainer:
                 self._log_window(epoch, bar)
             if bar is not None:
                 bar.update(1)
+            self.progress.epoch_batches = i + 1
+            if stop is not None and stop.agreed(self.dist, self.device):
+                return False
         self._log_window(epoch, bar)
+        self.progress.epoch_batches = 0
+        return True
 
     def _log_window(self, epoch: int, bar: tqdm | None) -> None:
         if not self.window.batches:
@@ -223,17 +235,21 @@ class Trainer:
         start = self.progress.next_epoch
         if start >= self.epochs:
             log.info("nothing to train: all %d epochs are done (raise trainer.epochs)", self.epochs)
-        steps = self.steps_per_epoch()
+        steps, stop = self.steps_per_epoch(), StopRequest()
         bar = tqdm(
             total=self.epochs * steps,
-            initial=start * steps,
+            initial=start * steps + self.progress.epoch_batches,
             disable=not t.progress_bar or not self.dist.is_main,
             desc="train",
             dynamic_ncols=True,
         )
-        with logging_redirect_tqdm(), bar:  # log lines above the bar, not through it
+        with logging_redirect_tqdm(), bar, stop.installed():  # log lines above the bar
             for epoch in range(start, self.epochs):
-                self.train_epoch(epoch, bar)
+                if not self.train_epoch(epoch, bar, stop):
+                    self.save(epoch - 1, is_best=False, periodic=False)  # mid-epoch state
+                    raise stop.interrupted(
+                        self.progress, epoch, self.run_dir / state.LAST_CHECKPOINT
+                    )
                 is_best = False
                 if (epoch + 1) % val_every == 0 or epoch == self.epochs - 1:
                     self.last_test = self.validate()
@@ -244,6 +260,10 @@ class Trainer:
                     self._log_test(epoch, is_best)
                 self.progress.next_epoch = epoch + 1
                 self.save(epoch, is_best, periodic=epoch % save_every == 0)
+                if epoch + 1 < self.epochs and stop.agreed(self.dist, self.device):
+                    raise stop.interrupted(
+                        self.progress, epoch + 1, self.run_dir / state.LAST_CHECKPOINT
+                    )
         best = self.progress.best_loss
         return best if math.isfinite(best) else math.nan
 

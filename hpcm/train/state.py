@@ -9,8 +9,10 @@ Every entry loads with ``weights_only=True``; files are written atomically.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.pth.tar"
 BEST_CHECKPOINT = "epoch_best.pth.tar"
 BEST_BALANCED_STATE = "balanced_state_best.pth"
+# Written when a run has trained all its epochs: a re-launched sweep skips such runs.
+FINISHED = "finished.json"
 
 
 @dataclass
@@ -45,10 +49,12 @@ class Progress:
     global_step: int = 0
     best_loss: float = math.inf
     skipped_batches: int = 0
+    epoch_batches: int = 0  # batches of epoch next_epoch done (a checkpoint written mid-epoch)
 
 
 def training_checkpoint(trainer: Trainer, epoch: int) -> dict[str, Any]:
-    """The checkpoint of ``trainer`` after ``epoch``."""
+    """The checkpoint of ``trainer`` after ``epoch`` (and ``progress.epoch_batches`` batches of
+    the next one, for a checkpoint written mid-epoch on a signal)."""
     progress, cfg = trainer.progress, trainer.cfg
     ckpt = model_checkpoint(trainer.model)
     ckpt.update(
@@ -56,6 +62,8 @@ def training_checkpoint(trainer: Trainer, epoch: int) -> dict[str, Any]:
         global_step=progress.global_step,
         best_loss=progress.best_loss,
         skipped_batches=progress.skipped_batches,
+        epoch_batches=progress.epoch_batches,
+        window=trainer.window.state_dict(),
         optimizer=trainer.optimizer.state_dict(),
         balanced=trainer.balancer.state_dict(),
         lr=trainer.optimizer.param_groups[0]["lr"],
@@ -75,6 +83,7 @@ def save(trainer: Trainer, epoch: int, is_best: bool, periodic: bool) -> None:
     dist, run_dir = trainer.dist, trainer.run_dir
     if dist.enabled:
         ckpt["rng_ranks"] = dist.gather_objects(ckpt["rng"])
+        ckpt["window_ranks"] = dist.gather_objects(ckpt["window"])
         if not dist.is_main:
             return
     balanced = None
@@ -123,11 +132,20 @@ def resume(trainer: Trainer, path: str | Path) -> None:
         global_step=int(ckpt["global_step"]),
         best_loss=float(ckpt["best_loss"]),
         skipped_batches=int(ckpt["skipped_batches"]),
+        epoch_batches=int(ckpt.get("epoch_batches", 0)),
     )
     trainer.last_test = dict(ckpt.get("test") or {})
     trainer.resume_rng = _rank_rng(trainer, ckpt)
     trainer.resume_run_id = ckpt.get("wandb_run_id")
-    log.info("resumed from %s (epoch %d done)", path, int(ckpt["epoch"]))
+    dist, windows = trainer.dist, ckpt.get("window_ranks") or [ckpt.get("window")]
+    if windows[0] is not None:  # this rank's open logging window, on its device
+        window = dict(windows[dist.rank] if len(windows) == dist.world_size else windows[0])
+        if window["sums"] is not None:
+            window["sums"] = window["sums"].to(trainer.device)
+        trainer.window.load_state_dict(window)
+    batches = trainer.progress.epoch_batches
+    mid = f", {batches} batches of epoch {int(ckpt['epoch']) + 1}" if batches else ""
+    log.info("resumed from %s (epoch %d done%s)", path, int(ckpt["epoch"]), mid)
 
 
 def _rank_rng(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
@@ -145,3 +163,23 @@ def _rank_rng(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
     )
     torch.manual_seed(dist.noise_seed(int(trainer.cfg.seed) + trainer.progress.global_step))
     return None
+
+
+def mark_finished(run_dir: Path, epochs: int, best_loss: float) -> None:
+    """Record that the run in ``run_dir`` trained ``epochs`` epochs (atomic write)."""
+    tmp = run_dir / f".{FINISHED}.tmp"
+    best = best_loss if math.isfinite(best_loss) else None  # JSON has no NaN
+    tmp.write_text(json.dumps({"epochs": epochs, "best_loss": best}) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / FINISHED)
+
+
+def finished_result(run_dir: Path, epochs: int) -> float | None:
+    """The best loss of a run in ``run_dir`` that trained ``epochs`` epochs or more, else None
+    (not finished, or a longer run is asked for)."""
+    try:
+        done = json.loads((run_dir / FINISHED).read_text(encoding="utf-8"))
+        if int(done["epochs"]) < epochs:
+            return None
+        return math.nan if done["best_loss"] is None else float(done["best_loss"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

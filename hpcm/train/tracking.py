@@ -84,6 +84,14 @@ class MetricWindow:
     def skip(self) -> None:
         self.batches += 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """The open window (a run saved mid-epoch logs the same means when resumed)."""
+        sums = None if self._sums is None else self._sums.detach().cpu()
+        return {"sums": sums, "steps": self.steps, "batches": self.batches}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._sums, self.steps, self.batches = state["sums"], state["steps"], state["batches"]
+
     def flush(self, mean: Any) -> dict[str, float]:
         record: dict[str, float] = {}
         if self.steps:

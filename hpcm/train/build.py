@@ -34,6 +34,7 @@ from hpcm.train.distributed import (
 )
 from hpcm.train.loop import Trainer
 from hpcm.train.losses import RateDistortionLoss, task_names
+from hpcm.train.memory import estimate_memory
 from hpcm.train.speed import SpeedOptions, apply_global_settings
 from hpcm.train.state import LAST_CHECKPOINT
 
@@ -139,9 +140,13 @@ def setup_distributed(cfg: DictConfig) -> DistContext:
 
 
 def build_trainer(
-    cfg: DictConfig, run_dir: str | Path | None = None, dist: DistContext | None = None
+    cfg: DictConfig,
+    run_dir: str | Path | None = None,
+    dist: DistContext | None = None,
+    report_memory: bool = False,
 ) -> Trainer:
-    """Model, loss, optimizer, balancer and data loaders from a composed config."""
+    """Model, loss, optimizer, balancer and data loaders from a composed config;
+    ``report_memory`` logs the memory estimate of :mod:`hpcm.train.memory` first."""
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.paths.run_dir)
     check_config(cfg)
     dist = dist if dist is not None else setup_distributed(cfg)
@@ -164,6 +169,9 @@ def build_trainer(
         init_weights(model, str(cfg.init_from))
     model.to(device).train()
     speed.prepare_model(model)
+    if report_memory and dist.is_main:
+        estimate = estimate_memory(model, as_size(cfg.data.crop_size), speed.autocast(device))
+        log.info(estimate.line(int(cfg.data.batch_size)))
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     loaders = _build_loaders(cfg, device, dist)
     if dist.enabled:  # each rank its own noise stream (the weights are initialised already)
@@ -217,7 +225,7 @@ def train(cfg: DictConfig) -> float:
         resume_path = _find_resume(cfg.resume, run_dir)
         if dist.is_main:
             (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        trainer = build_trainer(cfg, run_dir, dist)
+        trainer = build_trainer(cfg, run_dir, dist, report_memory=True)
         if resume_path is not None:
             trainer.resume(resume_path)
         log.info("run directory: %s (device %s)", run_dir, trainer.device)

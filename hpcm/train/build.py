@@ -31,6 +31,7 @@ from hpcm.train.distributed import (
     cleanup,
     init_distributed,
     local_device,
+    shard_fsdp,
 )
 from hpcm.train.loop import Trainer
 from hpcm.train.losses import RateDistortionLoss, task_names
@@ -78,6 +79,12 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("trainer.epochs, val_every_n_epochs, save_every_n_epochs must be >= 1")
     if int(t.log_every_n_steps) < 1:
         raise ConfigError("trainer.log_every_n_steps must be >= 1")
+    if bool(t.fsdp) and not bool(t.ddp):
+        raise ConfigError("trainer.fsdp=true needs trainer.ddp=true (use trainer=fsdp)")
+    if bool(t.fsdp) and bool(t.channels_last):
+        raise ConfigError(
+            "trainer.fsdp=true shards NCHW weights only: set trainer.channels_last=false"
+        )
     schedule = t.lr_schedule
     if len(schedule.milestones) != len(schedule.factors):
         raise ConfigError("trainer.lr_schedule: milestones and factors differ in length")
@@ -169,9 +176,12 @@ def build_trainer(
         init_weights(model, str(cfg.init_from))
     model.to(device).train()
     speed.prepare_model(model)
+    fsdp = dist.enabled and bool(cfg.trainer.fsdp)
     if report_memory and dist.is_main:
         estimate = estimate_memory(model, as_size(cfg.data.crop_size), speed.autocast(device))
-        log.info(estimate.line(int(cfg.data.batch_size)))
+        log.info(estimate.line(int(cfg.data.batch_size), dist.world_size if fsdp else 1))
+    if fsdp:
+        shard_fsdp(model)  # before the optimizer: it must hold the sharded parameters
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     loaders = _build_loaders(cfg, device, dist)
     if dist.enabled:  # each rank its own noise stream (the weights are initialised already)

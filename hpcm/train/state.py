@@ -27,6 +27,7 @@ from hpcm.codec.checkpoint import (
     read_checkpoint,
 )
 from hpcm.codec.model import HPCMConfig
+from hpcm.train.distributed import full_state, is_sharded, load_full_state
 from hpcm.train.post_step import rng_state
 
 if TYPE_CHECKING:
@@ -51,12 +52,15 @@ def training_checkpoint(trainer: Trainer, epoch: int) -> dict[str, Any]:
     """The checkpoint of ``trainer`` after ``epoch``."""
     progress, cfg = trainer.progress, trainer.cfg
     ckpt = model_checkpoint(trainer.model)
+    optimizer = trainer.optimizer.state_dict()
+    if is_sharded(trainer.model):  # FSDP: gathered whole on rank 0 (a collective)
+        ckpt["state_dict"], optimizer = full_state(trainer.model, trainer.optimizer)
     ckpt.update(
         epoch=epoch,
         global_step=progress.global_step,
         best_loss=progress.best_loss,
         skipped_batches=progress.skipped_batches,
-        optimizer=trainer.optimizer.state_dict(),
+        optimizer=optimizer,
         balanced=trainer.balancer.state_dict(),
         lr=trainer.optimizer.param_groups[0]["lr"],
         test=dict(trainer.last_test),
@@ -115,8 +119,11 @@ def resume(trainer: Trainer, path: str | Path) -> None:
             f"{path} was trained with optimizer={saved.get('optimizer', {}).get('name')}, this "
             f"run uses optimizer={trainer.cfg.optimizer.name}"
         )
-    trainer.model.load_state_dict(ckpt["state_dict"])
-    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    if is_sharded(trainer.model):  # FSDP: each rank takes its shards of the whole state
+        load_full_state(trainer.model, trainer.optimizer, ckpt["state_dict"], ckpt["optimizer"])
+    else:
+        trainer.model.load_state_dict(ckpt["state_dict"])
+        trainer.optimizer.load_state_dict(ckpt["optimizer"])
     trainer.balancer.load_state_dict(ckpt["balanced"])
     trainer.progress = Progress(
         next_epoch=int(ckpt["epoch"]) + 1,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcm.codec.checkpoint import safe_torch_load
+from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
 from hpcm.train import validate as validate_module
 from hpcm.train.build import ConfigError, build_trainer, setup_distributed
 from hpcm.train.distributed import DistContext
@@ -148,6 +148,13 @@ def test_fsdp_config_errors(tmp_path: Path) -> None:
         build_trainer(make_cfg(tmp_path, "trainer.fsdp=true"))
     with pytest.raises(ConfigError, match="channels_last=false"):
         build_trainer(make_cfg(tmp_path, "trainer=fsdp", "trainer.channels_last=true"))
+    trainer = build_trainer(make_cfg(tmp_path))
+    trainer.save(0, is_best=False, periodic=False)
+    ckpt = safe_torch_load(tmp_path / "last.pth.tar")
+    ckpt["fsdp"] = True  # as trainer=fsdp writes it: optimizer state keyed by name
+    torch.save(ckpt, tmp_path / "fsdp.pth.tar")
+    with pytest.raises(CheckpointError, match="written with trainer.fsdp=true: resume it with"):
+        trainer.resume(tmp_path / "fsdp.pth.tar")
 
 
 def test_ddp_without_torchrun_trains_in_one_process(

@@ -55,6 +55,7 @@ def training_checkpoint(trainer: Trainer, epoch: int) -> dict[str, Any]:
     optimizer = trainer.optimizer.state_dict()
     if is_sharded(trainer.model):  # FSDP: gathered whole on rank 0 (a collective)
         ckpt["state_dict"], optimizer = full_state(trainer.model, trainer.optimizer)
+        ckpt["fsdp"] = True  # the optimizer state is keyed by parameter name
     ckpt.update(
         epoch=epoch,
         global_step=progress.global_step,
@@ -112,6 +113,12 @@ def resume(trainer: Trainer, path: str | Path) -> None:
         raise CheckpointError(f"{path} holds no training state (optimizer) to resume")
     config = HPCMConfig.from_dict(ckpt["model_config"])
     check_same_model(str(path), ckpt["model_name"], config, trainer.model)
+    sharded = is_sharded(trainer.model)
+    if bool(ckpt.get("fsdp")) != sharded:
+        raise CheckpointError(
+            f"{path} was written with trainer.fsdp={str(not sharded).lower()}: resume it with "
+            "the same setting (init_from= takes its weights into any run)"
+        )
     ours = OmegaConf.to_container(trainer.cfg, resolve=True)
     saved = ckpt.get("config") or {}
     if _optimizer_of(saved) != _optimizer_of(ours):
@@ -119,7 +126,7 @@ def resume(trainer: Trainer, path: str | Path) -> None:
             f"{path} was trained with optimizer={saved.get('optimizer', {}).get('name')}, this "
             f"run uses optimizer={trainer.cfg.optimizer.name}"
         )
-    if is_sharded(trainer.model):  # FSDP: each rank takes its shards of the whole state
+    if sharded:  # FSDP: each rank takes its shards of the whole state
         load_full_state(trainer.model, trainer.optimizer, ckpt["state_dict"], ckpt["optimizer"])
     else:
         trainer.model.load_state_dict(ckpt["state_dict"])

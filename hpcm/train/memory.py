@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from hpcm.codec.schedule import plan_for
 
@@ -67,12 +68,15 @@ def activation_bytes(
     with FakeCopyMode(mode):
         fake = copy.deepcopy(model)
     fake.train()
-    params = {id(p) for p in fake.parameters()}
-    saved: dict[int, int] = {}
+    # Counted by storage: views of a weight (the GEMM path's reshaped 1x1 kernels) are not
+    # activations, and several views of one activation hold its memory once.
+    params = {StorageWeakRef(p.untyped_storage()) for p in fake.parameters()}
+    saved: dict[StorageWeakRef, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in params:
-            saved[id(t)] = t.numel() * t.element_size()
+        storage = StorageWeakRef(t.untyped_storage())
+        if storage not in params:
+            saved[storage] = t.untyped_storage().nbytes()
         return t
 
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)

@@ -127,9 +127,7 @@ class SpatialPrior(nn.Module):
     by all the steps that use this prior (s1 and s2 share one prior, s3 has its own).
     """
 
-    def __init__(
-        self, channels: int, out_channels: int, n_trunk: int, n_head: int, n_tail: int = 0
-    ):
+    def __init__(self, channels: int, out_channels: int, n_trunk: int, n_head: int, n_tail: int):
         super().__init__()
         self.trunk = nn.Sequential(*(DWConvRB(channels) for _ in range(n_trunk)))
         # HPCM-1B's heads end with ``n_tail`` blocks after the projection (official HPCM_1B.py).

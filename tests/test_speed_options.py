@@ -128,7 +128,7 @@ def test_activation_checkpointing_gives_the_same_gradients_with_less_memory(name
 
 
 def test_the_run_states_its_memory_needs_first(tmp_path: Path, caplog) -> None:
-    from hpcm.train.memory import GB, estimate_memory
+    from hpcm.train.memory import GIB, estimate_memory
 
     cfg = make_cfg(tmp_path, "trainer.activation_checkpointing=true", "data.batch_size=4")
     with caplog.at_level("INFO", logger="hpcm.train.build"):
@@ -138,5 +138,5 @@ def test_the_run_states_its_memory_needs_first(tmp_path: Path, caplog) -> None:
     estimate = estimate_memory(trainer.model, (256, 256))
     assert estimate.parameters == 4 * 532_003 and estimate.optimizer_state == 8 * 532_003
     assert line == estimate.line(4)
-    assert f"activations {estimate.activations_per_image / GB:.2f} GB per 256x256 image" in line
+    assert f"activations {estimate.activations_per_image / GIB:.2f} GiB per 256x256 image" in line
     assert "per rank" in estimate.line(4, shards=2)

@@ -22,7 +22,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from hpcm.codec.schedule import plan_for
 
-GB = 1024**3
+GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,12 @@ class MemoryEstimate:
         activations = batch_size * self.activations_per_image
         per = "per rank " if shards > 1 else ""
         return (
-            f"memory {per}(estimate): parameters {self.parameters / shards / GB:.2f} GB, "
-            f"gradients {self.parameters / shards / GB:.2f} GB, optimizer state "
-            f"{self.optimizer_state / shards / GB:.2f} GB, activations "
-            f"{self.activations_per_image / GB:.2f} GB per {self.crop[0]}x{self.crop[1]} image "
-            f"(batch {batch_size}: {activations / GB:.2f} GB); total about "
-            f"{(weights + activations) / GB:.2f} GB"
+            f"memory {per}(estimate): parameters {self.parameters / shards / GIB:.2f} GiB, "
+            f"gradients {self.parameters / shards / GIB:.2f} GiB, optimizer state "
+            f"{self.optimizer_state / shards / GIB:.2f} GiB, activations "
+            f"{self.activations_per_image / GIB:.2f} GiB per {self.crop[0]}x{self.crop[1]} image "
+            f"(batch {batch_size}: {activations / GIB:.2f} GiB); total about "
+            f"{(weights + activations) / GIB:.2f} GiB"
         )
 
 

@@ -123,10 +123,12 @@ def test_two_ranks_stay_identical_rank_0_writes_and_resume_is_exact(
 
 @pytest.mark.slow
 def test_fsdp_two_ranks_match_ddp_and_resume_exactly(tmp_path: Path, ddp_run: Path) -> None:
-    """trainer.fsdp: weights and Adam moments sharded over two gloo ranks; the same run as DDP
-    (gradients averaged either way) and the same Balanced task weights on both ranks."""
+    """trainer.fsdp (with activation checkpointing): weights and Adam moments sharded over two
+    gloo ranks; the same run as DDP (gradients averaged either way, the transforms' blocks
+    recomputed) and the same Balanced task weights on both ranks."""
     full = tmp_path / "fsdp"
-    torchrun(full, "trainer.fsdp=true")  # = trainer=fsdp (RUN has trainer=ddp already)
+    fsdp = ("trainer.fsdp=true", "trainer.activation_checkpointing=true")  # RUN has trainer=ddp
+    torchrun(full, *fsdp)
     zero, one = ranks(full)
     ddp, _ = ranks(ddp_run)
     assert zero["ddp"] == "FSDPHPCM" and zero["global_step"] == 4
@@ -138,7 +140,7 @@ def test_fsdp_two_ranks_match_ddp_and_resume_exactly(tmp_path: Path, ddp_run: Pa
     for key, value in zero["model"].items():
         assert torch.equal(last["state_dict"][key], value), key
     resumed = tmp_path / "resumed"
-    torchrun(resumed, "trainer.fsdp=true", f"resume={full / 'run0' / 'epoch_0.pth.tar'}")
+    torchrun(resumed, *fsdp, f"resume={full / 'run0' / 'epoch_0.pth.tar'}")
     for a, b in zip(ranks(full), ranks(resumed), strict=True):
         assert_same_state(a, b)
 

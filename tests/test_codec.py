@@ -89,6 +89,14 @@ def test_official_layout_maps_onto_every_parameter(official):
     assert {k: tuple(v.shape) for k, v in converted.items()} == own
 
 
+def test_hpcm_1b_layout_is_refused_by_another_model_in_one_line():
+    shapes = json.loads((SPEC / "official-hpcm-state-dict.json").read_text())["HPCM_1B"]
+    state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}  # shapes only
+    with pytest.raises(hpcm.CheckpointError, match="does not fit model 'hpcm_phi_context'") as e:
+        hpcm.load_model(state, name="hpcm_phi_context", update=False)
+    assert "\n" not in str(e.value) and "shape mismatches" in str(e.value)
+
+
 def test_released_checkpoints_without_adaptive_params_load(tmp_path):
     state = {k: v for k, v in official_formula_state_dict().items() if "adaptive" not in k}
     path = tmp_path / "official.pth"

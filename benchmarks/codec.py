@@ -1,6 +1,8 @@
 """Codec speed: forward, compress and decompress of a model on one image (CPU or CUDA).
 
     python benchmarks/codec.py --image ../shared/data/kodak/kodim23.png --threads 2
+    python benchmarks/codec.py --model tiny,hpcm_base,hpcm_large,hpcm_phi_context,hpcm_1b \
+        --threads 2 --forward-256-only      # the speed row of the README's model table
 
 Prints medians of ``--repeat`` runs after one warm-up run. Weights are random with a gain that
 makes the latents non-trivial (about 0.4 bpp on Kodak for hpcm_base), so entropy coding does
@@ -45,9 +47,33 @@ def timed(fn, repeat: int, sync) -> float:
     return statistics.median(times)
 
 
+def measure(name: str, args: argparse.Namespace, x: torch.Tensor, sync) -> list[tuple]:
+    """Timings of one model: the 256x256 forward, and unless ``--forward-256-only`` the forward,
+    compress and decompress of ``x``."""
+    model = hpcm.build_model(name)
+    non_trivial_weights(model)
+    model.set_official_numerics(args.official_numerics)
+    model.to(x.device).eval().update()
+    small = x[..., :256, :256]
+    rows = []
+    with torch.inference_mode():
+        rows.append(("forward 256x256", timed(lambda: model(small), args.repeat, sync)))
+        if args.forward_256_only:
+            return rows
+        h, w = x.shape[-2:]
+        rows.append((f"forward {h}x{w}", timed(lambda: model(x), args.repeat, sync)))
+        out = model.compress(x)
+        rows.append((f"compress {h}x{w}", timed(lambda: model.compress(x), args.repeat, sync)))
+        decode = lambda: model.decompress(out["strings"], out["shape"])
+        rows.append((f"decompress {h}x{w}", timed(decode, args.repeat, sync)))
+    nbytes = sum(len(s[0]) for s in out["strings"])
+    rows.append(("bpp", nbytes * 8 / (h * w)))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="hpcm_base")
+    parser.add_argument("--model", default="hpcm_base", help="a model, or several: a,b,c")
     parser.add_argument("--image", help="image to code (default: random 512x768)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
@@ -57,38 +83,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="oneDNN convolutions in the entropy path, as the official code",
     )
+    parser.add_argument(
+        "--forward-256-only", action="store_true", help="time only the 256x256 forward"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    model = hpcm.build_model(args.model)
-    non_trivial_weights(model)
-    model.set_official_numerics(args.official_numerics)
-    model.to(device).eval().update()
     x = read_image(args.image) if args.image else torch.rand(1, 3, 512, 768)
     x = x[..., : x.shape[-2] // 256 * 256, : x.shape[-1] // 256 * 256].to(device)
-    small = x[..., :256, :256]
-    rows = []
-    with torch.inference_mode():
-        rows.append(("forward 256x256", timed(lambda: model(small), args.repeat, sync)))
-        h, w = x.shape[-2:]
-        rows.append((f"forward {h}x{w}", timed(lambda: model(x), args.repeat, sync)))
-        out = model.compress(x)
-        rows.append((f"compress {h}x{w}", timed(lambda: model.compress(x), args.repeat, sync)))
-        rows.append(
-            (
-                f"decompress {h}x{w}",
-                timed(lambda: model.decompress(out["strings"], out["shape"]), args.repeat, sync),
-            )
-        )
-    nbytes = sum(len(s[0]) for s in out["strings"])
     print(
-        f"{args.model} on {device} ({args.threads} threads, torch {torch.__version__}), "
-        f"{nbytes} bytes = {nbytes * 8 / (h * w):.4f} bpp, median of {args.repeat}"
+        f"on {device} ({args.threads} threads, torch {torch.__version__}), seconds, "
+        f"median of {args.repeat} after a warm-up"
     )
-    print("| what | seconds |\n|---|---|")
-    for name, seconds in rows:
-        print(f"| {name} | {seconds:.3f} |")
+    for name in args.model.split(","):
+        rows = measure(name, args, x, sync)  # one model in memory at a time
+        print(f"{name}: " + ", ".join(f"{what} {value:.3f}" for what, value in rows), flush=True)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""One DDP worker for tests/test_ddp.py, started by ``torchrun``.
+"""One DDP (or FSDP) worker for tests/test_ddp.py, started by ``torchrun``.
 
     torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py OUT_DIR OVERRIDE ...
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from torch.distributed.tensor import DTensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -24,6 +25,13 @@ sys.path.insert(0, str(ROOT))
 from hpcm.optim import FAMOWeighting
 from hpcm.train import build as training
 from hpcm.train import loop as engine
+
+
+def _whole(value: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of a tensor, gathered from all ranks when FSDP shards it (a collective)."""
+    if isinstance(value, DTensor):
+        value = value.full_tensor()
+    return value.detach().cpu().clone()
 
 
 def main(out_dir: Path, overrides: list[str]) -> None:
@@ -49,7 +57,7 @@ def main(out_dir: Path, overrides: list[str]) -> None:
             "world_size": self.dist.world_size,
             "ddp": type(self.train_model).__name__,
             "global_step": self.progress.global_step,
-            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "model": {k: _whole(v) for k, v in self.model.state_dict().items()},
             "famo": None if self.balancer is None else self.balancer.state_dict(),
             "first_local_losses": first_losses[0] if first_losses else None,
             "sampler": (self.loaders.train.sampler.num_replicas, self.loaders.train.sampler.rank),

@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import hpcm
+from hpcm.codec.checkpoint import convert_official_state_dict
+
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
 VECTORS = SPEC / "vectors"
 KODAK = SPEC.parent / "data" / "kodak"
@@ -24,21 +27,38 @@ _CONSTANTS = {
 _TABLES = ("scale_table", "quantized_cdf", "cdf_length", "offset")
 
 
+def _formula_value(key: str, shape, gain: float) -> torch.Tensor:
+    if key.startswith(_TABLES):
+        return torch.empty(0)
+    if key in _CONSTANTS:
+        return torch.full(shape, _CONSTANTS[key])
+    if key.startswith("adaptive_params_list."):
+        return torch.ones(shape)
+    if len(shape) >= 2:
+        rng = np.random.default_rng(zlib.crc32(key.encode()))
+        w = gain * rng.standard_normal(shape) / math.sqrt(math.prod(shape[1:]))
+        return torch.from_numpy(w.astype(np.float32))
+    return torch.zeros(shape)
+
+
+def official_shapes(model: str) -> dict:
+    return json.loads((SPEC / "official-hpcm-state-dict.json").read_text())[model]
+
+
 def official_formula_state_dict(model: str = "HPCM_Base", gain: float = 0.7) -> dict:
     """The state dict the test vectors were made with, keys and shapes as the official model."""
-    shapes = json.loads((SPEC / "official-hpcm-state-dict.json").read_text())[model]
-    sd = {}
-    for key, shape in shapes.items():
-        if key.startswith(_TABLES):
-            sd[key] = torch.empty(0)
-        elif key in _CONSTANTS:
-            sd[key] = torch.full(shape, _CONSTANTS[key])
-        elif key.startswith("adaptive_params_list."):
-            sd[key] = torch.ones(shape)
-        elif len(shape) >= 2:
-            rng = np.random.default_rng(zlib.crc32(key.encode()))
-            w = gain * rng.standard_normal(shape) / math.sqrt(math.prod(shape[1:]))
-            sd[key] = torch.from_numpy(w.astype(np.float32))
-        else:
-            sd[key] = torch.zeros(shape)
-    return sd
+    return {key: _formula_value(key, shape, gain) for key, shape in official_shapes(model).items()}
+
+
+def formula_model(model: str, name: str, gain: float = 0.7):
+    """``hpcm.build_model(name)`` holding the formula weights of the official ``model``, written
+    into the parameters one tensor at a time (HPCM_1B's state dict alone is 4 GB)."""
+    shapes = official_shapes(model)
+    ours = convert_official_state_dict({k: k for k in shapes})  # our key -> official key
+    net = hpcm.build_model(name)
+    params = dict(net.named_parameters())
+    assert set(params) == set(ours), set(params) ^ set(ours)
+    with torch.no_grad():
+        for key, official in ours.items():
+            params[key].copy_(_formula_value(official, shapes[official], gain))
+    return net.eval()

@@ -125,17 +125,22 @@ def test_fine_tuning_starts_from_a_checkpoint(tmp_path):
         build_trainer(wrong)
 
 
-def test_fine_tuning_from_official_weights(tmp_path):
+@pytest.mark.parametrize(
+    ("official", "model"),
+    [("HPCM_Base", "hpcm_base"), ("HPCM_Base_PhiContext", "hpcm_phi_context")],
+)
+def test_fine_tuning_from_official_weights(tmp_path, official, model):
     from official_weights import official_formula_state_dict
     from test_train import make_cfg
 
     from hpcm.train.build import build_trainer
 
     path = tmp_path / "official.pth"
-    torch.save(official_formula_state_dict(), path)
-    trainer = build_trainer(make_cfg(tmp_path, f"init_from={path}", "model=hpcm_base"))
-    reference = official_formula_state_dict()["g_a.branch.0.weight"]
-    assert torch.equal(trainer.model.g_a[0].weight, reference)
+    state = official_formula_state_dict(official)
+    torch.save(state, path)
+    trainer = build_trainer(make_cfg(tmp_path, f"init_from={path}", f"model={model}"))
+    assert torch.equal(trainer.model.g_a[0].weight, state["g_a.branch.0.weight"])
+    assert torch.equal(trainer.model.context_net[1].weight, state["context_net.1.weight"])
 
 
 # ----------------------------------------------------------------------------- a new balancer

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from official_weights import SPEC, VECTORS, official_formula_state_dict
+from official_weights import SPEC, VECTORS, formula_model, official_formula_state_dict
 from PIL import Image
 
 import hpcm
@@ -24,7 +24,12 @@ from hpcm.codec import (
     read_image,
 )
 from hpcm.codec.__main__ import main
-from hpcm.codec.checkpoint import atomic_torch_save, convert_official_state_dict, model_checkpoint
+from hpcm.codec.checkpoint import (
+    atomic_torch_save,
+    convert_official_state_dict,
+    model_checkpoint,
+    official_model_name,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,25 +49,52 @@ def _forward_recon(model, x):
     return crop_center(x_hat, x.shape[-2:])
 
 
+OFFICIAL_COUNTS = {  # ../shared/spec/hpcm-family.md (all nn.Parameters, the gains included)
+    "hpcm_base": 68_505_299,
+    "hpcm_large": 89_718_803,
+    "hpcm_phi_context": 63_582_419,
+    "hpcm_1b": 1_000_328_003,
+}
+OFFICIAL_NAMES = {
+    "HPCM_Base": "hpcm_base",
+    "HPCM_Large": "hpcm_large",
+    "HPCM_Base_PhiContext": "hpcm_phi_context",
+    "HPCM_1B": "hpcm_1b",
+}
+
+
+def _meta_model(name):
+    with torch.device("meta"):  # shapes only: no memory for HPCM-1B's 4 GB of weights
+        return hpcm.build_model(name)
+
+
 def test_parameter_counts():
-    counts = {n: sum(p.numel() for p in hpcm.build_model(n).parameters()) for n in MODELS}
-    assert counts["hpcm_base"] == 68_505_299
-    assert counts["hpcm_large"] == 89_718_803
+    counts = {n: sum(p.numel() for p in _meta_model(n).parameters()) for n in hpcm.MODEL_CONFIGS}
+    assert {n: counts[n] for n in OFFICIAL_COUNTS} == OFFICIAL_COUNTS
     assert counts["tiny"] < 1_000_000
+    assert counts["tiny_phi"] < counts["tiny"]  # no cross-attention
     with pytest.raises(ValueError, match="unknown model"):
         hpcm.build_model("hpcm_huge")
+    with pytest.raises(ValueError, match="unknown context 'lstm'"):
+        hpcm.build_model("tiny", context="lstm")
 
 
-MODELS = ("hpcm_base", "hpcm_large", "tiny")
-
-
-@pytest.mark.parametrize("name", ["HPCM_Base", "HPCM_Large"])
-def test_official_layout_maps_onto_every_parameter(name):
-    shapes = json.loads((SPEC / "official-hpcm-state-dict.json").read_text())[name]
-    converted = convert_official_state_dict({k: torch.empty(v) for k, v in shapes.items()})
-    model = hpcm.build_model(name.lower())
-    own = {k: tuple(v.shape) for k, v in model.named_parameters()}
+@pytest.mark.parametrize("official", list(OFFICIAL_NAMES))
+def test_official_layout_maps_onto_every_parameter(official):
+    shapes = json.loads((SPEC / "official-hpcm-state-dict.json").read_text())[official]
+    state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+    assert official_model_name(state) == OFFICIAL_NAMES[official]
+    converted = convert_official_state_dict(state)
+    own = {k: tuple(v.shape) for k, v in _meta_model(OFFICIAL_NAMES[official]).named_parameters()}
     assert {k: tuple(v.shape) for k, v in converted.items()} == own
+
+
+def test_hpcm_1b_layout_is_refused_by_another_model_in_one_line():
+    shapes = json.loads((SPEC / "official-hpcm-state-dict.json").read_text())["HPCM_1B"]
+    state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}  # shapes only
+    with pytest.raises(hpcm.CheckpointError, match="does not fit model 'hpcm_phi_context'") as e:
+        hpcm.load_model(state, name="hpcm_phi_context", update=False)
+    assert "\n" not in str(e.value) and "shape mismatches" in str(e.value)
 
 
 def test_released_checkpoints_without_adaptive_params_load(tmp_path):
@@ -74,6 +106,68 @@ def test_released_checkpoints_without_adaptive_params_load(tmp_path):
     assert not model.training
     with pytest.raises(hpcm.CheckpointError, match="does not fit model 'hpcm_large'"):
         hpcm.load_model(path, name="hpcm_large", update=False)
+
+
+def test_phi_context_checkpoint_loads_and_is_told_from_base(tmp_path):
+    path = tmp_path / "HPCM_Base_PhiContext_0.013.pth.tar"
+    torch.save({"state_dict": official_formula_state_dict("HPCM_Base_PhiContext")}, path)
+    model = hpcm.load_model(path, update=False)  # the model is recognised from the keys
+    assert model.name == "hpcm_phi_context" and not hasattr(model, "attn")
+    assert hpcm.load_model(path, name="hpcm_phi_context", update=False).config.context == "phi"
+    with pytest.raises(hpcm.CheckpointError, match=r"does not fit model 'hpcm_base'.*missing"):
+        hpcm.load_model(path, name="hpcm_base", update=False)
+    base = tmp_path / "base.pth"
+    torch.save(official_formula_state_dict(), base)
+    with pytest.raises(hpcm.CheckpointError, match=r"fit model 'hpcm_phi_context'.*unexpected"):
+        hpcm.load_model(base, name="hpcm_phi_context", update=False)
+
+
+def _check_streams(out, ref):
+    y, z = out["strings"][0][0], out["strings"][1][0]
+    assert (len(y), len(z)) == (ref["y_bytes"], ref["z_bytes"])
+    assert hashlib.sha256(y).hexdigest() == ref["y_sha256"]
+    assert hashlib.sha256(z).hexdigest() == ref["z_sha256"]
+    assert list(out["shape"]) == ref["z_shape"]
+
+
+@pytest.mark.slow
+def test_phi_context_vector_byte_exact(kodak):
+    """HPCM_Base_PhiContext: the official streams and the one-thread reconstruction."""
+    ref = json.loads((VECTORS / "official-hpcm-phi-context-kodim23.json").read_text())
+    model = hpcm.load_model(official_formula_state_dict("HPCM_Base_PhiContext"))
+    model.set_official_numerics(True)
+    x = read_image(kodak / ref["image"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = model.compress(x)
+        x_hat = model.decompress(out["strings"], out["shape"])["x_hat"]
+    finally:
+        torch.set_num_threads(threads)
+    _check_streams(out, ref)
+    recon = x_hat.mul(255).round().to(torch.uint8)
+    assert hashlib.sha256(recon.numpy().tobytes()).hexdigest() == ref["x_hat_uint8_sha256"]
+    official = np.array(Image.open(VECTORS / ref["recon_png"]).convert("RGB"))
+    assert np.array_equal(recon[0].permute(1, 2, 0).numpy(), official)
+
+
+@pytest.mark.slow
+def test_hpcm_1b_vector_byte_exact(kodak):
+    """HPCM_1B (10^9 parameters, 4 GB, built once and freed at the end): the official streams
+    for the 512x256 crop of kodim23 (about half a minute per pass on one thread)."""
+    ref = json.loads((VECTORS / "official-hpcm-1b-kodim23-crop.json").read_text())
+    model = formula_model("HPCM_1B", "hpcm_1b")
+    model.update()
+    model.set_official_numerics(True)
+    x = read_image(kodak / "kodim23.png")[..., 128:384, 128:640]  # PIL box (128, 128, 640, 384)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = model.compress(x)
+    finally:
+        torch.set_num_threads(threads)
+        del model
+    _check_streams(out, ref)
 
 
 @pytest.mark.slow
@@ -129,6 +223,35 @@ def test_tiny_round_trip_on_kodak_photos(tiny, kodak):
         assert x_hat.shape == x.shape
         assert torch.equal(x_hat, _forward_recon(tiny, x))
         assert enc.num_bytes > 100  # the latents are not trivial
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        # every structural field HPCM-1B uses, at tiny widths
+        {
+            "g_outer_kernel": 2,
+            "g_latent_blocks": 1,
+            "g_s_blocks": (1, 1, 2),
+            "h_channels": 48,
+            "adaptor_blocks": (1, 1, 2),
+            "prior_tail_blocks": 1,
+            "partial_ratio": 2,
+        },
+    ],
+)
+def test_phi_context_models_round_trip(overrides, kodak, tmp_path):
+    torch.manual_seed(3)
+    model = hpcm.build_model("tiny_phi", **overrides)
+    assert model.config.context == "phi" and not hasattr(model, "attn")
+    path = tmp_path / "phi.pth.tar"
+    atomic_torch_save(model_checkpoint(model), path)
+    model = hpcm.load_model(path)  # the configuration survives a project checkpoint
+    assert model.config == hpcm.build_model("tiny_phi", **overrides).config
+    x = read_image(kodak / "kodim03.png")[..., :256, :512]
+    enc = Encoded.from_bytes(encode_image(model, x).to_bytes())
+    assert torch.equal(decode_image(model, enc), _forward_recon(model, x))
 
 
 def test_odd_sizes_are_padded_and_cropped(tiny, kodak):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpcm.codec.checkpoint import safe_torch_load
+from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
 from hpcm.train import validate as validate_module
 from hpcm.train.build import ConfigError, build_trainer, setup_distributed
 from hpcm.train.distributed import DistContext
@@ -73,10 +73,19 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(value, b["famo"][key]), key
 
 
-@pytest.mark.slow
-def test_two_ranks_stay_identical_rank_0_writes_and_resume_is_exact(tmp_path: Path) -> None:
-    full = tmp_path / "full"
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two-rank DDP run, shared by the DDP and FSDP tests."""
+    full = tmp_path_factory.mktemp("ddp") / "full"
     torchrun(full)
+    return full
+
+
+@pytest.mark.slow
+def test_two_ranks_stay_identical_rank_0_writes_and_resume_is_exact(
+    tmp_path: Path, ddp_run: Path
+) -> None:
+    full = ddp_run
     zero, one = ranks(full)
     assert zero["ddp"] == one["ddp"] == "DistributedDataParallel"
     assert (zero["world_size"], zero["global_step"], one["global_step"]) == (2, 4, 4)
@@ -110,6 +119,44 @@ def test_two_ranks_stay_identical_rank_0_writes_and_resume_is_exact(tmp_path: Pa
         assert_same_state(a, b)
     again = read_metrics(resumed / "run0" / "metrics.jsonl")
     assert again == [r for r in records if r["epoch"] == 1]
+
+
+@pytest.mark.slow
+def test_fsdp_two_ranks_match_ddp_and_resume_exactly(tmp_path: Path, ddp_run: Path) -> None:
+    """trainer.fsdp (with activation checkpointing): weights and Adam moments sharded over two
+    gloo ranks; the same run as DDP (gradients averaged either way, the transforms' blocks
+    recomputed) and the same Balanced task weights on both ranks."""
+    full = tmp_path / "fsdp"
+    fsdp = ("trainer.fsdp=true", "trainer.activation_checkpointing=true")  # RUN has trainer=ddp
+    torchrun(full, *fsdp)
+    zero, one = ranks(full)
+    ddp, _ = ranks(ddp_run)
+    assert zero["ddp"] == "FSDPHPCM" and zero["global_step"] == 4
+    assert_same_state(zero, one)  # the gathered weights and the FAMO state of both ranks
+    for key, value in ddp["model"].items():  # summation order differs: float tolerance
+        assert torch.allclose(zero["model"][key], value, rtol=1e-5, atol=1e-6), key
+    assert torch.allclose(zero["famo"]["logits"], ddp["famo"]["logits"], atol=1e-6)
+    last = safe_torch_load(full / "run0" / "last.pth.tar")  # whole weights, loadable alone
+    for key, value in zero["model"].items():
+        assert torch.equal(last["state_dict"][key], value), key
+    resumed = tmp_path / "resumed"
+    torchrun(resumed, *fsdp, f"resume={full / 'run0' / 'epoch_0.pth.tar'}")
+    for a, b in zip(ranks(full), ranks(resumed), strict=True):
+        assert_same_state(a, b)
+
+
+def test_fsdp_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fsdp=true needs trainer.ddp=true"):
+        build_trainer(make_cfg(tmp_path, "trainer.fsdp=true"))
+    with pytest.raises(ConfigError, match="channels_last=false"):
+        build_trainer(make_cfg(tmp_path, "trainer=fsdp", "trainer.channels_last=true"))
+    trainer = build_trainer(make_cfg(tmp_path))
+    trainer.save(0, is_best=False, periodic=False)
+    ckpt = safe_torch_load(tmp_path / "last.pth.tar")
+    ckpt["fsdp"] = True  # as trainer=fsdp writes it: optimizer state keyed by name
+    torch.save(ckpt, tmp_path / "fsdp.pth.tar")
+    with pytest.raises(CheckpointError, match="written with trainer.fsdp=true: resume it with"):
+        trainer.resume(tmp_path / "fsdp.pth.tar")
 
 
 def test_ddp_without_torchrun_trains_in_one_process(

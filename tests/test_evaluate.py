@@ -185,6 +185,23 @@ def test_official_checkpoint_matches_the_official_test_vector(tmp_path) -> None:
     assert curve["results"]["psnr-rgb"][0] == pytest.approx(psnr, abs=1e-3)
 
 
+@pytest.mark.slow
+def test_official_phi_context_is_its_own_curve(tmp_path) -> None:
+    """Official HPCM_Base and HPCM_Base_PhiContext weights in one evaluation: two curves, each
+    model recognised from its keys (no --model)."""
+    data = tmp_path / "crop"
+    data.mkdir()
+    Image.open(KODAK / "kodim23.png").crop((128, 128, 384, 384)).save(data / "crop.png")
+    for official in ("HPCM_Base", "HPCM_Base_PhiContext"):
+        torch.save({"state_dict": official_formula_state_dict(official)}, tmp_path / official)
+    paths = [str(tmp_path / "HPCM_Base"), str(tmp_path / "HPCM_Base_PhiContext")]
+    out = tmp_path / "out"
+    assert main([*paths, "--dataset", str(data), "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.glob("*.json")) == ["hpcm_base.json", "hpcm_phi_context.json"]
+    groups = {row["group"] for row in read_csv(out / evaluation.CSV_NAME)}
+    assert groups == {"hpcm_base", "hpcm_phi_context"}
+
+
 # -- finding and grouping checkpoints (no coding) ------------------------------------------------
 def test_find_checkpoints_in_run_and_sweep_dirs(tmp_path, capsys) -> None:
     for run in ("0", "1", "2", "10"):

@@ -100,3 +100,43 @@ def test_compiled_training_step_runs_on_the_cpu(tmp_path: Path) -> None:
     assert values is not None
     torch.testing.assert_close(values, expected, rtol=1e-4, atol=1e-5)  # same noise, same step
     torch._dynamo.reset()
+
+
+def _gradients(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    torch.manual_seed(5)  # the same quantization noise for both runs
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    bits = sum(-torch.log2(v).sum() for v in out["likelihoods"].values())
+    (bits / x[0, 0].numel() + 100 * (out["x_hat"] - x).pow(2).mean()).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_phi"])
+def test_activation_checkpointing_gives_the_same_gradients_with_less_memory(name: str) -> None:
+    from hpcm.train.memory import activation_bytes
+
+    torch.manual_seed(0)
+    model = hpcm.build_model(name).train()
+    x = torch.rand(2, 3, 256, 256)
+    plain, plain_bytes = _gradients(model, x), activation_bytes(model, (256, 256))
+    model.set_activation_checkpointing(True)
+    recomputed, recomputed_bytes = _gradients(model, x), activation_bytes(model, (256, 256))
+    assert plain.keys() == recomputed.keys() and len(plain) == len(list(model.parameters()))
+    for key, grad in plain.items():
+        assert torch.allclose(recomputed[key], grad, rtol=1e-5, atol=1e-7), key
+    assert recomputed_bytes < 0.8 * plain_bytes
+
+
+def test_the_run_states_its_memory_needs_first(tmp_path: Path, caplog) -> None:
+    from hpcm.train.memory import GIB, estimate_memory
+
+    cfg = make_cfg(tmp_path, "trainer.activation_checkpointing=true", "data.batch_size=4")
+    with caplog.at_level("INFO", logger="hpcm.train.build"):
+        trainer = build_trainer(cfg, report_memory=True)
+    assert all(t.checkpoint_blocks for t in (trainer.model.g_a, trainer.model.h_s))
+    line = next(r.message for r in caplog.records if r.message.startswith("memory"))
+    estimate = estimate_memory(trainer.model, (256, 256))
+    assert estimate.parameters == 4 * 532_003 and estimate.optimizer_state == 8 * 532_003
+    assert line == estimate.line(4)
+    assert f"activations {estimate.activations_per_image / GIB:.2f} GiB per 256x256 image" in line
+    assert "per rank" in estimate.line(4, shards=2)

@@ -135,7 +135,7 @@ def test_prepare_overrides_quotes_lambdas_and_rejects_unknown_names() -> None:
     assert prepare(["lambda=0.0018,0.0483"]) == ["lambda='0.0018','0.0483'"]
     passed = ["-m", "trainer.epochs=3", "hydra/launcher=basic", "lmbda=0.02", "+model.M=64"]
     assert prepare(passed) == passed
-    with pytest.raises(ConfigError, match="unknown model 'foo'; choose from hpcm_base"):
+    with pytest.raises(ConfigError, match="unknown model 'foo'; choose from hpcm_1b, hpcm_base, "):
         prepare(["model=foo"])
     with pytest.raises(ConfigError, match="unknown lambda '0.02'.*lmbda=0.02"):
         prepare(["lambda=0.02"])

@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("image")
     enc.add_argument("output")
     enc.add_argument("--checkpoint", required=True, help="project or official HPCM checkpoint")
-    enc.add_argument("--model", help="model name for official checkpoints (default hpcm_base)")
+    enc.add_argument(
+        "--model", help="model name for official checkpoints (default: the one the keys show)"
+    )
     enc.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     dec = sub.add_parser("decode", help=".hpcm file -> PNG")
     dec.add_argument("input")

@@ -45,6 +45,8 @@ _OFFICIAL_PREFIXES = [
     ("g_s.branch.", "g_s."),
     ("h_a.branch.", "h_a."),
     ("h_s.branch.", "h_s."),
+    ("h_a.", "h_a."),  # HPCM_1B: h_a and h_s are plain Sequentials
+    ("h_s.", "h_s."),
     ("y_spatial_prior_adaptor_list_s1.0.", "adaptors.0."),
     *((f"y_spatial_prior_adaptor_list_s2.{j}.", f"adaptors.{1 + j}.") for j in range(3)),
     *((f"y_spatial_prior_adaptor_list_s3.{j}.", f"adaptors.{4 + j}.") for j in range(6)),
@@ -74,17 +76,60 @@ _OFFICIAL_SKIPPED = (
 
 
 def is_official_state_dict(state_dict: dict) -> bool:
-    return "means_hyper" in state_dict and any(k.startswith("g_a.branch.") for k in state_dict)
+    return "means_hyper" in state_dict and any(k.startswith("g_a.") for k in state_dict)
+
+
+def official_model_name(state_dict: dict) -> str:
+    """Which official model an official state dict holds, from its keys: HPCM_1B names its
+    transform stages (``g_a.g_a_down1``), HPCM_Base_PhiContext has no ``attn_s1``, and
+    HPCM_Large has eight PConvRBs in g_a's last stage (``g_a.branch.12``) where Base has four."""
+    if any(k.startswith("g_a.g_a_down1.") for k in state_dict):
+        return "hpcm_1b"
+    if not any(k.startswith("attn_s1.") for k in state_dict):
+        return "hpcm_phi_context"
+    if any(k.startswith("g_a.branch.12.") for k in state_dict):
+        return "hpcm_large"
+    return "hpcm_base"
+
+
+def _staged_prefixes(state_dict: dict) -> list[tuple[str, str]]:
+    """HPCM_1B's transforms are named stages (``g_a.g_a_down1``, ``g_a.g_a_chunk1.J`` ... and
+    ``g_s.g_s_chunk4``, ``g_s.g_s_up4`` ... ``g_s.g_s_up1``); ours are flat Sequentials in the
+    same order of application. The number of blocks of each stage is read from the keys."""
+
+    def blocks(stage: str) -> int:
+        head = stage + "."
+        found = {int(k[len(head) :].split(".")[0]) for k in state_dict if k.startswith(head)}
+        return max(found, default=-1) + 1
+
+    pairs = []
+    for t, order in (("g_a", ("down", "chunk")), ("g_s", ("chunk", "up"))):
+        stages = range(1, 5) if t == "g_a" else range(4, 0, -1)
+        index = 0
+        for k in stages:
+            for part in order:
+                stage = f"{t}.{t}_{part}{k}"
+                if part in ("down", "up"):
+                    pairs.append((stage + ".", f"{t}.{index}."))
+                    index += 1
+                else:
+                    n = blocks(stage)
+                    pairs += [(f"{stage}.{j}.", f"{t}.{index + j}.") for j in range(n)]
+                    index += n
+    return pairs
 
 
 def convert_official_state_dict(state_dict: dict) -> dict:
     """Rename an official HPCM state dict to this project's layout (tables are dropped and
     rebuilt by ``update()``). Unknown keys raise ``KeyError`` naming them."""
     out, unknown = {}, []
+    prefixes = _OFFICIAL_PREFIXES
+    if official_model_name(state_dict) == "hpcm_1b":
+        prefixes = _staged_prefixes(state_dict) + prefixes
     for key, value in state_dict.items():
         if key.startswith(_OFFICIAL_SKIPPED):
             continue
-        for old, new in _OFFICIAL_PREFIXES:
+        for old, new in prefixes:
             if key.startswith(old):
                 out[new + key[len(old) :]] = value
                 break
@@ -179,7 +224,8 @@ def load_model(source, name: str | None = None, device=None, update: bool = True
 
     ``source`` is a path or an already loaded dict: either a project checkpoint (see
     :func:`model_checkpoint`) or an official HPCM state dict (``name`` then says which model,
-    default ``hpcm_base``; a bare dict under a ``state_dict`` key is accepted too). Released
+    by default the one its keys show, :func:`official_model_name`; a bare dict under a
+    ``state_dict`` key is accepted too). Released
     official checkpoints lack ``adaptive_params_list.*``; those gains then keep their initial 1.
     Files are loaded with ``weights_only=True``: no pickled code runs.
     """
@@ -197,7 +243,7 @@ def load_model(source, name: str | None = None, device=None, update: bool = True
         state = source.get("state_dict", source)
         if not is_official_state_dict(state):
             raise CheckpointError("neither a project checkpoint nor an official HPCM state dict")
-        name = name or "hpcm_base"
+        name = name or official_model_name(state)
         if name not in MODEL_CONFIGS:
             raise CheckpointError(f"unknown model {name!r}; choose from {', '.join(MODEL_CONFIGS)}")
         model = HPCM(MODEL_CONFIGS[name], name=name)

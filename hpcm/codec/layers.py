@@ -127,11 +127,14 @@ class SpatialPrior(nn.Module):
     by all the steps that use this prior (s1 and s2 share one prior, s3 has its own).
     """
 
-    def __init__(self, channels: int, out_channels: int, n_trunk: int, n_head: int):
+    def __init__(self, channels: int, out_channels: int, n_trunk: int, n_head: int, n_tail: int):
         super().__init__()
         self.trunk = nn.Sequential(*(DWConvRB(channels) for _ in range(n_trunk)))
+        # HPCM-1B's heads end with ``n_tail`` blocks after the projection (official HPCM_1B.py).
         self.head = nn.Sequential(
-            *(DWConvRB(channels) for _ in range(n_head)), conv1x1(channels, out_channels)
+            *(DWConvRB(channels) for _ in range(n_head)),
+            conv1x1(channels, out_channels),
+            *(DWConvRB(out_channels) for _ in range(n_tail)),
         )
 
     def forward(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:

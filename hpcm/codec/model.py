@@ -11,11 +11,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hpcm.codec.entropy import (
     BufferedRansEncoder,
@@ -28,6 +29,7 @@ from hpcm.codec.entropy import (
 )
 from hpcm.codec.layers import (
     Conv1x1,
+    DWConvRB,
     PConvRB,
     SpatialPrior,
     WindowCrossAttention,
@@ -59,20 +61,37 @@ def z_size(h: int, w: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class HPCMConfig:
-    """Widths and depths. The defaults are HPCM-Base; see :data:`MODEL_CONFIGS`."""
+    """Widths, depths and the context update. The defaults are HPCM-Base; see
+    :data:`MODEL_CONFIGS`. Transforms are stages of PConvRBs between 2x re-samplings."""
 
     M: int = 320  # latent channels of y
     N: int = 256  # channels of z
     g_channels: tuple[int, int, int] = (96, 192, 384)
-    g_blocks: tuple[int, int, int] = (2, 2, 4)
+    g_blocks: tuple[int, int, int] = (2, 2, 4)  # PConvRBs of g_a at each of g_channels
+    g_s_blocks: tuple[int, int, int] | None = None  # the same for g_s; None: as g_blocks
+    g_latent_blocks: int = 0  # PConvRBs at M channels: end of g_a, start of g_s
+    g_outer_kernel: int = 4  # first g_a / last g_s re-sampling: 4 (4x4, padding 1) or 2 (2x2)
+    h_channels: int | None = None  # width between the two hyper re-samplings; None: N
     h_blocks: tuple[int, int] = (1, 3)  # PConvRB before/after the first hyper down-sampling
+    adaptor_blocks: tuple[int, int, int] = (0, 0, 0)  # DWConvRBs per s1/s2/s3 adaptor; 0: 1x1
     prior_s12_blocks: tuple[int, int] = (2, 1)  # DWConvRB in trunk and head, s1/s2 prior
     prior_s3_blocks: tuple[int, int] = (3, 2)
+    prior_tail_blocks: int = 0  # DWConvRBs at 2M channels after each prior's projection
+    # Progressive context after each step: "attention" (window cross-attention of the step's
+    # entropy parameters psi to the old context, HPCM-Base/Large) or "phi" (psi itself, the
+    # official HPCM_Base_PhiContext and HPCM_1B).
+    context: str = "attention"
     attn_windows: tuple[int, int, int] = (4, 8, 8)
     num_heads: int = 32
     mlp_ratio: int = 4
     partial_ratio: int = 4
     beta: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXTS:
+            raise ValueError(f"unknown context {self.context!r}; choose from {', '.join(CONTEXTS)}")
+        if self.g_outer_kernel not in (2, 4):
+            raise ValueError(f"g_outer_kernel must be 2 or 4, got {self.g_outer_kernel}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,26 +101,52 @@ class HPCMConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+CONTEXTS = ("attention", "phi")
+
+_TINY = HPCMConfig(
+    M=32,
+    N=32,
+    g_channels=(16, 32, 64),
+    g_blocks=(1, 1, 1),
+    h_blocks=(1, 1),
+    prior_s12_blocks=(1, 1),
+    prior_s3_blocks=(1, 1),
+    num_heads=8,
+)
+
 MODEL_CONFIGS: dict[str, HPCMConfig] = {
     "hpcm_base": HPCMConfig(),
     "hpcm_large": HPCMConfig(g_blocks=(2, 2, 8), prior_s12_blocks=(2, 2), prior_s3_blocks=(4, 3)),
-    # Small widths for CPU tests and quick experiments; same schedule and entropy models.
-    "tiny": HPCMConfig(
-        M=32,
-        N=32,
-        g_channels=(16, 32, 64),
-        g_blocks=(1, 1, 1),
-        h_blocks=(1, 1),
-        prior_s12_blocks=(1, 1),
-        prior_s3_blocks=(1, 1),
-        num_heads=8,
+    # HPCM-Base without the cross-attention: the context is the previous step's psi.
+    "hpcm_phi_context": HPCMConfig(context="phi"),
+    # "Scaling Learned Image Compression Models up to 1 Billion" (arXiv 2508.09075), the
+    # official src/models/HPCM_1B.py: phi context, four 2x2 stages in each transform, deep
+    # DWConvRB adaptors and priors (../shared/spec/hpcm-family.md).
+    "hpcm_1b": HPCMConfig(
+        M=512,
+        g_channels=(192, 384, 768),
+        g_blocks=(3, 9, 3),
+        g_s_blocks=(3, 3, 9),
+        g_latent_blocks=3,
+        g_outer_kernel=2,
+        h_channels=512,
+        h_blocks=(4, 9),
+        adaptor_blocks=(5, 5, 7),
+        prior_s12_blocks=(5, 3),
+        prior_s3_blocks=(6, 4),
+        prior_tail_blocks=2,
+        context="phi",
+        partial_ratio=2,
     ),
+    # Small widths for CPU tests and quick experiments; same schedule and entropy models.
+    "tiny": _TINY,
+    "tiny_phi": replace(_TINY, context="phi"),
 }
 
 
 def build_model(name: str = "hpcm_base", **overrides) -> HPCM:
-    """Build an untrained model by name (``hpcm_base``, ``hpcm_large``, ``tiny``); keyword
-    arguments override fields of its :class:`HPCMConfig` (e.g. ``M=64`` for a wider tiny)."""
+    """Build an untrained model by name (see :data:`MODEL_CONFIGS`); keyword arguments
+    override fields of its :class:`HPCMConfig` (e.g. ``M=64`` for a wider tiny)."""
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_CONFIGS)}")
     config = MODEL_CONFIGS[name]
@@ -110,56 +155,104 @@ def build_model(name: str = "hpcm_base", **overrides) -> HPCM:
     return HPCM(config, name=name)
 
 
+class Transform(nn.Sequential):
+    """A transform (g_a, g_s, h_a, h_s): a Sequential whose residual blocks can be recomputed in
+    the backward instead of keeping their activations (``checkpoint_blocks``, for training large
+    models; ``torch.utils.checkpoint``, non-reentrant). The results are the same either way."""
+
+    checkpoint_blocks: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        recompute = self.checkpoint_blocks and torch.is_grad_enabled()
+        for module in self:
+            if recompute and isinstance(module, PConvRB):
+                x = checkpoint(module, x, use_reentrant=False)
+            else:
+                x = module(x)
+        return x
+
+
 def _pconv_stage(ch: int, n: int, cfg: HPCMConfig, entropy_path: bool = False) -> list[nn.Module]:
     # Only the entropy-parameter path (h_s and the context model) must give the same floats at
     # any thread count; the transforms keep oneDNN's convolutions, like the official code.
     return [PConvRB(ch, cfg.partial_ratio, cfg.mlp_ratio, entropy_path) for _ in range(n)]
 
 
-def _analysis(cfg: HPCMConfig) -> nn.Sequential:
-    (c1, c2, c3), (n1, n2, n3) = cfg.g_channels, cfg.g_blocks
-    return nn.Sequential(
-        conv4x4_down(3, c1),
-        *_pconv_stage(c1, n1, cfg),
-        conv2x2_down(c1, c2),
-        *_pconv_stage(c2, n2, cfg),
-        conv2x2_down(c2, c3),
-        *_pconv_stage(c3, n3, cfg),
-        conv2x2_down(c3, cfg.M),
-    )
+def _analysis(cfg: HPCMConfig) -> Transform:
+    widths = (*cfg.g_channels, cfg.M)
+    blocks = (*cfg.g_blocks, cfg.g_latent_blocks)
+    first = conv4x4_down if cfg.g_outer_kernel == 4 else conv2x2_down
+    layers, previous = [], 3
+    for i, (ch, n) in enumerate(zip(widths, blocks)):
+        layers += [(first if i == 0 else conv2x2_down)(previous, ch), *_pconv_stage(ch, n, cfg)]
+        previous = ch
+    return Transform(*layers)
 
 
-def _synthesis(cfg: HPCMConfig) -> nn.Sequential:
-    (c1, c2, c3), (n1, n2, n3) = cfg.g_channels, cfg.g_blocks
-    return nn.Sequential(
-        deconv2x2_up(cfg.M, c3),
-        *_pconv_stage(c3, n3, cfg),
-        deconv2x2_up(c3, c2),
-        *_pconv_stage(c2, n2, cfg),
-        deconv2x2_up(c2, c1),
-        *_pconv_stage(c1, n1, cfg),
-        deconv4x4_up(c1, 3),
-    )
+def _synthesis(cfg: HPCMConfig) -> Transform:
+    widths = (*cfg.g_channels, cfg.M)
+    blocks = (*(cfg.g_s_blocks or cfg.g_blocks), cfg.g_latent_blocks)
+    last = deconv4x4_up if cfg.g_outer_kernel == 4 else deconv2x2_up
+    layers = []
+    for i in reversed(range(len(widths))):
+        out = widths[i - 1] if i else 3
+        layers += [
+            *_pconv_stage(widths[i], blocks[i], cfg),
+            (deconv2x2_up if i else last)(widths[i], out),
+        ]
+    return Transform(*layers)
 
 
-def _hyper_analysis(cfg: HPCMConfig) -> nn.Sequential:
-    M, N = cfg.M, cfg.N
-    return nn.Sequential(
+def _hyper_analysis(cfg: HPCMConfig) -> Transform:
+    M, N, H = cfg.M, cfg.N, cfg.h_channels or cfg.N
+    return Transform(
         *_pconv_stage(M, cfg.h_blocks[0], cfg),
-        conv2x2_down(M, N),
-        *_pconv_stage(N, cfg.h_blocks[1], cfg),
-        conv2x2_down(N, N),
+        conv2x2_down(M, H),
+        *_pconv_stage(H, cfg.h_blocks[1], cfg),
+        conv2x2_down(H, N),
     )
 
 
-def _hyper_synthesis(cfg: HPCMConfig) -> nn.Sequential:
-    M, N = cfg.M, cfg.N
-    return nn.Sequential(
-        deconv2x2_up(N, N),
-        *_pconv_stage(N, cfg.h_blocks[1], cfg, entropy_path=True),
-        deconv2x2_up(N, 2 * M),
+def _hyper_synthesis(cfg: HPCMConfig) -> Transform:
+    M, N, H = cfg.M, cfg.N, cfg.h_channels or cfg.N
+    return Transform(
+        deconv2x2_up(N, H),
+        *_pconv_stage(H, cfg.h_blocks[1], cfg, entropy_path=True),
+        deconv2x2_up(H, 2 * M),
         *_pconv_stage(2 * M, cfg.h_blocks[0], cfg, entropy_path=True),
     )
+
+
+def _adaptor(cfg: HPCMConfig, blocks: int) -> nn.Module:
+    C3 = 3 * cfg.M
+    if blocks == 0:
+        return conv1x1(C3, C3)
+    return nn.Sequential(*(DWConvRB(C3) for _ in range(blocks)))
+
+
+def _context_model(cfg: HPCMConfig) -> dict[str, nn.Module]:
+    """The context model: one adaptor and one adaptive channel gain per non-hyper step, a prior
+    shared by s1 and s2 and one for s3, a cross-attention per scale (attention context only),
+    and a 1x1 context transition between scales."""
+    M, C3 = cfg.M, 3 * cfg.M
+    scale_of_adaptor = [0] + [1] * 3 + [2] * 6  # adaptors 0 (s1), 1-3 (s2), 4-9 (s3)
+    assert len(scale_of_adaptor) == NUM_ADAPTORS
+    parts = {
+        "adaptors": nn.ModuleList(_adaptor(cfg, cfg.adaptor_blocks[s]) for s in scale_of_adaptor),
+        "adaptive_params": nn.ParameterList(
+            nn.Parameter(torch.ones(1, C3, 1, 1)) for _ in range(NUM_ADAPTORS)
+        ),
+        "priors": nn.ModuleList(
+            SpatialPrior(C3, 2 * M, *blocks, cfg.prior_tail_blocks)
+            for blocks in (cfg.prior_s12_blocks, cfg.prior_s3_blocks)
+        ),
+    }
+    if cfg.context == "attention":
+        parts["attn"] = nn.ModuleList(
+            WindowCrossAttention(2 * M, w, cfg.num_heads) for w in cfg.attn_windows
+        )
+    parts["context_net"] = nn.ModuleList(conv1x1(2 * M, 2 * M) for _ in range(2))
+    return parts
 
 
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
@@ -222,31 +315,15 @@ class HPCM(CompressionModel):
         super().__init__()
         cfg = config or HPCMConfig()
         self.config, self.name = cfg, name
-        M, N, C3 = cfg.M, cfg.N, 3 * cfg.M
         self.g_a = _analysis(cfg)
         self.g_s = _synthesis(cfg)
         self.h_a = _hyper_analysis(cfg)
         self.h_s = _hyper_synthesis(cfg)
-        # Context model: one 1x1 adaptor and one adaptive channel gain per non-hyper step, a
-        # prior shared by s1 and s2 and one for s3, a cross-attention per scale, and a 1x1
-        # context transition between scales.
-        self.adaptors = nn.ModuleList(conv1x1(C3, C3) for _ in range(NUM_ADAPTORS))
-        self.adaptive_params = nn.ParameterList(
-            nn.Parameter(torch.ones(1, C3, 1, 1)) for _ in range(NUM_ADAPTORS)
-        )
-        self.priors = nn.ModuleList(
-            [
-                SpatialPrior(C3, 2 * M, *cfg.prior_s12_blocks),
-                SpatialPrior(C3, 2 * M, *cfg.prior_s3_blocks),
-            ]
-        )
-        self.attn = nn.ModuleList(
-            WindowCrossAttention(2 * M, w, cfg.num_heads) for w in cfg.attn_windows
-        )
-        self.context_net = nn.ModuleList(conv1x1(2 * M, 2 * M) for _ in range(2))
+        for part, module in _context_model(cfg).items():
+            self.add_module(part, module)
         # z prior: a generalized Gaussian per channel with learned mean and scale.
-        self.z_means = nn.Parameter(torch.zeros(1, N, 1, 1))
-        self.z_scales = nn.Parameter(torch.ones(1, N, 1, 1))
+        self.z_means = nn.Parameter(torch.zeros(1, cfg.N, 1, 1))
+        self.z_scales = nn.Parameter(torch.ones(1, cfg.N, 1, 1))
         self.entropy = GGMEntropyModel(cfg.beta)
         self._noise_batch: int | None = None
         self.set_official_numerics(False)
@@ -269,6 +346,13 @@ class HPCM(CompressionModel):
         fmt = torch.contiguous_format if enabled else torch.channels_last
         for transform in (self.g_a, self.g_s):
             transform.to(memory_format=fmt)
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the residual blocks of the four transforms in the backward instead of
+        keeping their activations (:class:`Transform`): less memory, one more forward of the
+        transforms per step, the same gradients."""
+        for transform in (self.g_a, self.g_s, self.h_a, self.h_s):
+            transform.checkpoint_blocks = enabled
 
     # -- quantization noise ----------------------------------------------------------------------
     def _add_noise(self, x: torch.Tensor) -> torch.Tensor:
@@ -332,7 +416,9 @@ class HPCM(CompressionModel):
                 inputs = torch.cat((context, y_hat.sums[scale.index]), dim=1)
                 prior = self.priors[self._prior_index(step)]
                 psi = prior(self.adaptors[step.adaptor](inputs), self.adaptive_params[step.gain])
-                if step.index < len(STEPS) - 1:  # the last step's context update is never used
+                if self.config.context == "phi":  # the context is the step's psi
+                    context = psi
+                elif step.index < len(STEPS) - 1:  # the last update is never used
                     context = self.attn[scale.index](psi, context)
             scales, means = psi.chunk(2, 1)
             mask = plan.masks[scale.index][step.mask]

@@ -36,6 +36,7 @@ from hpcm.codec.checkpoint import (
     CheckpointError,
     is_official_state_dict,
     load_model,
+    official_model_name,
     read_checkpoint,
 )
 from hpcm.codec.images import ImageError, find_images, read_image
@@ -192,25 +193,23 @@ def list_images(dataset: str | Path, limit: int | None = None) -> list[Path]:
 def inspect_checkpoint(path: Path, model_name: str | None = None) -> RunInfo:
     """Check that ``path`` loads into a model and say what it is (model, optimizer, lambda).
 
-    Official state dicts without ``model_name`` are matched against every known model."""
+    The model of an official state dict is ``model_name`` or the one its keys show
+    (:func:`hpcm.codec.checkpoint.official_model_name`: base, large, phi-context or 1B)."""
     data = read_checkpoint(path)
-    if not _is_project(data) and not is_official_state_dict(data.get("state_dict", data)):
+    state = data.get("state_dict", data)
+    if not _is_project(data) and not is_official_state_dict(state):
         raise EvaluationError(f"{path}: neither a project checkpoint nor an official HPCM one")
-    names = [model_name] if model_name or _is_project(data) else list(MODEL_CONFIGS)
-    errors = []
-    for name in names:
-        try:
-            model = load_model(data, name=name, update=False)
-        except CheckpointError as e:
-            errors.append(str(e))
-            continue
-        except (KeyError, TypeError) as e:  # a project dict with missing or unknown fields
-            errors.append(f"malformed {CHECKPOINT_FORMAT} checkpoint ({type(e).__name__}: {e})")
-            continue
-        return read_run_info(path, data, model.name, official=not _is_project(data))
-    if len(errors) > 1:
-        raise EvaluationError(f"{path}: fits none of the models {', '.join(names)}")
-    raise EvaluationError(f"{path}: {errors[0]}")
+    if model_name is None and not _is_project(data):
+        model_name = official_model_name(state)
+    try:
+        model = load_model(data, name=model_name, update=False)
+    except CheckpointError as e:
+        raise EvaluationError(f"{path}: {e}") from None
+    except (KeyError, TypeError) as e:  # a project dict with missing or unknown fields
+        raise EvaluationError(
+            f"{path}: malformed {CHECKPOINT_FORMAT} checkpoint ({type(e).__name__}: {e})"
+        ) from None
+    return read_run_info(path, data, model.name, official=not _is_project(data))
 
 
 def _is_project(data: dict) -> bool:

@@ -157,8 +157,9 @@ class CautiousAdam(torch.optim.Optimizer):
         masks = torch._foreach_mul(exp_avgs, grads)
         torch._foreach_sign_(masks)
         torch._foreach_clamp_min_(masks, 0.0)
-        # Kept count = L1 norm of the 0/1 mask; accumulate in fp32 whatever the parameter dtype.
-        kept = torch._foreach_norm(masks, 1, dtype=torch.float32)
+        # Kept count = L1 norm of the 0/1 mask; accumulate in fp32 whatever the parameter dtype
+        # (cast first: DTensor's foreach_norm, under FSDP, does not take a dtype argument).
+        kept = torch._foreach_norm([m.float() for m in masks], 1)
         scales = torch._foreach_div(kept, [float(p.numel()) for p in params])
         torch._foreach_clamp_min_(scales, MIN_MASK_FRACTION)
         torch._foreach_reciprocal_(scales)

@@ -32,9 +32,11 @@ from hpcm.train.distributed import (
     cleanup,
     init_distributed,
     local_device,
+    shard_fsdp,
 )
 from hpcm.train.loop import Trainer
 from hpcm.train.losses import RateDistortionLoss, task_names
+from hpcm.train.memory import estimate_memory
 from hpcm.train.speed import SpeedOptions, apply_global_settings
 from hpcm.train.state import LAST_CHECKPOINT, finished_result, mark_finished
 
@@ -153,6 +155,12 @@ def check_config(cfg: DictConfig) -> None:
     if _number(cfg.lmbda, "lmbda", 0.0, float) == 0:
         raise ConfigError("lmbda must be > 0")
     _number(cfg.seed, "seed", 0)
+    if bool(t.fsdp) and not bool(t.ddp):
+        raise ConfigError("trainer.fsdp=true needs trainer.ddp=true (use trainer=fsdp)")
+    if bool(t.fsdp) and bool(t.channels_last):
+        raise ConfigError(
+            "trainer.fsdp=true shards NCHW weights only: set trainer.channels_last=false"
+        )
 
 
 # ----------------------------------------------------------------------------- building
@@ -200,9 +208,13 @@ def setup_distributed(cfg: DictConfig) -> DistContext:
 
 
 def build_trainer(
-    cfg: DictConfig, run_dir: str | Path | None = None, dist: DistContext | None = None
+    cfg: DictConfig,
+    run_dir: str | Path | None = None,
+    dist: DistContext | None = None,
+    report_memory: bool = False,
 ) -> Trainer:
-    """Model, loss, optimizer, balancer and data loaders from a composed config."""
+    """Model, loss, optimizer, balancer and data loaders from a composed config;
+    ``report_memory`` logs the memory estimate of :mod:`hpcm.train.memory` first."""
     run_dir = Path(run_dir) if run_dir is not None else Path(cfg.paths.run_dir)
     check_config(cfg)
     dist = dist if dist is not None else setup_distributed(cfg)
@@ -225,6 +237,12 @@ def build_trainer(
         init_weights(model, str(cfg.init_from))
     model.to(device).train()
     speed.prepare_model(model)
+    fsdp = dist.enabled and bool(cfg.trainer.fsdp)
+    if report_memory and dist.is_main:
+        estimate = estimate_memory(model, as_size(cfg.data.crop_size), speed.autocast(device))
+        log.info(estimate.line(int(cfg.data.batch_size), dist.world_size if fsdp else 1))
+    if fsdp:
+        shard_fsdp(model)  # before the optimizer: it must hold the sharded parameters
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     loaders = _build_loaders(cfg, device, dist)
     if dist.enabled:  # each rank its own noise stream (the weights are initialised already)
@@ -287,7 +305,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> float:
         resume_path = _find_resume(mode, run_dir)
         if dist.is_main:
             (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        trainer = build_trainer(cfg, run_dir, dist)
+        trainer = build_trainer(cfg, run_dir, dist, report_memory=True)
         if resume_path is not None:
             trainer.resume(resume_path)
         log.info("run directory: %s (device %s)", run_dir, trainer.device)

@@ -192,12 +192,13 @@ def cleanup() -> None:
 
 
 def wrap_ddp(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
-    """``DistributedDataParallel(model)`` under DDP, else ``model`` itself.
+    """``DistributedDataParallel(model)`` under DDP, else (one process, or a model sharded by
+    :func:`shard_fsdp`) ``model`` itself.
 
     Buffers are not broadcast at every forward: the model's only buffers are the coding tables,
     which training does not change.
     """
-    if not ctx.enabled:
+    if not ctx.enabled or is_sharded(model):  # FSDP reduces the gradients itself
         return model
     device_ids: Sequence[int] | None = [device.index] if device.type == "cuda" else None
     parameters = inspect.signature(DistributedDataParallel.__init__).parameters
@@ -207,3 +208,65 @@ def wrap_ddp(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Mod
         else {"broadcast_buffers": False}
     )
     return DistributedDataParallel(model, device_ids=device_ids, **no_sync)
+
+
+# ----------------------------------------------------------------------------- FSDP
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP shards as units (gathered for their forward, freed after): the four
+    transforms, every adaptor and both priors; the rest (cross-attentions, context transitions,
+    gains, z parameters) is the root's unit."""
+    units = [model.g_a, model.g_s, model.h_a, model.h_s]
+    return [*units, *model.adaptors, *model.priors]
+
+
+def shard_fsdp(model: nn.Module) -> nn.Module:
+    """Shard parameters, gradients and optimizer state over the ranks (PyTorch FSDP2,
+    ``fully_shard``), in place: build the optimizer afterwards. Gradients are averaged over the
+    ranks in the backward (reduce-scatter), as DDP averages them."""
+    from torch.distributed.fsdp import fully_shard
+
+    # FSDP shards contiguous parameters only: the transforms' channels-last weights (the CPU's
+    # faster layout, hpcm.codec.model.HPCM.set_official_numerics) go back to NCHW.
+    model.to(memory_format=torch.contiguous_format)
+    for unit in fsdp_units(model):
+        fully_shard(unit)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Model and optimizer state dicts of a sharded model, gathered whole on rank 0 in CPU
+    memory (empty on the other ranks); every rank must call it. Optimizer state is keyed by
+    parameter name (``torch.distributed.checkpoint.state_dict``)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (
+        get_model_state_dict(model, options=options),
+        get_optimizer_state_dict(model, optimizer, options=options),
+    )
+
+
+def load_full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict
+) -> None:
+    """Inverse of :func:`full_state`: every rank passes the whole state dicts."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_state, options=options)

@@ -28,13 +28,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hpcm.optim.balancer import Balancer
 from hpcm.train import state
 from hpcm.train.data import DataLoaders
-from hpcm.train.distributed import DistContext, wrap_ddp
+from hpcm.train.distributed import DistContext, is_sharded, wrap_ddp
 from hpcm.train.interrupt import StopRequest
 from hpcm.train.losses import RateDistortionLoss, effective_lambda
 from hpcm.train.lr_schedule import LRSchedule
@@ -121,6 +122,8 @@ class Trainer:
             norm = torch.nn.utils.get_total_norm(
                 [p.grad for p in self.params if p.grad is not None]
             )
+        if isinstance(norm, DTensor):  # FSDP: the norm over all shards
+            norm = norm.full_tensor()
         finite = torch.isfinite(objective) & torch.isfinite(losses["loss"]) & torch.isfinite(norm)
         if not self.dist.all_true(finite):  # the one per-step sync, agreed by all DDP ranks
             self.optimizer.zero_grad(set_to_none=True)
@@ -220,7 +223,13 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         return validate(
-            self.model, self.criterion, self.loaders.test, self.metric_names, self.dist, self.device
+            self.model,
+            self.criterion,
+            self.loaders.test,
+            self.metric_names,
+            self.dist,
+            self.device,
+            lockstep=is_sharded(self.model),
         )
 
     # ------------------------------------------------------------------------- the run

@@ -1,13 +1,19 @@
-"""Speed options of the training step: bf16 autocast, channels_last, torch.compile.
+"""Speed and memory options of the training step: bf16 autocast, channels_last, torch.compile,
+activation checkpointing.
 
-All three are off by default (``trainer.autocast_bf16``, ``trainer.channels_last``,
-``trainer.compile``) until measured on the target GPU (``benchmarks/gpu_check.sh``).
+All are off by default (``trainer.autocast_bf16``, ``trainer.channels_last``,
+``trainer.compile``, ``trainer.activation_checkpointing``) until measured on the target GPU
+(``benchmarks/gpu_check.sh``).
 
 - ``autocast_bf16``: the transforms and the context model run under CUDA bf16 autocast; the
   entropy model evaluates its likelihoods in fp32 whatever the autocast
   (:meth:`hpcm.codec.entropy.GGMEntropyModel.likelihood`), and the loss is computed in fp32
   from ``x_hat`` and the likelihoods. CUDA only: on other devices it is refused (``ValueError``).
 - ``channels_last``: model weights and input batches in NHWC memory format.
+- ``activation_checkpointing``: the residual blocks of the four transforms are recomputed in
+  the backward instead of keeping their activations
+  (:meth:`hpcm.codec.model.HPCM.set_activation_checkpointing`): the same gradients, less
+  memory, about one more forward of the transforms per step. For HPCM-1B.
 - ``compile``: ``torch.compile`` of the training forward (``compile_mode``, ``compile_backend``
   choose its mode and backend; ``backend=eager`` checks that the model traces, without code
   generation). Validation runs uncompiled: its padded image sizes vary.
@@ -36,6 +42,7 @@ class SpeedOptions:
     compile: bool = False
     compile_mode: str | None = None
     compile_backend: str = "inductor"
+    activation_checkpointing: bool = False
 
     @classmethod
     def from_config(cls, trainer_cfg: Mapping[str, Any]) -> SpeedOptions:
@@ -47,6 +54,7 @@ class SpeedOptions:
             compile=bool(trainer_cfg["compile"]),
             compile_mode=None if mode in (None, "default") else str(mode),
             compile_backend=str(trainer_cfg["compile_backend"]),
+            activation_checkpointing=bool(trainer_cfg["activation_checkpointing"]),
         )
 
     def check(self, device: torch.device) -> None:
@@ -64,9 +72,11 @@ class SpeedOptions:
 
     # --------------------------------------------------------------------------- the model
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """In place: channels_last weights when that is on."""
+        """In place: channels_last weights and activation checkpointing when they are on."""
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        if self.activation_checkpointing:
+            model.set_activation_checkpointing(True)
         return model
 
     def compiled(self, module: nn.Module) -> nn.Module | Callable[..., Any]:

@@ -29,6 +29,7 @@ from hpcm.codec.checkpoint import (
     read_checkpoint,
 )
 from hpcm.codec.model import HPCMConfig
+from hpcm.train.distributed import full_state, is_sharded, load_full_state
 from hpcm.train.post_step import rng_state
 
 if TYPE_CHECKING:
@@ -57,6 +58,10 @@ def training_checkpoint(trainer: Trainer, epoch: int) -> dict[str, Any]:
     the next one, for a checkpoint written mid-epoch on a signal)."""
     progress, cfg = trainer.progress, trainer.cfg
     ckpt = model_checkpoint(trainer.model)
+    optimizer = trainer.optimizer.state_dict()
+    if is_sharded(trainer.model):  # FSDP: gathered whole on rank 0 (a collective)
+        ckpt["state_dict"], optimizer = full_state(trainer.model, trainer.optimizer)
+        ckpt["fsdp"] = True  # the optimizer state is keyed by parameter name
     ckpt.update(
         epoch=epoch,
         global_step=progress.global_step,
@@ -64,7 +69,7 @@ def training_checkpoint(trainer: Trainer, epoch: int) -> dict[str, Any]:
         skipped_batches=progress.skipped_batches,
         epoch_batches=progress.epoch_batches,
         window=trainer.window.state_dict(),
-        optimizer=trainer.optimizer.state_dict(),
+        optimizer=optimizer,
         balanced=trainer.balancer.state_dict(),
         lr=trainer.optimizer.param_groups[0]["lr"],
         test=dict(trainer.last_test),
@@ -117,6 +122,12 @@ def resume(trainer: Trainer, path: str | Path) -> None:
         raise CheckpointError(f"{path} holds no training state (optimizer) to resume")
     config = HPCMConfig.from_dict(ckpt["model_config"])
     check_same_model(str(path), ckpt["model_name"], config, trainer.model)
+    sharded = is_sharded(trainer.model)
+    if bool(ckpt.get("fsdp")) != sharded:
+        raise CheckpointError(
+            f"{path} was written with trainer.fsdp={str(not sharded).lower()}: resume it with "
+            "the same setting (init_from= takes its weights into any run)"
+        )
     ours = OmegaConf.to_container(trainer.cfg, resolve=True)
     saved = ckpt.get("config") or {}
     if _optimizer_of(saved) != _optimizer_of(ours):
@@ -124,8 +135,11 @@ def resume(trainer: Trainer, path: str | Path) -> None:
             f"{path} was trained with optimizer={saved.get('optimizer', {}).get('name')}, this "
             f"run uses optimizer={trainer.cfg.optimizer.name}"
         )
-    trainer.model.load_state_dict(ckpt["state_dict"])
-    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    if sharded:  # FSDP: each rank takes its shards of the whole state
+        load_full_state(trainer.model, trainer.optimizer, ckpt["state_dict"], ckpt["optimizer"])
+    else:
+        trainer.model.load_state_dict(ckpt["state_dict"])
+        trainer.optimizer.load_state_dict(ckpt["optimizer"])
     trainer.balancer.load_state_dict(ckpt["balanced"])
     trainer.progress = Progress(
         next_epoch=int(ckpt["epoch"]) + 1,

@@ -4,13 +4,14 @@ of the images and the sums are reduced."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from hpcm.codec.model import crop_center, pad_to_multiple
+from hpcm.codec.model import SIZE_MULTIPLE, crop_center, pad_to_multiple
 from hpcm.train.distributed import DistContext
 from hpcm.train.losses import RateDistortionLoss
 
@@ -23,12 +24,22 @@ def validate(
     names: Sequence[str],
     dist: DistContext,
     device: torch.device,
+    lockstep: bool = False,
 ) -> dict[str, float]:
-    """Mean test metrics ``test/<name>`` over the test images (bpp counts the original pixels)."""
+    """Mean test metrics ``test/<name>`` over the test images (bpp counts the original pixels).
+
+    ``lockstep`` (FSDP, whose forward gathers the weights from all ranks): every rank runs as
+    many forwards as the rank with the most test batches, the extra ones on a blank image whose
+    results are dropped."""
     was_training = model.training
     model.eval()
     sums, count = None, 0
-    for x in _share(test, dist):
+    share = _share(test, dist)
+    if lockstep:
+        most = math.ceil(math.ceil(len(test.dataset) / dist.world_size) / test.batch_size)
+        for _ in range(most - len(share)):
+            model(torch.zeros(1, 3, SIZE_MULTIPLE, SIZE_MULTIPLE, device=device))
+    for x in share:
         x = x.to(device, non_blocking=True)
         out = model(pad_to_multiple(x))
         out["x_hat"] = crop_center(out["x_hat"], x.shape[-2:])
@@ -43,7 +54,7 @@ def validate(
     return {f"test/{n}": v for n, v in zip(names, means, strict=True)}
 
 
-def _share(test: DataLoader, dist: DistContext) -> Iterable[Tensor]:
+def _share(test: DataLoader, dist: DistContext) -> DataLoader:
     """The test loader, or under DDP one over every ``world_size``-th image from ``rank``."""
     if not dist.enabled:
         return test

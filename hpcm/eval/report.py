@@ -37,10 +37,16 @@ METHODS = ("pchip", "akima", "cubic")
 # The classic Bjontegaard cubic fit needs 4 points; pchip and akima are held to the same floor so
 # that one table never mixes standards.
 MIN_POINTS = 4
-# Same default as the bjontegaard package: the shared range must cover 75% of the joint range.
-DEFAULT_MIN_OVERLAP = 0.75
+# Curves that overlap only partly still get a number, computed over the shared range, with a
+# warning below WARN_OVERLAP (the bjontegaard package's own floor: 75% of the joint range).
+# Published anchors rarely span the same range (VTM's 8 points reach 3.6 bpp, HPCM's stop at
+# 0.82), so a hard floor would leave the most common comparison empty. --min-overlap is the floor.
+DEFAULT_MIN_OVERLAP = 0.0
+WARN_OVERLAP = 0.75
 ANCHOR_PREFIX = "anchor:"
 QUALITY_KEYS = ("psnr-rgb", "ms-ssim-rgb", "ms-ssim-db")
+# Older CompressAI releases and CompressAI-Trainer write these keys for the same RGB metrics.
+KEY_ALIASES = {"psnr": "psnr-rgb", "ms-ssim": "ms-ssim-rgb"}
 
 
 class ReportError(Exception):
@@ -86,6 +92,7 @@ def parse_curve(data: Any, source: str, label: str = "", anchor: bool = False) -
     if min(bpp) <= 0:
         raise ReportError(f"{source}: bpp values must be positive")
     results = {"bpp": bpp}
+    raw = {KEY_ALIASES.get(k, k): v for k, v in raw.items() if KEY_ALIASES.get(k) not in raw}
     for key in QUALITY_KEYS:
         if key in raw:
             results[key] = _numbers(raw[key], key, source)
@@ -157,13 +164,18 @@ def unique_labels(curves: Sequence[Curve]) -> list[Curve]:
 
 @dataclass(frozen=True)
 class BDResult:
-    """A BD value, or ``None`` with a note that says why it was not computed."""
+    """A BD value, or ``None`` with a note that says why it was not computed.
+
+    A value may carry a note too: a warning that it covers only part of the curves' range.
+    """
 
     value: float | None
     note: str = ""
 
     def cell(self, digits: int) -> str:
-        return f"{self.value:+.{digits}f}" if self.value is not None else self.note
+        if self.value is None:
+            return self.note
+        return f"{self.value:+.{digits}f}" + (f" ({self.note})" if self.note else "")
 
 
 def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
@@ -209,7 +221,8 @@ def bd_delta(
     value = func(
         ref_bpp, ref_q, test_bpp, test_q, method, require_matching_points=False, min_overlap=0
     )
-    return BDResult(float(value))
+    warning = f"! shared {domain} range only: {overlap:.0%}" if overlap < WARN_OVERLAP else ""
+    return BDResult(float(value), warning)
 
 
 @dataclass(frozen=True)
@@ -336,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-overlap",
         type=float,
         default=DEFAULT_MIN_OVERLAP,
-        help="smallest shared fraction of the joint range that still gives a number",
+        help="smallest shared fraction of the joint range that still gives a number (default "
+        f"{DEFAULT_MIN_OVERLAP}: any overlap; below {WARN_OVERLAP} the cell carries a warning)",
     )
     parser.add_argument("--out", type=Path, default=Path("report"), help="output folder")
     parser.add_argument("--list-anchors", action="store_true", help="list shipped anchors")
@@ -366,6 +380,13 @@ def run(args: argparse.Namespace) -> None:
     rows = compare(curves, reference, metric_key, args.method, args.min_overlap)
     table = markdown_table(rows, reference, metric_key, args.method, args.min_overlap)
     print(table, end="")
+    if any(r.note.startswith("!") for row in rows for r in (row.bd_rate, row.bd_metric)):
+        print(
+            f"warning: cells marked '!' integrate over the shared range of partly overlapping "
+            f"curves (< {WARN_OVERLAP:.0%} of the joint range); --min-overlap {WARN_OVERLAP} "
+            "turns them into n/a",
+            file=sys.stderr,
+        )
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,7 @@ def test_json_per_group_in_compressai_format(evaluated) -> None:
     assert files == ["adam.json", "balanced.json"]
     adam = json.loads((evaluated["real"] / "adam.json").read_text())
     assert adam["name"] == "adam" and "ans" in adam["description"]
+    assert "MS-SSIM on the float reconstruction" in adam["description"]
     results = adam["results"]
     keys = ["bpp", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-db", "encoding_time", "decoding_time"]
     assert sorted(results) == sorted(keys)

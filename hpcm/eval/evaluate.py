@@ -39,6 +39,12 @@ from hpcm.codec.model import HPCM, MODEL_CONFIGS
 from hpcm.device import DeviceError, resolve_device
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
 
+# CompressAI's eval_model rounds the reconstruction to 8 bit before MS-SSIM; we keep the official
+# HPCM protocol (and its published points) and say so in every JSON (docs/evaluation.md).
+MSSSIM_PROTOCOL = (
+    "PSNR on 8-bit images; MS-SSIM on the float reconstruction (official HPCM test.py)"
+)
+
 # What a training run directory holds (hpcm/train/state.py): the best checkpoint, else the last one.
 RUN_CHECKPOINTS = ("epoch_best.pth.tar", "last.pth.tar")
 RUN_MARKERS = ("config.yaml", ".hydra")  # the trainer's resolved config, Hydra's own folder
@@ -433,7 +439,10 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
             file=sys.stderr,
         )
     mode = "entropy estimation" if args.entropy_estimation else "ans"
-    description = f"Inference ({mode}) on {args.dataset} ({len(images)} images, {device.type})"
+    description = (
+        f"Inference ({mode}) on {args.dataset} ({len(images)} images, {device.type}); "
+        f"{MSSSIM_PROTOCOL}"
+    )
     curves = {g: group_json(g, pts, description) for g, pts in points.items()}
     for group, curve in curves.items():
         (args.out / f"{group}.json").write_text(json.dumps(curve, indent=2) + "\n")

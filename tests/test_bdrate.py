@@ -216,3 +216,16 @@ def test_anchors_shipped_and_sorted(capsys: pytest.CaptureFixture) -> None:
             assert derived == pytest.approx(data["results"]["ms-ssim-db"], abs=1e-3)
     assert report.main(["--list-anchors"]) == 0
     assert "hpcm-large/tecnick-msssim" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "metric"),
+    [("vtm/kodak", "psnr"), ("vtm/kodak", "ms-ssim"), ("hpcm-base/kodak-msssim", "ms-ssim")],
+)
+def test_anchors_go_through_compressai_plot(tmp_path: Path, name: str, metric: str) -> None:
+    from compressai.utils.plot.__main__ import main as compressai_plot
+
+    path = tmp_path / "anchor.json"
+    path.write_text(json.dumps(anchors.load_anchor(name)))
+    compressai_plot(["-f", str(path), "-m", metric, "-o", str(tmp_path / "plot.png")])
+    assert (tmp_path / "plot.png").stat().st_size > 10_000

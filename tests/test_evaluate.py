@@ -326,3 +326,13 @@ def test_limit_must_be_positive(tiny_run) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([str(tiny_run), "--dataset", str(KODAK), "--limit", "0"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("metric", ["psnr", "ms-ssim"])
+def test_json_goes_through_compressai_plot(evaluated, tmp_path: Path, metric: str) -> None:
+    # CompressAI's plot tool (python -m compressai.utils.plot) reads our JSON as it is.
+    from compressai.utils.plot.__main__ import main as compressai_plot
+
+    out = tmp_path / f"{metric}.png"
+    compressai_plot(["-f", str(evaluated["real"] / "adam.json"), "-m", metric, "-o", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

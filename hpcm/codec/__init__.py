@@ -20,6 +20,7 @@ from hpcm.codec.model import (
     crop_center,
     pad_to_multiple,
 )
+from hpcm.codec.zoo import ModelFactory  # importing it registers HPCM with CompressAI
 
 __all__ = [
     "HPCM",
@@ -30,6 +31,7 @@ __all__ = [
     "Encoded",
     "HPCMConfig",
     "ImageError",
+    "ModelFactory",
     "build_model",
     "crop_center",
     "decode_image",

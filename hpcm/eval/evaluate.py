@@ -30,9 +30,10 @@ from hpcm.codec.bitstream import CodecError
 from hpcm.codec.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
-    is_official_state_dict,
+    is_hpcm_state_dict,
     load_model,
     read_checkpoint,
+    unwrap_state_dict,
 )
 from hpcm.codec.images import ImageError, find_images, read_image
 from hpcm.codec.model import HPCM, MODEL_CONFIGS
@@ -192,8 +193,8 @@ def inspect_checkpoint(path: Path, model_name: str | None = None) -> RunInfo:
 
     Official state dicts without ``model_name`` are matched against every known model."""
     data = read_checkpoint(path)
-    if not _is_project(data) and not is_official_state_dict(data.get("state_dict", data)):
-        raise EvaluationError(f"{path}: neither a project checkpoint nor an official HPCM one")
+    if not _is_project(data) and not is_hpcm_state_dict(unwrap_state_dict(data)):
+        raise EvaluationError(f"{path}: neither a project checkpoint nor an HPCM state dict")
     names = [model_name] if model_name or _is_project(data) else list(MODEL_CONFIGS)
     errors = []
     for name in names:
@@ -348,7 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="checkpoint files, run or sweep dirs")
     parser.add_argument("--dataset", required=True, type=Path, help="folder of test images")
-    parser.add_argument("--out", type=Path, default=Path("outputs/eval"), help="output folder")
+    parser.add_argument(
+        "--out",
+        "-o",
+        "-d",
+        "--output_directory",
+        type=_out_dir,
+        default=Path("outputs/eval"),
+        help="output folder: one JSON per group and per_image.csv",
+    )
     parser.add_argument("--model", choices=list(MODEL_CONFIGS), help="model of official weights")
     parser.add_argument("--group", help="put every checkpoint into this one group")
     parser.add_argument(
@@ -357,8 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="rate from the likelihoods of a forward pass (fast, no bitstream)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    # Flags of CompressAI's eval_model, as aliases.
+    parser.add_argument(
+        "--cuda", dest="device", action="store_const", const="cuda", help="= --device cuda"
+    )
+    parser.add_argument("--per-image", action="store_true", help="(always on: per_image.csv)")
     parser.add_argument("--limit", type=_positive, help="evaluate the first N images only")
     return parser
+
+
+def _out_dir(text: str) -> Path:
+    if text.endswith(".json"):  # CompressAI's -o is a file name; ours is a folder
+        raise argparse.ArgumentTypeError(f"{text!r}: give a folder (one JSON per group)")
+    return Path(text)
 
 
 def _positive(text: str) -> int:

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     enc.add_argument("image")
     enc.add_argument("output")
     enc.add_argument("--checkpoint", required=True, help="project or official HPCM checkpoint")
-    enc.add_argument("--model", help="model name for official checkpoints (default hpcm_base)")
+    enc.add_argument("--model", help="model name of a state dict (default: found from the weights)")
     enc.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     dec = sub.add_parser("decode", help=".hpcm file -> PNG")
     dec.add_argument("input")

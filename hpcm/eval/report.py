@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bjontegaard as bd
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from hpcm.eval import anchors
-from hpcm.metrics import ms_ssim_db
+
+# bjontegaard (which imports matplotlib.pyplot), matplotlib and hpcm.metrics (torch) are imported
+# where they are used, so that `bdrate.py --help` and `--list-anchors` answer at once.
 
 METRICS = {"psnr": "psnr-rgb", "ms-ssim": "ms-ssim-db"}
 METRIC_TITLES = {"psnr-rgb": "PSNR", "ms-ssim-db": "MS-SSIM"}
@@ -99,6 +98,8 @@ def parse_curve(data: Any, source: str, label: str = "", anchor: bool = False) -
             if len(results[key]) != len(bpp):
                 raise ReportError(f"{source}: results[{key!r}] and bpp differ in length")
     if "ms-ssim-db" not in results and "ms-ssim-rgb" in results:
+        from hpcm.metrics import ms_ssim_db
+
         if max(results["ms-ssim-rgb"]) >= 1.0:
             raise ReportError(f"{source}: ms-ssim-rgb of 1.0 or more has no dB value")
         results["ms-ssim-db"] = [ms_ssim_db(v) for v in results["ms-ssim-rgb"]]
@@ -201,6 +202,8 @@ def bd_delta(
     Each curve is ``(bpp, quality)`` sorted by bpp. BD-rate integrates over the shared quality
     range, BD-metric over the shared log-rate range; too little overlap gives a note, not a number.
     """
+    import bjontegaard as bd
+
     (ref_bpp, ref_q), (test_bpp, test_q) = reference, test
     if min(len(ref_bpp), len(test_bpp)) < MIN_POINTS:
         return BDResult(None, f"n/a: needs >= {MIN_POINTS} points per curve")
@@ -309,6 +312,9 @@ def write_csv(
 
 def plot_curves(curves: Sequence[Curve], reference: Curve, metric_key: str, path: Path) -> None:
     """R-D plot of the reference and all curves; anchors dashed, the reference drawn thicker."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

@@ -78,6 +78,8 @@ def test_json_per_group_in_compressai_format(evaluated) -> None:
     adam = json.loads((evaluated["real"] / "adam.json").read_text())
     assert adam["name"] == "adam" and "ans" in adam["description"]
     assert "MS-SSIM on the float reconstruction" in adam["description"]
+    for plot in ("rd_psnr.png", "rd_msssim.png"):  # beside the JSON, every group drawn
+        assert (evaluated["real"] / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = adam["results"]
     keys = ["bpp", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-db", "encoding_time", "decoding_time"]
     assert sorted(results) == sorted(keys)

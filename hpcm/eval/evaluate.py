@@ -38,6 +38,7 @@ from hpcm.codec.checkpoint import (
 from hpcm.codec.images import ImageError, find_images, read_image
 from hpcm.codec.model import HPCM, MODEL_CONFIGS
 from hpcm.device import DeviceError, resolve_device
+from hpcm.eval.plots import write_rd_plots
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
 
 # CompressAI's eval_model rounds the reconstruction to 8 bit before MS-SSIM; we keep the official
@@ -466,6 +467,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     curves = {g: group_json(g, pts, description) for g, pts in points.items()}
     for group, curve in curves.items():
         (args.out / f"{group}.json").write_text(json.dumps(curve, indent=2) + "\n")
+    write_rd_plots({g: c["results"] for g, c in curves.items()}, args.out, str(args.dataset))
     return curves
 
 
@@ -480,7 +482,7 @@ def print_summary(curves: dict[str, dict], out: Path) -> None:
                 f"  lambda {_cell(lmbda) or '?':>8}  {bpp:.4f} bpp  "
                 f"{results['psnr-rgb'][i]:.3f} dB PSNR  {ms:.3f} dB MS-SSIM"
             )
-    print(f"per image: {out / CSV_NAME}")
+    print(f"per image: {out / CSV_NAME}; plots: {out / 'rd_psnr.png'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,6 +34,7 @@ SHORT = [
     "logger=none",
     "trainer.max_steps_per_epoch=1",
     "trainer.progress_bar=false",
+    "trainer.showcase=false",
     "data=folder",
     "data.train_dir=data/train",
     "data.test_dir=data/test",

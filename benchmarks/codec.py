@@ -1,6 +1,6 @@
 """Codec speed: forward, compress and decompress of a model on one image (CPU or CUDA).
 
-    python benchmarks/codec.py --image ../shared/data/kodak/kodim23.png --threads 2
+    python benchmarks/codec.py --image KODAK_DIR/kodim23.png --threads 2
 
 Prints medians of ``--repeat`` runs after one warm-up run. Weights are random with a gain that
 makes the latents non-trivial (about 0.4 bpp on Kodak for hpcm_base), so entropy coding does

@@ -87,11 +87,15 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hpcm.plot", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (or metrics.jsonl)")
     parser.add_argument("--out", type=Path, help="PNG file (default: see above)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         runs = {}
         for run in args.runs:

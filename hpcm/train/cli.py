@@ -46,7 +46,9 @@ def prepare_overrides(args: Sequence[str], conf_dir: str | Path = CONF_DIR) -> l
         for value in chosen:
             if value not in options and value != "null":
                 hint = (
-                    f"; any value: lmbda={value} (with metric=ms-ssim)" if group == "lambda" else ""
+                    f"; any value: lmbda={value} (MS-SSIM: add metric=ms-ssim)"
+                    if group == "lambda"
+                    else ""
                 )
                 raise ConfigError(
                     f"unknown {group} {value!r}; choose from {', '.join(options)}{hint}"

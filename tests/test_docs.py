@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from hpcm import plot
 from hpcm.codec.__main__ import main as codec_main
-from hpcm.eval import evaluate, report
+from hpcm.eval import evaluate, report, wandb_log
 from hpcm.train.cli import CONF_DIR, prepare_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +23,7 @@ TOOLS: dict[str, Callable] = {
     "bdrate.py": report.main,
     "hpcm.codec": codec_main,
     "hpcm.plot": plot.main,
+    "hpcm.eval.wandb_log": wandb_log.main,
 }
 
 

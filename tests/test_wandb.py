@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,32 @@ def test_sweeps_set_a_group(search: str) -> None:
         "sweep=lambdas_mse": "${hydra:sweep.dir}",
     }[search]
     assert OmegaConf.to_container(cfg.logger)["group"] == expected
+
+
+def test_evaluation_is_logged_to_the_run_it_belongs_to(tmp_path: Path, monkeypatch, capsys) -> None:
+    import torch
+    import wandb
+
+    from hpcm.eval import wandb_log
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run"
+    run = wandb.init(mode="offline", dir=str(run_dir), project="p")
+    run_id = run.id
+    run.finish()
+    (run_dir / "config.yaml").write_text("logger:\n  project: p\n  mode: offline\n")
+    torch.save({"wandb_run_id": run_id}, run_dir / "epoch_best.pth.tar")
+    torch.save({"state_dict": {}}, tmp_path / "official.pth")  # no wandb run: a note
+    curve = {
+        "results": {"bpp": [0.3, 0.5], "psnr-rgb": [30.0, 32.0]},
+        "checkpoints": [str(run_dir / "epoch_best.pth.tar"), str(tmp_path / "official.pth")],
+    }
+    (tmp_path / "adam.json").write_text(json.dumps(curve))
+    (tmp_path / "bd.csv").write_text("curve,bd_rate_percent\nadam,-3.2\n")
+    argv = [str(tmp_path / "adam.json"), "--table", str(tmp_path / "bd.csv")]
+    assert wandb_log.main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"logged to 1 wandb run(s): {run_id}" in captured.out
+    assert "official.pth has no wandb run" in captured.err
+    # The resumed run wrote a second offline run folder with the same id.
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2

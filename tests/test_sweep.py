@@ -201,7 +201,8 @@ def test_lambda_sweep_writes_runs_that_evaluate_reads(workdir: Path) -> None:
         "1_tiny_balanced_mse_0.013",
     ]
     # Both runs of the command share one wandb group: the sweep's folder.
-    groups = {OmegaConf.load(run / "config.yaml").logger.group for run in sweep.iterdir()}
+    runs = [run for run in sweep.iterdir() if run.is_dir()]
+    groups = {OmegaConf.load(run / "config.yaml").logger.group for run in runs}
     assert groups == {f"multirun/lambdas_mse_tiny/{sweep.name}"}
     out = workdir / "eval"
     args = [str(sweep), "--dataset", str(workdir / "data" / "test"), "--out", str(out)]

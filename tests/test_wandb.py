@@ -96,5 +96,7 @@ def test_evaluation_is_logged_to_the_run_it_belongs_to(tmp_path: Path, monkeypat
     captured = capsys.readouterr()
     assert f"logged to 1 wandb run(s): {run_id}" in captured.out
     assert "official.pth has no wandb run" in captured.err
-    # The resumed run wrote a second offline run folder with the same id.
-    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+    # The point each run gets (wandb writes offline records in its own service, in its own time,
+    # so the files are not checked here).
+    points = wandb_log.points_by_run(curve)
+    assert points == [(run_id, run_dir, {"bpp": 0.3, "psnr-rgb": 30.0})]

@@ -1,6 +1,6 @@
 """Codec speed: forward, compress and decompress of a model on one image (CPU or CUDA).
 
-    python benchmarks/codec.py --image ../shared/data/kodak/kodim23.png --threads 2
+    python benchmarks/codec.py --image KODAK_DIR/kodim23.png --threads 2
     python benchmarks/codec.py --model tiny,hpcm_base,hpcm_large,hpcm_phi_context,hpcm_1b \
         --threads 2 --forward-256-only      # the speed row of the README's model table
 

@@ -11,6 +11,7 @@ import bjontegaard as bd
 import pytest
 
 from hpcm.eval import anchors, report
+from hpcm.metrics import ms_ssim_db
 
 # Published Kodak PSNR points (lyq133/LIC-HPCM README), typed here independently of the JSON.
 BASE_BPP = [0.1211, 0.1757, 0.2729, 0.4125, 0.5898, 0.8209]
@@ -56,9 +57,50 @@ def test_non_overlapping_curves_give_message() -> None:
         assert "do not overlap" in result.note
     partial = ([0.1, 0.2, 0.3, 0.4], [28.0, 29.0, 30.0, 31.0])
     shifted = ([0.1, 0.2, 0.3, 0.4], [30.5, 31.5, 32.5, 33.5])
+    # Partial overlap: a number over the shared range, with a warning; a floor makes it n/a.
     result = report.bd_delta("rate", partial, shifted)
-    assert result.value is None and "overlap 9% < 75%" in result.note
-    assert report.bd_delta("rate", partial, shifted, min_overlap=0.05).value is not None
+    assert result.value is not None and result.note == "! shared quality range only: 9%"
+    assert result.cell(2).endswith("(! shared quality range only: 9%)")
+    strict = report.bd_delta("rate", partial, shifted, min_overlap=0.75)
+    assert strict.value is None and "overlap 9% < 75%" in strict.note
+    assert report.bd_delta("rate", partial, partial).note == ""
+
+
+@pytest.mark.parametrize("method", report.METHODS)
+def test_hpcm_base_against_vtm_anchor_is_near_the_paper(method: str) -> None:
+    # Table 1 of the HPCM paper: -15.31% (Base) and -19.19% (Large) against VTM-22.0 on Kodak.
+    # The shipped VTM anchor is CompressAI's VTM 9.1 run, hence a small difference.
+    vtm = report.load_curves("anchor:vtm/kodak")[0]
+    curves = report.load_curves("anchor:hpcm-base/kodak") + report.load_curves(
+        "anchor:hpcm-large/kodak"
+    )
+    base, large = report.compare(curves, vtm, "psnr-rgb", method)
+    assert base.bd_rate.value == pytest.approx(-15.31, abs=1.5)
+    assert large.bd_rate.value == pytest.approx(-19.19, abs=1.5)
+    assert base.bd_rate.note.startswith("! shared quality range only")
+
+
+def test_main_warns_on_partial_overlap(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["anchor:hpcm-base/kodak", "--reference", "anchor:vtm/kodak", "--out", str(tmp_path)]
+    assert report.main(argv) == 0
+    captured = capsys.readouterr()
+    assert "| hpcm-base/kodak | 6 | -16.02 (! shared quality range only: 41%) |" in captured.out
+    assert captured.err.startswith("warning: ") and "--min-overlap 0.75" in captured.err
+    assert report.main([*argv, "--min-overlap", "0.75"]) == 0
+    assert "n/a: quality overlap 41% < 75%" in capsys.readouterr().out
+
+
+def test_older_compressai_keys_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    ms = [0.95, 0.96, 0.97, 0.98]
+    old = {"results": {"bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [28, 29, 30, 31], "ms-ssim": ms}}
+    path.write_text(json.dumps(old))
+    curve = report.load_curves(str(path))[0]
+    assert curve.results["psnr-rgb"] == [28, 29, 30, 31] and curve.results["ms-ssim-rgb"] == ms
+    assert curve.results["ms-ssim-db"][0] == pytest.approx(13.0103, abs=1e-4)
+    # When both spellings are present, the current key wins.
+    both = {"results": {"bpp": [0.1, 0.2], "psnr": [1.0, 2.0], "psnr-rgb": [28.0, 29.0]}}
+    assert report.parse_curve(both, "x").results["psnr-rgb"] == [28.0, 29.0]
 
 
 def test_too_few_points_and_non_monotone_give_message() -> None:
@@ -153,14 +195,37 @@ def test_anchors_shipped_and_sorted(capsys: pytest.CaptureFixture) -> None:
     names = anchors.anchor_names()
     models, datasets = ("hpcm-base", "hpcm-large"), ("kodak", "clic-pro-valid", "tecnick")
     expected = {f"{m}/{d}{s}" for m in models for d in datasets for s in ("", "-msssim")}
-    assert set(names) == expected
+    assert set(names) == expected | {"vtm/kodak"}
     for name in names:
         data = anchors.load_anchor(name)
-        assert "lyq133/LIC-HPCM" in data["description"]
-        key = "ms-ssim-db" if name.endswith("-msssim") else "psnr-rgb"
-        bpp, values = data["results"]["bpp"], data["results"][key]
-        assert len(bpp) == len(values) == 6
-        assert bpp == sorted(bpp) and values == sorted(values)
-        assert all(math.isfinite(v) for v in bpp + values)
+        source = "InterDigitalInc/CompressAI" if name.startswith("vtm") else "lyq133/LIC-HPCM"
+        assert source in data["description"]
+        keys = ["psnr-rgb"] if not name.endswith("-msssim") else []
+        if name.startswith("vtm") or name.endswith("-msssim"):
+            keys += ["ms-ssim-rgb", "ms-ssim-db"]
+        if name.startswith("vtm"):
+            assert "VTM 9.1" in data["description"]  # the codec version is part of the anchor
+        bpp = data["results"]["bpp"]
+        for key in keys:
+            values = data["results"][key]
+            assert len(bpp) == len(values) == (8 if name.startswith("vtm") else 6)
+            assert bpp == sorted(bpp) and values == sorted(values)
+            assert all(math.isfinite(v) for v in bpp + values)
+        if "ms-ssim-rgb" in keys:
+            derived = [ms_ssim_db(v) for v in data["results"]["ms-ssim-rgb"]]
+            assert derived == pytest.approx(data["results"]["ms-ssim-db"], abs=1e-3)
     assert report.main(["--list-anchors"]) == 0
     assert "hpcm-large/tecnick-msssim" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "metric"),
+    [("vtm/kodak", "psnr"), ("vtm/kodak", "ms-ssim"), ("hpcm-base/kodak-msssim", "ms-ssim")],
+)
+def test_anchors_go_through_compressai_plot(tmp_path: Path, name: str, metric: str) -> None:
+    from compressai.utils.plot.__main__ import main as compressai_plot
+
+    path = tmp_path / "anchor.json"
+    path.write_text(json.dumps(anchors.load_anchor(name)))
+    compressai_plot(["-f", str(path), "-m", metric, "-o", str(tmp_path / "plot.png")])
+    assert (tmp_path / "plot.png").stat().st_size > 10_000

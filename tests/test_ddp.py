@@ -31,6 +31,7 @@ RUN = [
     "trainer=ddp",
     "trainer.epochs=2",
     "trainer.progress_bar=false",
+    "trainer.showcase=false",
     "trainer.save_every_n_epochs=1",
     "trainer.log_every_n_steps=1",
     "data.batch_size=1",

@@ -77,6 +77,9 @@ def test_json_per_group_in_compressai_format(evaluated) -> None:
     assert files == ["adam.json", "balanced.json"]
     adam = json.loads((evaluated["real"] / "adam.json").read_text())
     assert adam["name"] == "adam" and "ans" in adam["description"]
+    assert "MS-SSIM on the float reconstruction" in adam["description"]
+    for plot in ("rd_psnr.png", "rd_msssim.png"):  # beside the JSON, every group drawn
+        assert (evaluated["real"] / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = adam["results"]
     keys = ["bpp", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-db", "encoding_time", "decoding_time"]
     assert sorted(results) == sorted(keys)
@@ -342,3 +345,13 @@ def test_limit_must_be_positive(tiny_run) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([str(tiny_run), "--dataset", str(KODAK), "--limit", "0"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("metric", ["psnr", "ms-ssim"])
+def test_json_goes_through_compressai_plot(evaluated, tmp_path: Path, metric: str) -> None:
+    # CompressAI's plot tool (python -m compressai.utils.plot) reads our JSON as it is.
+    from compressai.utils.plot.__main__ import main as compressai_plot
+
+    out = tmp_path / f"{metric}.png"
+    compressai_plot(["-f", str(evaluated["real"] / "adam.json"), "-m", metric, "-o", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -28,7 +28,7 @@ from hpcm.eval import evaluate as evaluation
 from hpcm.train.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+CONF_DIR = ROOT / "hpcm" / "conf"
 SEARCH = ["-m", "hparams_search=balanced_optuna", "lambda=0.013"]
 STUDY = "balanced_tiny_mse_0.013"  # balanced_MODEL_METRIC_LAMBDA
 # Each run: the tiny model, one epoch of one step on a 256x256 crop, one 256x256 test image.
@@ -37,6 +37,7 @@ SHORT = [
     "logger=none",
     "trainer.max_steps_per_epoch=1",
     "trainer.progress_bar=false",
+    "trainer.showcase=false",
     "data=folder",
     "data.train_dir=data/train",
     "data.test_dir=data/test",
@@ -135,7 +136,12 @@ def test_search_stores_its_study_in_sqlite_and_resumes(workdir: Path) -> None:
         assert optimizer["balancer"]["gamma"] == trial.params["optimizer.balancer.gamma"]
         assert optimizer["balancer"]["w_lr"] == trial.params["optimizer.balancer.w_lr"]
         assert trial.value == pytest.approx(best)
+        # Every trial of the study in one wandb group, named after the study.
+        config = OmegaConf.load(first / f"{trial.number}_tiny_balanced_mse_0.013" / "config.yaml")
+        assert config.logger.group == STUDY
     assert OmegaConf.load(first / "optimization_results.yaml").best_value == study.best_value
+    # The study plots of the callback in the sweep folder.
+    assert (first / "optuna_history.png").is_file() and (first / "optuna_contour.png").is_file()
 
     # The same command again resumes the study with one more trial at a new point.
     train(workdir, *SEARCH, *ONE_EPOCH, "hydra.sweeper.n_trials=1")
@@ -230,6 +236,10 @@ def test_lambda_sweep_writes_runs_that_evaluate_reads(workdir: Path) -> None:
         "0_tiny_adam_mse_0.013",
         "1_tiny_balanced_mse_0.013",
     ]
+    # Both runs of the command share one wandb group: the sweep's folder.
+    runs = [run for run in sweep.iterdir() if run.is_dir()]
+    groups = {OmegaConf.load(run / "config.yaml").logger.group for run in runs}
+    assert groups == {f"multirun/lambdas_mse_tiny/{sweep.name}"}
     out = workdir / "eval"
     args = [str(sweep), "--dataset", str(workdir / "data" / "test"), "--out", str(out)]
     assert evaluation.main([*args, "--entropy-estimation", "--device", "cpu"]) == 0

@@ -29,7 +29,7 @@ from hpcm.train.post_step import replay_rng, rng_state
 from hpcm.train.tracking import LOGGERS, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+CONF_DIR = ROOT / "hpcm" / "conf"
 GROUPS = ("model", "optimizer", "lambda", "data", "logger", "trainer", "experiment")
 # Extra overrides an option needs to resolve (mandatory paths).
 FOLDERS = ["data.train_dir=/tmp/train", "data.test_dir=/tmp/test"]
@@ -45,6 +45,7 @@ SHORT = [
     "trainer.epochs=1",
     "trainer.max_steps_per_epoch=2",
     "trainer.progress_bar=false",
+    "trainer.showcase=false",
     "data.batch_size=2",
     "data.samples_per_epoch=4",
     "data.test_crop_size=256",
@@ -270,6 +271,9 @@ def test_default_run_shortened(tmp_path: Path) -> None:
     files = {p.name for p in tmp_path.iterdir()}
     assert {"epoch_best.pth.tar", "epoch_0.pth.tar", "last.pth.tar", "config.yaml"} <= files
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+    # The run ends with a picture and an R-D plot against JPEG (trainer.showcase).
+    for name in ("showcase.png", "rd_vs_jpeg.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = read_metrics(tmp_path / "metrics.jsonl")
     train_keys = {"train/loss", "train/distortion", "train/bpp_loss", "train/psnr"}
     test_keys = {"test/loss", "test/distortion", "test/bpp_loss", "test/psnr"}

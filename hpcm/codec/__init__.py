@@ -2,6 +2,15 @@
 configuration of :class:`HPCM`), its one coding schedule, entropy models, checkpoints and the
 ``.hpcm`` file format (``python -m hpcm.codec encode|decode``)."""
 
+import warnings
+
+# compressai 1.2.8 applies torch.jit.script to a helper when it is imported, which torch 2.14
+# deprecates with a FutureWarning on every command. Import it once here, that warning silenced
+# (only that one, only during this import); every other module of the package imports it later.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    import compressai  # noqa: F401
+
 from hpcm.codec.bitstream import (
     CodecError,
     Encoded,
@@ -20,6 +29,7 @@ from hpcm.codec.model import (
     crop_center,
     pad_to_multiple,
 )
+from hpcm.codec.zoo import ModelFactory  # importing it registers HPCM with CompressAI
 
 __all__ = [
     "HPCM",
@@ -30,6 +40,7 @@ __all__ = [
     "Encoded",
     "HPCMConfig",
     "ImageError",
+    "ModelFactory",
     "build_model",
     "crop_center",
     "decode_image",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -219,15 +220,53 @@ def check_same_model(source: str, name: str, config: HPCMConfig, model: HPCM) ->
         raise CheckpointError(f"{source} holds model {name!r} with other sizes: {', '.join(diff)}")
 
 
+# Keys under which checkpoints keep the weights: this project and CompressAI's examples
+# ("state_dict"), CompressAI-Trainer ("model_state_dict"); compressai.utils.eval_model also
+# looks for "network". A dict with none of them is taken as the state dict itself.
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "network")
+
+
+def unwrap_state_dict(source: dict) -> dict:
+    """The state dict inside a checkpoint dict of any of the layouts in ``STATE_DICT_KEYS``."""
+    for key in STATE_DICT_KEYS:
+        if isinstance(source.get(key), dict):
+            return source[key]
+    return source
+
+
+def is_hpcm_state_dict(state: dict) -> bool:
+    """Whether ``state`` has the keys of an HPCM state dict, in the official or our layout."""
+    ours = "z_means" in state and any(k.startswith("g_a.") for k in state)
+    return ours or is_official_state_dict(state)
+
+
+@cache
+def _meta_model(name: str) -> HPCM:
+    """A model without storage, for comparing parameter shapes."""
+    with torch.device("meta"):
+        return HPCM(MODEL_CONFIGS[name], name=name)
+
+
+def infer_model_name(state: dict, strict: bool = True) -> str | None:
+    """The first model of :data:`MODEL_CONFIGS` whose parameters ``state`` fits, or ``None``."""
+    for name in MODEL_CONFIGS:
+        try:
+            _check_fits(_meta_model(name), state, strict)
+        except CheckpointError:
+            continue
+        return name
+    return None
+
+
 def load_model(source, name: str | None = None, device=None, update: bool = True) -> HPCM:
     """A ready-to-code model (eval mode, coding tables built) from a checkpoint.
 
-    ``source`` is a path or an already loaded dict: either a project checkpoint (see
-    :func:`model_checkpoint`) or an official HPCM state dict (``name`` then says which model,
-    by default the one its keys show, :func:`official_model_name`; a bare dict under a
-    ``state_dict`` key is accepted too). Released
-    official checkpoints lack ``adaptive_params_list.*``; those gains then keep their initial 1.
-    Files are loaded with ``weights_only=True``: no pickled code runs.
+    ``source`` is a path or an already loaded dict: a project checkpoint (see
+    :func:`model_checkpoint`), or a state dict in this project's or the official HPCM layout,
+    bare or under ``state_dict``, ``model_state_dict`` (CompressAI-Trainer) or ``network``. For
+    a state dict, ``name`` says which model; by default the model is found from the parameter
+    shapes. Released official checkpoints lack ``adaptive_params_list.*``; those gains then keep
+    their initial 1. Files are loaded with ``weights_only=True``: no pickled code runs.
     """
     if isinstance(source, (str, os.PathLike)):
         source = read_checkpoint(source)
@@ -240,14 +279,18 @@ def load_model(source, name: str | None = None, device=None, update: bool = True
         model = HPCM(HPCMConfig.from_dict(source["model_config"]), name=ckpt_name)
         state, strict = source["state_dict"], True
     else:
-        state = source.get("state_dict", source)
-        if not is_official_state_dict(state):
-            raise CheckpointError("neither a project checkpoint nor an official HPCM state dict")
-        name = name or official_model_name(state)
+        state = unwrap_state_dict(source)
+        official = is_official_state_dict(state)
+        if not is_hpcm_state_dict(state):
+            raise CheckpointError("neither a project checkpoint nor an HPCM state dict")
+        guess = official_model_name(state) if official else None  # from the keys: cheap
+        state = convert_official_state_dict(state) if official else state
+        strict = not official
+        # When no model fits, hpcm_base's check below names the first mismatch.
+        name = name or guess or infer_model_name(state, strict) or "hpcm_base"
         if name not in MODEL_CONFIGS:
             raise CheckpointError(f"unknown model {name!r}; choose from {', '.join(MODEL_CONFIGS)}")
         model = HPCM(MODEL_CONFIGS[name], name=name)
-        state, strict = convert_official_state_dict(state), False
     _check_fits(model, state, strict)
     model.load_state_dict(state, strict=False)
     if device is not None:

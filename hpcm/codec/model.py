@@ -328,6 +328,19 @@ class HPCM(CompressionModel):
         self._noise_batch: int | None = None
         self.set_official_numerics(False)
 
+    @classmethod
+    def from_state_dict(cls, state_dict: dict, name: str | None = None) -> HPCM:
+        """A model with these weights, as CompressAI models offer (``Model.from_state_dict``).
+
+        Any layout :func:`hpcm.codec.checkpoint.load_model` reads (project, official, under
+        ``state_dict`` or ``model_state_dict``, or bare); the model is found from the parameter
+        shapes unless ``name`` is given. In eval mode; call ``update()`` before coding, as with
+        CompressAI models.
+        """
+        from hpcm.codec.checkpoint import load_model  # checkpoint imports this module
+
+        return load_model(state_dict, name=name, update=False)
+
     def set_official_numerics(self, enabled: bool = False) -> None:
         """Choose how the model computes on the CPU.
 

@@ -34,15 +34,22 @@ from hpcm.codec.bitstream import CodecError
 from hpcm.codec.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
-    is_official_state_dict,
+    is_hpcm_state_dict,
     load_model,
-    official_model_name,
     read_checkpoint,
+    unwrap_state_dict,
 )
 from hpcm.codec.images import ImageError, find_images, read_image
 from hpcm.codec.model import HPCM, MODEL_CONFIGS
 from hpcm.device import DeviceError, resolve_device
+from hpcm.eval.plots import write_rd_plots
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
+
+# CompressAI's eval_model rounds the reconstruction to 8 bit before MS-SSIM; we keep the official
+# HPCM protocol (and its published points) and say so in every JSON (docs/evaluation.md).
+MSSSIM_PROTOCOL = (
+    "PSNR on 8-bit images; MS-SSIM on the float reconstruction (official HPCM test.py)"
+)
 
 # What a training run directory holds (hpcm/train/state.py): the best checkpoint, else the last one.
 RUN_CHECKPOINTS = ("epoch_best.pth.tar", "last.pth.tar")
@@ -99,7 +106,7 @@ def _optimizer_name(config: dict) -> str | None:
 
 
 def _lambda(config: dict) -> float | None:
-    value = config.get("lmbda", config.get("lambda"))  # conf/lambda/*.yaml set ``lmbda``
+    value = config.get("lmbda", config.get("lambda"))  # hpcm/conf/lambda/*.yaml set ``lmbda``
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -109,7 +116,7 @@ def _lambda(config: dict) -> float | None:
 
 
 def _metric(config: dict) -> str | None:
-    value = config.get("metric")  # conf/lambda: "mse" or "ms-ssim"
+    value = config.get("metric")  # hpcm/conf/lambda: "mse" or "ms-ssim"
     if not isinstance(value, str):
         return None
     value = re.sub(r"[^a-z]", "", value.lower())
@@ -196,12 +203,9 @@ def inspect_checkpoint(path: Path, model_name: str | None = None) -> RunInfo:
     The model of an official state dict is ``model_name`` or the one its keys show
     (:func:`hpcm.codec.checkpoint.official_model_name`: base, large, phi-context or 1B)."""
     data = read_checkpoint(path)
-    state = data.get("state_dict", data)
-    if not _is_project(data) and not is_official_state_dict(state):
-        raise EvaluationError(f"{path}: neither a project checkpoint nor an official HPCM one")
-    if model_name is None and not _is_project(data):
-        model_name = official_model_name(state)
-    try:
+    if not _is_project(data) and not is_hpcm_state_dict(unwrap_state_dict(data)):
+        raise EvaluationError(f"{path}: neither a project checkpoint nor an HPCM state dict")
+    try:  # load_model finds the model of a state dict: official keys, else the shapes
         model = load_model(data, name=model_name, update=False)
     except CheckpointError as e:
         raise EvaluationError(f"{path}: {e}") from None
@@ -385,7 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="checkpoint files, run or sweep dirs")
     parser.add_argument("--dataset", required=True, type=Path, help="folder of test images")
-    parser.add_argument("--out", type=Path, default=Path("outputs/eval"), help="output folder")
+    parser.add_argument(
+        "--out",
+        "-o",
+        "-d",
+        "--output_directory",
+        type=_out_dir,
+        default=Path("outputs/eval"),
+        help="output folder: one JSON per group and per_image.csv",
+    )
     parser.add_argument("--model", choices=list(MODEL_CONFIGS), help="model of official weights")
     parser.add_argument("--group", help="put every checkpoint into this one group")
     parser.add_argument(
@@ -394,8 +406,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="rate from the likelihoods of a forward pass (fast, no bitstream)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    # Flags of CompressAI's eval_model, as aliases.
+    parser.add_argument(
+        "--cuda", dest="device", action="store_const", const="cuda", help="= --device cuda"
+    )
+    parser.add_argument("--per-image", action="store_true", help="(always on: per_image.csv)")
     parser.add_argument("--limit", type=_positive, help="evaluate the first N images only")
     return parser
+
+
+def _out_dir(text: str) -> Path:
+    if text.endswith(".json"):  # CompressAI's -o is a file name; ours is a folder
+        raise argparse.ArgumentTypeError(f"{text!r}: give a folder (one JSON per group)")
+    return Path(text)
 
 
 def _positive(text: str) -> int:
@@ -477,7 +500,10 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
             file=sys.stderr,
         )
     mode = "entropy estimation" if args.entropy_estimation else "ans"
-    description = f"Inference ({mode}) on {args.dataset} ({len(images)} images, {device.type})"
+    description = (
+        f"Inference ({mode}) on {args.dataset} ({len(images)} images, {device.type}); "
+        f"{MSSSIM_PROTOCOL}"
+    )
     names = [path.relative_to(args.dataset).as_posix() for path in images]
     stems = curve_files(points)
     curves = {
@@ -485,6 +511,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     }
     for stem, curve in curves.items():
         (args.out / f"{stem}.json").write_text(json.dumps(curve, indent=2) + "\n")
+    write_rd_plots({s: c["results"] for s, c in curves.items()}, args.out, str(args.dataset))
     return curves
 
 
@@ -499,7 +526,7 @@ def print_summary(curves: dict[str, dict], out: Path) -> None:
                 f"  lambda {_cell(lmbda) or '?':>8}  {bpp:.4f} bpp  "
                 f"{results['psnr-rgb'][i]:.3f} dB PSNR  {ms:.3f} dB MS-SSIM"
             )
-    print(f"per image: {out / CSV_NAME}")
+    print(f"per image: {out / CSV_NAME}; plots: {out / 'rd_psnr.png'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,14 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bjontegaard as bd
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from hpcm.eval import anchors, seeds
-from hpcm.eval.seed_report import plot_seeds, seeds_markdown, write_seeds_csv
-from hpcm.metrics import ms_ssim_db
+from hpcm.eval import anchors
+
+# bjontegaard (which imports matplotlib.pyplot), matplotlib and hpcm.metrics (torch) are imported
+# where they are used, so that `bdrate.py --help` and `--list-anchors` answer at once.
 
 METRICS = {"psnr": "psnr-rgb", "ms-ssim": "ms-ssim-db"}
 METRIC_TITLES = {"psnr-rgb": "PSNR", "ms-ssim-db": "MS-SSIM"}
@@ -43,10 +41,16 @@ METHODS = ("pchip", "akima", "cubic")
 # The classic Bjontegaard cubic fit needs 4 points; pchip and akima are held to the same floor so
 # that one table never mixes standards.
 MIN_POINTS = 4
-# Same default as the bjontegaard package: the shared range must cover 75% of the joint range.
-DEFAULT_MIN_OVERLAP = 0.75
+# Curves that overlap only partly still get a number, computed over the shared range, with a
+# warning below WARN_OVERLAP (the bjontegaard package's own floor: 75% of the joint range).
+# Published anchors rarely span the same range (VTM's 8 points reach 3.6 bpp, HPCM's stop at
+# 0.82), so a hard floor would leave the most common comparison empty. --min-overlap is the floor.
+DEFAULT_MIN_OVERLAP = 0.0
+WARN_OVERLAP = 0.75
 ANCHOR_PREFIX = "anchor:"
 QUALITY_KEYS = ("psnr-rgb", "ms-ssim-rgb", "ms-ssim-db")
+# Older CompressAI releases and CompressAI-Trainer write these keys for the same RGB metrics.
+KEY_ALIASES = {"psnr": "psnr-rgb", "ms-ssim": "ms-ssim-rgb"}
 
 
 class ReportError(Exception):
@@ -96,12 +100,15 @@ def parse_curve(data: Any, source: str, label: str = "", anchor: bool = False) -
     if min(bpp) <= 0:
         raise ReportError(f"{source}: bpp values must be positive")
     results = {"bpp": bpp}
+    raw = {KEY_ALIASES.get(k, k): v for k, v in raw.items() if KEY_ALIASES.get(k) not in raw}
     for key in QUALITY_KEYS:
         if key in raw:
             results[key] = _numbers(raw[key], key, source)
             if len(results[key]) != len(bpp):
                 raise ReportError(f"{source}: results[{key!r}] and bpp differ in length")
     if "ms-ssim-db" not in results and "ms-ssim-rgb" in results:
+        from hpcm.metrics import ms_ssim_db
+
         if max(results["ms-ssim-rgb"]) >= 1.0:
             raise ReportError(f"{source}: ms-ssim-rgb of 1.0 or more has no dB value")
         results["ms-ssim-db"] = [ms_ssim_db(v) for v in results["ms-ssim-rgb"]]
@@ -202,13 +209,18 @@ def unique_labels(curves: Sequence[Curve]) -> list[Curve]:
 
 @dataclass(frozen=True)
 class BDResult:
-    """A BD value, or ``None`` with a note that says why it was not computed."""
+    """A BD value, or ``None`` with a note that says why it was not computed.
+
+    A value may carry a note too: a warning that it covers only part of the curves' range.
+    """
 
     value: float | None
     note: str = ""
 
     def cell(self, digits: int) -> str:
-        return f"{self.value:+.{digits}f}" if self.value is not None else self.note
+        if self.value is None:
+            return self.note
+        return f"{self.value:+.{digits}f}" + (f" ({self.note})" if self.note else "")
 
 
 def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
@@ -234,6 +246,8 @@ def bd_delta(
     Each curve is ``(bpp, quality)`` sorted by bpp. BD-rate integrates over the shared quality
     range, BD-metric over the shared log-rate range; too little overlap gives a note, not a number.
     """
+    import bjontegaard as bd
+
     (ref_bpp, ref_q), (test_bpp, test_q) = reference, test
     if min(len(ref_bpp), len(test_bpp)) < MIN_POINTS:
         return BDResult(None, f"n/a: needs >= {MIN_POINTS} points per curve")
@@ -254,7 +268,8 @@ def bd_delta(
     value = func(
         ref_bpp, ref_q, test_bpp, test_q, method, require_matching_points=False, min_overlap=0
     )
-    return BDResult(float(value))
+    warning = f"! shared {domain} range only: {overlap:.0%}" if overlap < WARN_OVERLAP else ""
+    return BDResult(float(value), warning)
 
 
 @dataclass(frozen=True)
@@ -341,6 +356,9 @@ def write_csv(
 
 def plot_curves(curves: Sequence[Curve], reference: Curve, metric_key: str, path: Path) -> None:
     """R-D plot of the reference and all curves; anchors dashed, the reference drawn thicker."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -386,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-overlap",
         type=float,
         default=DEFAULT_MIN_OVERLAP,
-        help="smallest shared fraction of the joint range that still gives a number",
+        help="smallest shared fraction of the joint range that still gives a number (default "
+        f"{DEFAULT_MIN_OVERLAP}: any overlap; below {WARN_OVERLAP} the cell carries a warning)",
     )
     parser.add_argument(
         "--bootstrap",
@@ -439,19 +458,28 @@ def run(args: argparse.Namespace) -> None:
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         if seeded:
-            table = _run_seeds(args, refs, curves, metric_key, paths)
+            table, partial = _run_seeds(args, refs, curves, metric_key, paths)
         else:
             if len(refs) != 1:
                 raise ReportError(f"{args.reference}: the reference must be a single curve")
             curves = unique_labels(loaded)  # the reference's own row reads 0 (a check)
             rows = compare(curves, refs[0], metric_key, args.method, args.min_overlap)
             table = markdown_table(rows, refs[0], metric_key, args.method, args.min_overlap)
+            notes = [r.note for row in rows for r in (row.bd_rate, row.bd_metric)]
+            partial = any(note.startswith("!") for note in notes)
             write_csv(rows, refs[0], metric_key, args.method, paths[1])
             plot_curves(curves, refs[0], metric_key, paths[2])
         paths[0].write_text(table, encoding="utf-8")
     except OSError as exc:
         raise ReportError(f"{args.out}: cannot write report ({exc.strerror or exc})") from None
     print(table, end="")
+    if partial:
+        print(
+            f"warning: cells marked '!' integrate over the shared range of partly overlapping "
+            f"curves (< {WARN_OVERLAP:.0%} of the joint range); --min-overlap {WARN_OVERLAP} "
+            "turns them into n/a",
+            file=sys.stderr,
+        )
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
@@ -461,8 +489,12 @@ def _run_seeds(
     curves: list[Curve],
     metric_key: str,
     paths: list[Path],
-) -> str:
-    """The seed-paired comparison: table, CSV and plot; returns the table."""
+) -> tuple[str, bool]:
+    """The seed-paired comparison: table, CSV and plot; returns the table and whether a cell
+    integrates over a partly shared range only."""
+    from hpcm.eval import seeds  # scipy and matplotlib: imported when needed (--help stays fast)
+    from hpcm.eval.seed_report import plot_seeds, seeds_markdown, write_seeds_csv
+
     try:
         groups = seeds.pair_by_seed(curves, refs)
     except ValueError as exc:
@@ -477,7 +509,7 @@ def _run_seeds(
     table = seeds_markdown(rows, refs[0].label, title, settings, args.bootstrap)
     write_seeds_csv(rows, refs[0].label, metric_key, args.method, paths[1])
     plot_seeds([*refs, *curves], refs[0].label, metric_key, title, paths[2])
-    return table
+    return table, any("! shared" in row.note for row in rows)
 
 
 # Below this quality span a curve cannot say much about a BD difference of a few percent.

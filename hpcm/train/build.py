@@ -1,6 +1,6 @@
 """From the composed Hydra config to a ready :class:`hpcm.train.loop.Trainer`, and the run itself.
 
-``build_trainer`` turns ``conf/train.yaml`` into a trainer (model, loss, optimizer, balancer,
+``build_trainer`` turns ``hpcm/conf/train.yaml`` into a trainer (model, loss, optimizer, balancer,
 data, DDP context, speed options); ``train`` is what ``python train.py`` runs. Values the model
 constrains are checked here, before any data is loaded, so that a bad value is a one-line
 :class:`ConfigError` rather than a traceback at the first step.
@@ -37,8 +37,9 @@ from hpcm.train.distributed import (
 from hpcm.train.loop import Trainer
 from hpcm.train.losses import RateDistortionLoss, task_names
 from hpcm.train.memory import estimate_memory
+from hpcm.train.showcase import write_showcase
 from hpcm.train.speed import SpeedOptions, apply_global_settings
-from hpcm.train.state import LAST_CHECKPOINT, finished_result, mark_finished
+from hpcm.train.state import BEST_CHECKPOINT, LAST_CHECKPOINT, finished_result, mark_finished
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,19 @@ def train(cfg: DictConfig, multirun: bool = False) -> float:
             trainer.close()
         if dist.is_main:
             mark_finished(run_dir, trainer.epochs, best)
+            if cfg.trainer.showcase:
+                show_run(cfg, run_dir, trainer.loaders.test)
         return best
     finally:
         cleanup()
+
+
+def show_run(cfg: DictConfig, run_dir: Path, test_images: Any) -> None:
+    """``trainer.showcase``: the best checkpoint's picture and R-D plot against JPEG, and where
+    they are (a diverged run, with no best checkpoint, shows nothing)."""
+    if not (run_dir / BEST_CHECKPOINT).is_file():
+        return
+    model = load_model(run_dir / BEST_CHECKPOINT, device="cpu")  # coding as evaluate.py on CPU
+    label = f"{cfg.model.name} {cfg.optimizer.name}, lambda {cfg.lmbda}"
+    paths = write_showcase(model, test_images, run_dir, label)
+    log.info("reconstruction: %s; R-D against JPEG: %s", *paths)

@@ -1,7 +1,8 @@
 """The training command: ``python train.py [group=option ...] [key=value ...]``.
 
-:func:`main` is the Hydra application of ``conf/train.yaml`` (``train.py`` only calls it). Its
-one translation of the command line: a numeric ``lambda`` choice (``lambda=0.013``, or a sweep
+:func:`main` is the Hydra application of ``hpcm/conf/train.yaml``, shipped inside the package so
+that ``hpcm-train`` works from any directory (``train.py`` only calls it). Its one translation of
+the command line: a numeric ``lambda`` choice (``lambda=0.013``, or a sweep
 ``lambda=0.0018,0.013``) is quoted before Hydra parses it, because Hydra reads the number as a
 float and accepts only strings as config-group choices (hydra-core 1.3: "Config group override
 must be a string or a list"). The same pass refuses an unknown option of any group in one line.
@@ -26,7 +27,7 @@ from hpcm.train.interrupt import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def prepare_overrides(args: Sequence[str], conf_dir: str | Path = CONF_DIR) -> list[str]:
@@ -49,7 +50,9 @@ def prepare_overrides(args: Sequence[str], conf_dir: str | Path = CONF_DIR) -> l
         for value in chosen:
             if value not in options and value != "null":
                 hint = (
-                    f"; any value: lmbda={value} (with metric=ms-ssim)" if group == "lambda" else ""
+                    f"; any value: lmbda={value} (MS-SSIM: add metric=ms-ssim)"
+                    if group == "lambda"
+                    else ""
                 )
                 raise ConfigError(
                     f"unknown {group} {value!r}; choose from {', '.join(options)}{hint}"

@@ -41,7 +41,7 @@ from hpcm.train.losses import RateDistortionLoss, effective_lambda
 from hpcm.train.lr_schedule import LRSchedule
 from hpcm.train.post_step import BatchProbe, rng_state, set_rng_state
 from hpcm.train.speed import SpeedOptions
-from hpcm.train.tracking import MetricWindow, Tracker
+from hpcm.train.tracking import MetricWindow, Tracker, run_name
 from hpcm.train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ SKIP_WARNINGS, SKIP_REPORT_EVERY = 10, 100
 
 
 class Trainer:
-    """Trains ``model`` on ``loaders`` as configured by ``cfg`` (the composed ``conf/train.yaml``).
+    """Trains ``model`` on ``loaders`` as configured by ``cfg`` (the composed ``hpcm/conf/train.yaml``).
 
     Build one with :func:`hpcm.train.build.build_trainer`; :meth:`train_step` runs one batch,
     :meth:`fit` the whole run, :meth:`resume` restores a checkpoint first.
@@ -298,12 +298,12 @@ class Trainer:
 
     def start_tracking(self, resumed: bool = False) -> None:
         cfg = self.cfg
-        name = f"{cfg.model.name}_{cfg.optimizer.name}_{cfg.metric}_{cfg.lmbda}"
+        resolved = OmegaConf.to_container(cfg, resolve=True)
         self.tracker = Tracker(
             self.run_dir,
             cfg.logger,
-            OmegaConf.to_container(cfg, resolve=True),
-            run_name=name,
+            resolved,
+            run_name=run_name(resolved),
             resume_step=self.progress.global_step if resumed else None,
             run_id=self.resume_run_id,
         )

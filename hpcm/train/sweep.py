@@ -1,11 +1,16 @@
 """Optuna pieces of the hyper-parameter search (``hparams_search=balanced_optuna``): the
-resumable seeded sampler and the callback that fails the trials of a killed command."""
+resumable seeded sampler, the callback that fails the trials of a killed command, and the
+study plots written at the end of a sweep."""
 
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -69,3 +74,55 @@ class FailStaleTrials(Callback):
             name,
             numbers,
         )
+
+
+# The two searched Balanced R-D settings (hparams_search/balanced_optuna.yaml), drawn as a contour.
+CONTOUR_PARAMS = ("optimizer.balancer.gamma", "optimizer.balancer.w_lr")
+
+
+def write_study_plots(
+    study: optuna.Study, out: Path, contour: Sequence[str] = CONTOUR_PARAMS
+) -> list[Path]:
+    """PNG plots of ``study`` in ``out`` (optuna.visualization.matplotlib): the optimization
+    history, the parameter importances (fANOVA, which needs scikit-learn) and a contour of the
+    ``contour`` pair. A plot the study cannot give yet (too few finished trials, no
+    scikit-learn) is left out with a log line; the sweep's result never depends on it."""
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        log.info("no study plots: no finished trial yet")
+        return []
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    plots = {
+        "optuna_history.png": lambda: optuna_plots.plot_optimization_history(study),
+        "optuna_importance.png": lambda: optuna_plots.plot_param_importances(study),
+        "optuna_contour.png": lambda: optuna_plots.plot_contour(study, params=list(contour)),
+    }
+    written = []
+    for name, draw in plots.items():
+        with warnings.catch_warnings():  # the matplotlib backend is "experimental" in optuna 2.10
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                axes = draw()
+            except (ImportError, ValueError, RuntimeError) as error:
+                log.info("no %s: %s", name, str(error).splitlines()[0] if str(error) else error)
+                continue
+        figure = np.ravel(axes)[0].figure
+        figure.savefig(out / name, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        written.append(out / name)
+    return written
+
+
+class StudyPlots(Callback):
+    """Hydra callback of ``hparams_search=balanced_optuna``: at the end of the sweep, the plots
+    of :func:`write_study_plots` for the whole study (resumed commands included) in the sweep
+    folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
+        out = Path(config.hydra.sweep.dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = write_study_plots(study, out)
+        log.info("study plots: %s", ", ".join(str(p) for p in written) or "none yet")

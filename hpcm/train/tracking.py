@@ -13,9 +13,10 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+if TYPE_CHECKING:  # only for annotations: `python -m hpcm.plot` reads metrics without torch
+    from torch import Tensor
 
 METRICS_FILE = "metrics.jsonl"
 LOGGERS = ("wandb", "none")
@@ -148,6 +149,17 @@ class Tracker:
             self._wandb_run = None
 
 
+def run_name(cfg: Mapping[str, Any]) -> str:
+    """Display name of a run: MODEL_OPTIMIZER_METRIC_LAMBDA, and the balancer's ``gamma`` and
+    ``w_lr`` when it has them, so that the trials of a search tell themselves apart."""
+    name = f"{cfg['model']['name']}_{cfg['optimizer']['name']}_{cfg['metric']}_{cfg['lmbda']}"
+    balancer = cfg["optimizer"].get("balancer") or {}
+    for key, short in (("gamma", "g"), ("w_lr", "wlr")):
+        if balancer.get(key) is not None:
+            name += f"_{short}{balancer[key]:.3g}"
+    return name
+
+
 def _start_wandb(
     run_dir: Path,
     cfg: Mapping[str, Any],
@@ -160,14 +172,15 @@ def _start_wandb(
     mode = cfg.get("mode", "offline")
     if mode not in ("offline", "online", "disabled"):
         raise ValueError(f"unknown logger.mode {mode!r}; choose from offline, online, disabled")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return wandb.init(  # files go to RUN_DIR/wandb
+    wandb_dir = Path(cfg.get("dir") or run_dir)  # files go to WANDB_DIR/wandb or RUN_DIR/wandb
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    return wandb.init(
         project=cfg.get("project"),
         entity=cfg.get("entity"),
         group=cfg.get("group"),
         tags=list(cfg.get("tags") or []),
         name=run_name,
-        dir=str(run_dir),
+        dir=str(wandb_dir),
         mode=mode,
         config=dict(config),
         id=run_id,

@@ -1,12 +1,14 @@
-"""Published HPCM rate-distortion points, shipped as CompressAI-style JSON curves.
+"""Published rate-distortion points (HPCM, VTM), shipped as CompressAI-style JSON curves.
 
 Each ``*.json`` file next to this module holds one anchor set in the format that CompressAI's
 ``eval_model`` writes (``{"name", "description", "results": {"bpp", <metric>...}}``); the
-``description`` names the file and commit of lyq133/LIC-HPCM the numbers were read from.
+``description`` names the source file and commit the numbers were read from (lyq133/LIC-HPCM for
+HPCM, InterDigitalInc/CompressAI for VTM) and, for a traditional codec, its version.
 
-Names are ``<model>/<dataset>`` for the MSE-optimized models (``psnr-rgb``) and
-``<model>/<dataset>-msssim`` for the MS-SSIM-optimized models (``ms-ssim-db``), because the two
-model families sit at different rates and cannot share one ``bpp`` list.
+HPCM names are ``<model>/<dataset>`` for the MSE-optimized models (``psnr-rgb``) and
+``<model>/<dataset>-msssim`` for the MS-SSIM-optimized models (``ms-ssim-rgb`` and
+``ms-ssim-db``), because the two model families sit at different rates and cannot share one
+``bpp`` list. ``vtm/<dataset>`` carries every metric on one list.
 """
 
 from __future__ import annotations

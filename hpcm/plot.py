@@ -1,0 +1,118 @@
+"""Training curves from ``metrics.jsonl``, without wandb: ``python -m hpcm.plot RUN_DIR...``.
+
+Draws, for every run directory given, the loss, the rate (bpp), the PSNR (train and
+validation) and the task weights of balanced runs against the training step, into one figure
+(``--out``, default ``RUN_DIR/curves.png`` for one run, ``curves.png`` for several).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hpcm.train.tracking import METRICS_FILE
+
+# Panel title -> the metric names it shows (train and validation).
+PANELS = {
+    "loss": ("train/loss", "test/loss"),
+    "bpp": ("train/bpp_loss", "test/bpp_loss"),
+    "PSNR (dB)": ("train/psnr", "test/psnr"),
+}
+WEIGHT_PREFIX = "train/task_weight_"
+
+
+class PlotError(Exception):
+    """A run directory without readable metrics; the message is one line."""
+
+
+def read_run(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl`` (a path to the file itself works too)."""
+    path = run_dir if run_dir.is_file() else run_dir / METRICS_FILE
+    if not path.is_file():
+        raise PlotError(f"{run_dir}: no {METRICS_FILE}")
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by an interruption
+            continue
+    if not records:
+        raise PlotError(f"{path}: no records")
+    return records
+
+
+def series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """Steps and finite values of ``key`` (non-finite values are stored as strings)."""
+    points = [
+        (r["step"], float(r[key]))
+        for r in records
+        if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+    ]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Four panels (loss, bpp, PSNR, task weights), one line per run and metric."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 7.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2).ravel()
+    for ax, (title, keys) in zip(axes, PANELS.items(), strict=False):
+        for label, records in runs.items():
+            for key in keys:
+                steps, values = series(records, key)
+                style = "o-" if key.startswith("test/") else "-"
+                ax.plot(steps, values, style, markersize=3, label=f"{label} {key}")
+        ax.set_title(title)
+    weights = axes[3]
+    for label, records in runs.items():
+        names = sorted({k for r in records for k in r if k.startswith(WEIGHT_PREFIX)})
+        for key in names:
+            weights.plot(*series(records, key), label=f"{label} {key[len(WEIGHT_PREFIX) :]}")
+    weights.set_title("task weights (balanced runs)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.4)
+        if ax.lines:
+            ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hpcm.plot", description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (or metrics.jsonl)")
+    parser.add_argument("--out", type=Path, help="PNG file (default: see above)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        runs = {}
+        for run in args.runs:
+            label = run.name if run.is_dir() else run.parent.name
+            runs[label if label not in runs else str(run)] = read_run(run)
+        default = args.runs[0] / "curves.png" if len(args.runs) == 1 else Path("curves.png")
+        out = args.out or (default if args.runs[0].is_dir() else Path("curves.png"))
+        plot_runs(runs, out)
+    except PlotError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""What a short run shows when it ends (``trainer.showcase``): a picture and an R-D plot.
+
+``showcase.png``: the first test image, original | reconstruction, with bpp and PSNR.
+``rd_vs_jpeg.png``: the run's R-D point against JPEG (Pillow, the qualities below) on the same
+test images. Rates are real bitstreams (``hpcm.codec.encode_image``; JPEG: the file size),
+PSNR is on 8-bit images, both averaged over the test images as ``evaluate.py`` does.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from hpcm import codec
+from hpcm.codec.model import HPCM
+from hpcm.eval.plots import plot_rd
+from hpcm.metrics import psnr_8bit
+
+# Pillow's JPEG (4:2:0 chroma subsampling below quality 95, its default); a curve from 0.1 bpp up.
+JPEG_QUALITIES = (5, 10, 15, 20, 30, 40, 50, 65, 80, 90)
+PICTURE, RD_PLOT = "showcase.png", "rd_vs_jpeg.png"
+
+
+def _to_uint8(x: Tensor) -> np.ndarray:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def jpeg_point(x: Tensor, quality: int) -> tuple[float, float]:
+    """(bpp, PSNR) of one (3, H, W) image in [0, 1] coded by Pillow's JPEG at ``quality``."""
+    buffer = io.BytesIO()
+    Image.fromarray(_to_uint8(x)).save(buffer, format="JPEG", quality=quality)
+    bpp = buffer.tell() * 8 / (x.shape[-2] * x.shape[-1])
+    decoded = torch.from_numpy(np.array(Image.open(buffer).convert("RGB")))
+    return bpp, psnr_8bit(x, decoded.permute(2, 0, 1).float() / 255).item()
+
+
+def model_point(model: HPCM, x: Tensor) -> tuple[float, float, Tensor]:
+    """(bpp, PSNR, reconstruction) of one (3, H, W) image through real compress/decompress."""
+    encoded = codec.encode_image(model, x.unsqueeze(0))
+    x_hat = codec.decode_image(model, encoded)[0].clamp(0, 1)
+    bpp = encoded.num_bytes * 8 / (x.shape[-2] * x.shape[-1])
+    return bpp, psnr_8bit(x, x_hat).item(), x_hat
+
+
+def _mean_curve(points: Sequence[Sequence[tuple[float, float]]]) -> dict[str, list[float]]:
+    """Per-setting means over the images: ``points[i][j]`` is image i at setting j."""
+    means = np.mean(np.asarray(points), axis=0)
+    return {"bpp": means[:, 0].tolist(), "psnr-rgb": means[:, 1].tolist()}
+
+
+def _picture(x: Tensor, x_hat: Tensor, caption: str, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height, width = x.shape[-2:]
+    fig = Figure(
+        figsize=(2 * 5 * width / max(height, width) + 0.4, 5 * height / max(height, width))
+    )
+    FigureCanvasAgg(fig)
+    for ax, image, title in zip(fig.subplots(1, 2), (x, x_hat), ("original", caption), strict=True):
+        ax.imshow(_to_uint8(image))
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_showcase(model: HPCM, images: Iterable[Tensor], out: Path, label: str) -> list[Path]:
+    """Code ``images`` (each (3, H, W) or (B, 3, H, W), in [0, 1]) with ``model`` and JPEG, and
+    write :data:`PICTURE` and :data:`RD_PLOT` into ``out``; returns their paths."""
+    ours, jpeg, first = [], [], None
+    with torch.inference_mode():
+        for batch in images:
+            for x in batch.reshape(-1, *batch.shape[-3:]).float().cpu():
+                bpp, psnr, x_hat = model_point(model, x)
+                ours.append([(bpp, psnr)])
+                jpeg.append([jpeg_point(x, q) for q in JPEG_QUALITIES])
+                first = first or (x, x_hat, bpp, psnr)
+    if first is None:
+        raise ValueError("no test images to show")
+    x, x_hat, bpp, psnr = first
+    _picture(x, x_hat, f"{label}: {bpp:.3f} bpp, {psnr:.2f} dB PSNR", out / PICTURE)
+    curves = {label: _mean_curve(ours), "JPEG (Pillow)": _mean_curve(jpeg)}
+    title = f"{len(ours)} test images, mean bpp and PSNR"
+    plot_rd(curves, "psnr-rgb", out / RD_PLOT, title)
+    return [out / PICTURE, out / RD_PLOT]

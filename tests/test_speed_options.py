@@ -100,3 +100,30 @@ def test_compiled_training_step_runs_on_the_cpu(tmp_path: Path) -> None:
     assert values is not None
     torch.testing.assert_close(values, expected, rtol=1e-4, atol=1e-5)  # same noise, same step
     torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_training_forward_traces_into_one_graph() -> None:
+    # The schedule plan is built eagerly (HPCM.prepare, as the trainer does before each step);
+    # the compiled forward then only looks it up: no graph break at the plan's nonzero.
+    torch._dynamo.reset()
+    model = hpcm.build_model("tiny").train()
+    x = torch.rand(2, 3, 256, 256)
+    model.prepare(x.shape, x.device)
+    explanation = torch._dynamo.explain(model)(x)
+    reasons = [r.reason for r in explanation.break_reasons]
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), reasons
+    torch._dynamo.reset()
+
+
+def test_compiled_runs_drop_the_smaller_last_batch(tmp_path: Path) -> None:
+    # 5 samples in batches of 2: a compiled step would recompile for a last batch of 1.
+    overrides = ("data.samples_per_epoch=5", "data.batch_size=2")
+    eager = build_trainer(make_cfg(tmp_path / "a", *overrides))
+    assert [len(x) for x in eager.loaders.train] == [2, 2, 1]
+    compiled = build_trainer(
+        make_cfg(
+            tmp_path / "b", *overrides, "trainer.compile=true", "trainer.compile_backend=eager"
+        )
+    )
+    assert [len(x) for x in compiled.loaders.train] == [2, 2]

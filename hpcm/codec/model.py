@@ -327,6 +327,13 @@ class HPCM(CompressionModel):
         return y_hat.sums[2]
 
     # -- training / estimation -----------------------------------------------------------------
+    def prepare(self, image_shape: torch.Size | tuple, device: torch.device | str) -> None:
+        """Build the schedule plan for images of ``image_shape`` (B, 3, H, W) on ``device`` now,
+        eagerly. Call it before the first ``torch.compile``-d forward of a shape: the compiled
+        forward then looks the plan up (traced, no graph break) instead of building it."""
+        b, _, h, w = image_shape
+        plan_for((b, self.config.M, h // 16, w // 16), device)  # y is 1/16 of the image
+
     def forward(self, x: torch.Tensor) -> dict:
         self._check_size(x)
         y = self._analysis(x)

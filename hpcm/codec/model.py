@@ -259,7 +259,9 @@ class HPCM(CompressionModel):
 
     # -- quantization noise ----------------------------------------------------------------------
     def _add_noise(self, x: torch.Tensor) -> torch.Tensor:
-        """Training-mode uniform noise in [-0.5, 0.5) (the rate proxy of Balle et al.)."""
+        """Training-mode uniform noise in [-0.5, 0.5) (the rate proxy of Balle et al.), drawn
+        and added in fp32 whatever the input's dtype (bf16 would round 150.3 + 0.37 to 150)."""
+        x = x.float()
         batch = self._noise_batch
         if batch is None or batch <= x.shape[0]:
             return x + torch.empty_like(x).uniform_(-0.5, 0.5)
@@ -335,10 +337,13 @@ class HPCM(CompressionModel):
         plan_for((b, self.config.M, h // 16, w // 16), device)  # y is 1/16 of the image
 
     def forward(self, x: torch.Tensor) -> dict:
+        """Under autocast (bf16) the transforms and the context model run in low precision,
+        but the residuals, the noise, the quantization and the likelihoods of y and z are
+        computed in fp32: the rate the optimizers see is not rounded to bf16."""
         self._check_size(x)
-        y = self._analysis(x)
+        y = self._analysis(x).float()
         z = self.h_a(y)
-        z_res = z - self.z_means
+        z_res = z.float() - self.z_means
         if self.training:
             z_hat = _ste_round(z_res) + self.z_means
             z_lik = self.entropy.likelihood(self._add_noise(z_res), self.z_scales)
@@ -353,10 +358,10 @@ class HPCM(CompressionModel):
         quantize = _ste_round if self.training else torch.round
 
         def measure(step, plan, scales, means, mask):
-            means = means * mask
+            means = means.float() * mask
             res = (y_by_scale[step.scale.index] - means) * mask
             residuals.add(step.scale.index, res)
-            step_scales.add(step.scale.index, scales * mask)
+            step_scales.add(step.scale.index, scales.float() * mask)
             return quantize(res) + means
 
         y_hat = self._walk(params, measure)

@@ -4,7 +4,8 @@ All three are off by default (``trainer.autocast_bf16``, ``trainer.channels_last
 ``trainer.compile``) until measured on the target GPU (``benchmarks/gpu_check.sh``).
 
 - ``autocast_bf16``: the transforms and the context model run under CUDA bf16 autocast; the
-  entropy model evaluates its likelihoods in fp32 whatever the autocast
+  model computes the residuals, the quantization noise and the rounding of y and z in fp32
+  (:meth:`hpcm.codec.model.HPCM.forward`), the entropy model its likelihoods
   (:meth:`hpcm.codec.entropy.GGMEntropyModel.likelihood`), and the loss is computed in fp32
   from ``x_hat`` and the likelihoods. CUDA only: on other devices it is refused (``ValueError``).
 - ``channels_last``: model weights and input batches in NHWC memory format.

@@ -20,6 +20,7 @@ from hpcm.codec.model import (
     crop_center,
     pad_to_multiple,
 )
+from hpcm.codec.numerics import coding_numerics
 
 __all__ = [
     "HPCM",
@@ -31,6 +32,7 @@ __all__ = [
     "HPCMConfig",
     "ImageError",
     "build_model",
+    "coding_numerics",
     "crop_center",
     "decode_image",
     "encode_image",

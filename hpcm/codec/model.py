@@ -37,6 +37,7 @@ from hpcm.codec.layers import (
     deconv2x2_up,
     deconv4x4_up,
 )
+from hpcm.codec.numerics import coding_numerics
 from hpcm.codec.schedule import NUM_ADAPTORS, SCALES, STEPS, CodingStep, SchedulePlan, plan_for
 
 # Image sides must be multiples of this: y is 1/16 of the image and the s1 attention windows
@@ -389,9 +390,11 @@ class HPCM(CompressionModel):
         return torch.arange(c, dtype=torch.int32).view(1, c, 1, 1).expand(b, c, h, w)
 
     @torch.no_grad()
+    @coding_numerics()
     def compress(self, x: torch.Tensor) -> dict:
         """Encode a batch. Returns ``{"strings": [y_strings, z_strings], "shape": z size,
-        "symbol_crc": [crc32 of each image's coded symbols]}``."""
+        "symbol_crc": [crc32 of each image's coded symbols]}``. Runs with the numeric settings
+        pinned (:func:`hpcm.codec.numerics.coding_numerics`), whatever the caller's."""
         self._check_size(x)
         tables = self.tables()
         y = self._analysis(x)
@@ -431,9 +434,11 @@ class HPCM(CompressionModel):
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:]), "symbol_crc": crcs}
 
     @torch.no_grad()
+    @coding_numerics()
     def decompress(self, strings, shape) -> dict:
         """Decode ``strings = [y_strings, z_strings]`` with z size ``shape``. Returns
-        ``{"x_hat": clamped reconstruction, "symbol_crc": [...]}``."""
+        ``{"x_hat": clamped reconstruction, "symbol_crc": [...]}``; numerics pinned as in
+        :meth:`compress`."""
         tables = self.tables()
         y_strings, z_strings = strings
         device = self.z_means.device

@@ -13,6 +13,7 @@ import torch
 import hpcm
 from hpcm.metrics import bpp_from_likelihoods
 from hpcm.train.build import ConfigError, build_trainer
+from hpcm.train.data import to_float
 from hpcm.train.speed import SpeedOptions
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -37,7 +38,7 @@ def test_channels_last_trains_and_computes_the_same_model(tmp_path: Path) -> Non
     )
     conv = nhwc.model.g_a[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    x = next(iter(plain.loaders.train))
+    x = to_float(next(iter(plain.loaders.train)))
     seen = []
     forward = nhwc.model.forward
     nhwc.model.forward = lambda batch: seen.append(batch) or forward(batch)

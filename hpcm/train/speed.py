@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hpcm.train.data import to_float
+
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -78,8 +80,9 @@ class SpeedOptions:
 
     # --------------------------------------------------------------------------- the step
     def batch(self, x: Tensor, device: torch.device) -> Tensor:
-        """The batch on ``device`` (and in channels_last when that is on)."""
-        x = x.to(device, non_blocking=True)
+        """The batch on ``device`` as float in [0, 1] (uint8 training batches are converted
+        there, after the copy), in channels_last when that is on."""
+        x = to_float(x.to(device, non_blocking=True))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -36,8 +36,11 @@ def test_channels_last_trains_and_computes_the_same_model(tmp_path: Path) -> Non
     nhwc = build_trainer(
         make_cfg(tmp_path / "b", "optimizer=balanced", "trainer.channels_last=true")
     )
-    conv = nhwc.model.g_a[0].weight
-    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    for name, weight in nhwc.model.named_parameters():  # one policy: transforms, entropy path
+        if weight.dim() == 4 and weight.shape[1] > 1 and weight.shape[-1] > 1:
+            assert weight.is_contiguous(memory_format=torch.channels_last), name
+            assert not weight.is_contiguous(), name
+            assert plain.model.get_parameter(name).is_contiguous(), name
     x = to_float(next(iter(plain.loaders.train)))
     seen = []
     forward = nhwc.model.forward
@@ -52,6 +55,8 @@ def test_channels_last_trains_and_computes_the_same_model(tmp_path: Path) -> Non
     values = nhwc.train_step(x)
     assert values is not None and torch.isfinite(values).all()
     assert seen[-1].is_contiguous(memory_format=torch.channels_last)  # the batch too
+    y = nhwc.model._analysis(seen[-1])  # and the latent the entropy path works on
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
 
 
 def test_entropy_model_evaluates_likelihoods_in_fp32_under_autocast() -> None:

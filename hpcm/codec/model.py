@@ -253,10 +253,25 @@ class HPCM(CompressionModel):
         for module in self.modules():
             if isinstance(module, Conv1x1):
                 module.gemm = not enabled
-        self._channels_last = not enabled
         fmt = torch.contiguous_format if enabled else torch.channels_last
+        self._set_formats(fmt, torch.contiguous_format)
+
+    def set_memory_format(self, channels_last: bool) -> None:
+        """One memory format for the whole model, the policy of ``trainer.channels_last``: every
+        convolution weight, the input and the activations of the transforms and of the entropy-
+        parameter path in channels-last (NHWC, ``True``) or NCHW (``False``) format.
+
+        Without this call the model keeps the codec's CPU policy of
+        :meth:`set_official_numerics`: transforms NHWC, entropy-parameter path NCHW. An encoder
+        and its decoder must use the same policy (``load_model`` gives the codec's)."""
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self._set_formats(fmt, fmt)
+
+    def _set_formats(self, transforms: torch.memory_format, entropy: torch.memory_format) -> None:
+        self._transform_format, self._entropy_format = transforms, entropy
+        self.to(memory_format=entropy)  # 4-D weights; the transforms' next
         for transform in (self.g_a, self.g_s):
-            transform.to(memory_format=fmt)
+            transform.to(memory_format=transforms)
 
     # -- quantization noise ----------------------------------------------------------------------
     def _add_noise(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,15 +298,12 @@ class HPCM(CompressionModel):
             self._noise_batch = previous
 
     def _analysis(self, x: torch.Tensor) -> torch.Tensor:
-        if self._channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         # The entropy path must see the same memory layout on the encoder and decoder sides.
-        return self.g_a(x).contiguous()
+        y = self.g_a(x.contiguous(memory_format=self._transform_format))
+        return y.contiguous(memory_format=self._entropy_format)
 
     def _synthesis(self, y_hat: torch.Tensor) -> torch.Tensor:
-        if self._channels_last:
-            y_hat = y_hat.contiguous(memory_format=torch.channels_last)
-        return self.g_s(y_hat).contiguous()
+        return self.g_s(y_hat.contiguous(memory_format=self._transform_format)).contiguous()
 
     # -- the one schedule walk -----------------------------------------------------------------
     def _prior_index(self, step: CodingStep) -> int:
@@ -454,7 +466,7 @@ class HPCM(CompressionModel):
             dec.set_stream(y_strings[b])
             y_decoders.append(dec)
         z_q = torch.cat(z_q).to(device)
-        params = self.h_s(z_q + self.z_means)
+        params = self.h_s((z_q + self.z_means).contiguous(memory_format=self._entropy_format))
 
         def decode(step, plan, scales, means, mask):
             idx = scale_indexes(plan.combine(scales * mask, step.scale), self.y_scale_table).cpu()

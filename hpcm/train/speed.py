@@ -8,7 +8,10 @@ All three are off by default (``trainer.autocast_bf16``, ``trainer.channels_last
   (:meth:`hpcm.codec.model.HPCM.forward`), the entropy model its likelihoods
   (:meth:`hpcm.codec.entropy.GGMEntropyModel.likelihood`), and the loss is computed in fp32
   from ``x_hat`` and the likelihoods. CUDA only: on other devices it is refused (``ValueError``).
-- ``channels_last``: model weights and input batches in NHWC memory format.
+- ``channels_last``: one memory format for the whole model and its input: every convolution
+  weight, the batch and the activations of the transforms and of the entropy-parameter path in
+  NHWC (``true``) or all in NCHW (``false``; :meth:`hpcm.codec.model.HPCM.set_memory_format`).
+  Outside training the codec keeps its own CPU policy (transforms NHWC, entropy path NCHW).
 - ``compile``: ``torch.compile`` of the training forward (``compile_mode``, ``compile_backend``
   choose its mode and backend; ``backend=eager`` checks that the model traces, without code
   generation). Validation runs uncompiled: its padded image sizes vary.
@@ -67,9 +70,9 @@ class SpeedOptions:
 
     # --------------------------------------------------------------------------- the model
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """In place: channels_last weights when that is on."""
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+        """In place: the model's one memory format (``HPCM.set_memory_format``), NHWC for every
+        weight and activation with ``channels_last``, NCHW without."""
+        model.set_memory_format(self.channels_last)
         return model
 
     def compiled(self, module: nn.Module) -> nn.Module | Callable[..., Any]:

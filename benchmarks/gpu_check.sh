@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What one lent GPU session must answer (issues 5 and 14), in one script of at most 10 minutes
-# (each part has its own timeout; on a GPU the caps add up to 9.7 minutes, 5-7 typically used):
+# (each part has its own timeout; on a GPU the caps add up to 9.8 minutes, 5-7 typically used):
 #   1. the data loader: images/s per worker of 256x256 training crops (old pipeline, new, and a
 #      prepared folder) from ../shared/data, and what 8 workers would deliver;
 #   2. step times of hpcm_base at 256x256, batch 8 and batch 32, in IEEE fp32 (TF32 off) and bf16
@@ -38,17 +38,21 @@ if [[ "${DRY:-0}" == 1 ]]; then
     variants=(adam adam+cl balanced:exact balanced:exact+cl balanced:next_batch+cl)
     data_args=(--samples 4 --rounds 1)
     ddp_timeout=240  # a loaded CPU
+    coding=(--size 256)
+    coding_timeout=240
 else
     device=cuda
     model=(--model hpcm_base --device cuda --crop 256)
     batches=(8 32)
-    rounds=(--warmup 2 --steps 8)
+    rounds=(--warmup 1 --steps 6)
     compile_set=()
     bf16="+bf16"
     variants=(adam adam+cl balanced:exact adam+bf16 adam+bf16+cl balanced:exact+bf16+cl
         balanced:next_batch+bf16+cl)
     data_args=(--samples 40 --rounds 3)
     ddp_timeout=60
+    coding=(--size 512)
+    coding_timeout=60
 fi
 
 note "== $(date -u +%FT%TZ) gpu_check (DRY=${DRY:-0})"
@@ -58,7 +62,7 @@ python -c 'import torch, os; print("torch", torch.__version__, "cuda", torch.ver
     "cpus", os.cpu_count())' 2>&1 | tee -a "$summary"
 
 note "== 1. data loader: images/s per worker (old, new, prepared) and with 8 workers"
-timeout 60 python benchmarks/data.py "${data_args[@]}" --workers 8 --json "$out/data.json" \
+timeout 50 python benchmarks/data.py "${data_args[@]}" --workers 8 --json "$out/data.json" \
     >"$out/data.log" 2>&1
 status=$?
 grep -v -i warn "$out/data.log" | tail -8 | tee -a "$summary"
@@ -96,7 +100,8 @@ echo | tee -a "$summary"
 part_status 4 $status
 
 note "== 5. coding on $device under a caller's cudnn.benchmark, TF32 and autocast"
-timeout 40 python benchmarks/coding_check.py --device "$device" >"$out/coding.log" 2>&1
+timeout "$coding_timeout" python benchmarks/coding_check.py --device "$device" "${coding[@]}" \
+    >"$out/coding.log" 2>&1
 status=$?
 tail -2 "$out/coding.log" | tee -a "$summary"
 part_status 5 $status

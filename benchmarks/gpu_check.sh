@@ -37,7 +37,8 @@ if [[ "${DRY:-0}" == 1 ]]; then
     bf16=""  # bf16 autocast is CUDA only
     variants=(adam adam+cl balanced:exact balanced:exact+cl balanced:next_batch+cl)
     data_args=(--samples 4 --rounds 1)
-    ddp_timeout=240  # a loaded CPU
+    data_timeout=180  # a loaded CPU
+    ddp_timeout=240
     coding=(--size 256)
     coding_timeout=240
 else
@@ -50,6 +51,7 @@ else
     variants=(adam adam+cl balanced:exact adam+bf16 adam+bf16+cl balanced:exact+bf16+cl
         balanced:next_batch+bf16+cl)
     data_args=(--samples 40 --rounds 3)
+    data_timeout=50
     ddp_timeout=60
     coding=(--size 512)
     coding_timeout=60
@@ -62,7 +64,7 @@ python -c 'import torch, os; print("torch", torch.__version__, "cuda", torch.ver
     "cpus", os.cpu_count())' 2>&1 | tee -a "$summary"
 
 note "== 1. data loader: images/s per worker (old, new, prepared) and with 8 workers"
-timeout 50 python benchmarks/data.py "${data_args[@]}" --workers 8 --json "$out/data.json" \
+timeout "$data_timeout" python benchmarks/data.py "${data_args[@]}" --workers 8 --json "$out/data.json" \
     >"$out/data.log" 2>&1
 status=$?
 grep -v -i warn "$out/data.log" | tail -8 | tee -a "$summary"

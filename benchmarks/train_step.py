@@ -11,7 +11,12 @@ drift of the machine's load hits all of them alike; the first ``--warmup`` round
 Reported: the median, min and max step time of each variant and its ratio to the first
 variant (``adam`` by default) three ways: ratio of the medians, median of the per-round ratios
 (robust to load changes between rounds) and ratio of the minima (the least disturbed steps, a
-fair figure on a shared CPU).
+fair figure on a shared CPU); the time of each variant's first step (``first s``: with
+``+compile`` it holds the compilation, ``compile s`` = first step - median step) and the images/s
+the median step consumes (what the data loader must deliver).
+
+fp32 means IEEE fp32: ``--tf32 off`` (the default) turns TF32 off for CUDA matmuls and cuDNN
+convolutions (PyTorch's default runs cuDNN convolutions in TF32); ``--tf32 on`` allows it.
 
 A variant is ``OPTIMIZER[:UPDATE_MODE][+OPTION...]``: ``adam`` or ``balanced`` (any
 ``hpcm/conf/optimizer`` option), an ``optimizer.balancer.update_mode`` (``exact``, ``subbatch``,
@@ -52,6 +57,7 @@ class Variant:
     name: str
     overrides: list[str]
     times: list[float] = field(default_factory=list)
+    first: float = 0.0  # the first step, compilation included
     trainer: Any = None
 
 
@@ -93,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--ema-decay", type=float, help="optimizer.balancer.ema_decay (default: config)"
+    )
+    parser.add_argument(
+        "--tf32", choices=("off", "on"), default="off", help="TF32 for CUDA fp32 (default off)"
     )
     parser.add_argument("--lmbda", type=float, default=0.013)
     parser.add_argument(
@@ -136,6 +145,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    precision = "tf32" if args.tf32 == "on" else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
     variants = [parse_variant(spec) for spec in args.variants]
     with tempfile.TemporaryDirectory() as run_dir:
         common = common_overrides(args, run_dir)
@@ -161,6 +173,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 elapsed = time.perf_counter() - start
                 if values is None:
                     print(f"warning: {variant.name} skipped a non-finite step", file=sys.stderr)
+                if r == 0:
+                    variant.first = elapsed
                 if r >= args.warmup:
                     variant.times.append(elapsed)
     return report(args, variants, device)
@@ -195,6 +209,11 @@ def report(args: argparse.Namespace, variants: list[Variant], device: Any) -> di
                 "ratio": median / ref_median,
                 "min_ratio": min(variant.times) / min(reference.times),
                 "paired_ratio": paired,
+                "first_s": variant.first,
+                "compile_s": max(variant.first - median, 0.0)
+                if "compile" in variant.name
+                else None,
+                "images_per_s": args.batch_size / median,
             }
         )
     if device.type == "cuda":
@@ -203,18 +222,22 @@ def report(args: argparse.Namespace, variants: list[Variant], device: Any) -> di
         where = f"CPU, {torch.get_num_threads()} thread(s)"
     header = (
         f"model {args.model}, batch {args.batch_size}x3x{args.crop}x{args.crop}, {where}, "
-        f"torch {torch.__version__}; {args.steps} timed rounds after {args.warmup} warm-up"
+        f"torch {torch.__version__}; {args.steps} timed rounds after {args.warmup} warm-up; "
+        f"TF32 {args.tf32}"
     )
     print(header)
     print(
         f"{'variant':<30} {'median ms':>10} {'min ms':>9} {'max ms':>9} "
-        f"{'ratio':>7} {'paired':>7} {'of min':>7}   (ratios to {reference.name})"
+        f"{'ratio':>7} {'paired':>7} {'of min':>7} {'first s':>8} {'compile s':>9} {'img/s':>7}"
+        f"   (ratios to {reference.name})"
     )
     for row in rows:
+        compile_s = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
         print(
             f"{row['variant']:<30} {row['median_ms']:>10.1f} {row['min_ms']:>9.1f} "
             f"{row['max_ms']:>9.1f} {row['ratio']:>7.3f} {row['paired_ratio']:>7.3f} "
-            f"{row['min_ratio']:>7.3f}"
+            f"{row['min_ratio']:>7.3f} {row['first_s']:>8.2f} {compile_s:>9} "
+            f"{row['images_per_s']:>7.1f}"
         )
     return {"setup": header, "device": where, "rows": rows}
 

@@ -5,23 +5,34 @@ number); ``bpp_from_strings`` counts bytes and returns a float. PSNR of identica
 ``inf`` (no cap): a cap would silently bias averages, and an ``inf`` is easy to spot.
 
 The 8-bit PSNR and the MS-SSIM settings follow the official HPCM test protocol (spec section 9):
-both images are scaled by 255, clamped, rounded, then compared; MS-SSIM uses pytorch_msssim with
-``data_range=1`` on the float reconstruction and is reported in dB as ``-10 log10(1 - ms_ssim)``.
+both images are scaled by 255, clamped, rounded, then compared; MS-SSIM is pytorch_msssim's
+(``data_range=1``, its defaults otherwise) on the float reconstruction and is reported in dB as
+``-10 log10(1 - ms_ssim)``.
+
+MS-SSIM is computed here, the same way as ``pytorch_msssim.ms_ssim`` (agreement checked by the
+tests), with its Gaussian window and scale weights made once per device and dtype: the package
+builds them on the host at every call, and each copy to a GPU is a host sync in the training step.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
-from pytorch_msssim import ms_ssim as _pytorch_ms_ssim
+import torch.nn.functional as F
 from torch import Tensor
 
 MAX_8BIT = 255.0
-# pytorch_msssim defaults: an 11-px Gaussian window at 5 scales (4 downsamplings).
+# MS-SSIM (Wang, Simoncelli and Bovik, "Multiscale structural similarity for image quality
+# assessment", Asilomar 2003) with pytorch_msssim 1.0's defaults: an 11-px Gaussian window of
+# sigma 1.5, K = (0.01, 0.03), the paper's weights of the 5 scales (4 downsamplings).
 MS_SSIM_WIN_SIZE = 11
-MS_SSIM_LEVELS = 5
+MS_SSIM_WIN_SIGMA = 1.5
+MS_SSIM_K = (0.01, 0.03)
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_LEVELS = len(MS_SSIM_WEIGHTS)
 
 
 def mse_to_psnr(mse: Tensor, data_range: float = 1.0) -> Tensor:
@@ -69,9 +80,52 @@ def ms_ssim(x: Tensor, x_hat: Tensor, per_image: bool = False) -> Tensor:
             f"MS-SSIM needs both image sides > {ms_ssim_min_side()} px "
             f"({MS_SSIM_LEVELS} scales, {MS_SSIM_WIN_SIZE}-px window), got {height}x{width}"
         )
-    return _pytorch_ms_ssim(
-        x, x_hat, data_range=1.0, size_average=not per_image, win_size=MS_SSIM_WIN_SIZE
-    )
+    window, weights = _ms_ssim_constants(x.device, x.dtype)
+    factors = []
+    for level in range(MS_SSIM_LEVELS):
+        similarity, contrast = _ssim_per_channel(x, x_hat, window)
+        if level < MS_SSIM_LEVELS - 1:
+            factors.append(torch.relu(contrast))
+            padding = [side % 2 for side in x.shape[-2:]]
+            x = F.avg_pool2d(x, kernel_size=2, padding=padding)
+            x_hat = F.avg_pool2d(x_hat, kernel_size=2, padding=padding)
+    factors.append(torch.relu(similarity))
+    # Product over the scales of contrast-structure terms (and the last scale's SSIM), each
+    # raised to its weight; per image and channel, then averaged over the channels.
+    per_channel = torch.prod(torch.stack(factors) ** weights.view(-1, 1, 1), dim=0)
+    return per_channel.mean(1) if per_image else per_channel.mean()
+
+
+@functools.lru_cache(maxsize=8)
+def _ms_ssim_constants(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The normalised 1-D Gaussian window (computed in fp32, like pytorch_msssim) and the scale
+    weights on ``device``, made once (outside inference mode, so that training can use them)."""
+    with torch.inference_mode(False):
+        coords = torch.arange(MS_SSIM_WIN_SIZE, dtype=torch.float32) - MS_SSIM_WIN_SIZE // 2
+        window = torch.exp(-(coords**2) / (2 * MS_SSIM_WIN_SIGMA**2))
+        window = window / window.sum()
+        weights = torch.tensor(MS_SSIM_WEIGHTS, dtype=dtype)
+        return window.to(device, dtype), weights.to(device)
+
+
+def _blur(x: Tensor, window: Tensor) -> Tensor:
+    """Separable Gaussian filter of every channel, rows then columns, without padding."""
+    channels, size = x.shape[1], window.numel()
+    x = F.conv2d(x, window.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels)
+    return F.conv2d(x, window.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels)
+
+
+def _ssim_per_channel(x: Tensor, y: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:
+    """SSIM and its contrast-structure term, each (B, C), for signals of range 1."""
+    c1, c2 = MS_SSIM_K[0] ** 2, MS_SSIM_K[1] ** 2
+    mu_x, mu_y = _blur(x, window), _blur(y, window)
+    mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+    var_x = _blur(x * x, window) - mu_xx
+    var_y = _blur(y * y, window) - mu_yy
+    cov = _blur(x * y, window) - mu_xy
+    contrast = (2 * cov + c2) / (var_x + var_y + c2)
+    similarity = (2 * mu_xy + c1) / (mu_xx + mu_yy + c1) * contrast
+    return similarity.flatten(2).mean(-1), contrast.flatten(2).mean(-1)
 
 
 def ms_ssim_db(value: Tensor | float) -> Tensor | float:

@@ -396,3 +396,27 @@ def test_a_plan_first_built_in_inference_mode_serves_training() -> None:
         model.eval()(x)
     out = model.train()(x)
     out["x_hat"].mean().backward()
+
+
+def test_caller_numeric_settings_do_not_change_the_streams(tiny, kodak):
+    # compress/decompress pin deterministic cuDNN, no autotuning and IEEE fp32 matmuls (on this
+    # CPU "medium" switches oneDNN's fp32 matmul to bf16) and restore the caller's settings.
+    x = read_image(kodak / "kodim09.png")[..., :256, :512]
+    reference = tiny.compress(x)
+    recon = tiny.decompress(reference["strings"], reference["shape"])["x_hat"]
+    cudnn, saved = torch.backends.cudnn, torch.get_float32_matmul_precision()
+    try:
+        cudnn.benchmark = True
+        torch.set_float32_matmul_precision("medium")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = tiny.compress(x)
+            dec = tiny.decompress(out["strings"], out["shape"])
+        assert out["strings"] == reference["strings"]
+        assert dec["symbol_crc"] == reference["symbol_crc"]
+        assert torch.equal(dec["x_hat"], recon)
+        assert cudnn.benchmark and not cudnn.deterministic  # the caller's, restored
+        assert torch.get_float32_matmul_precision() == "medium"
+        assert torch.backends.mkldnn.matmul.fp32_precision != "ieee"
+    finally:
+        cudnn.benchmark = False
+        torch.set_float32_matmul_precision(saved)

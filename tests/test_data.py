@@ -25,6 +25,7 @@ from hpcm.train.data import (
     load_embedded,
     random_crop_flip,
 )
+from hpcm.train.prepare import main as prepare_main
 
 KODAK = Path("/work/shared/data/kodak")
 CROP = 64
@@ -70,11 +71,14 @@ def test_folder_skips_bad_and_small_files_with_one_warning_each(
     assert "corrupt.jpg" in found[0] and "truncated.png" in found[0]
     assert "skipped 1 image(s) smaller than the crop (64, 64)" in found[1]
     assert "tiny.png" in found[1]
-    for index in range(len(dataset)):
+    for index, pixels in enumerate(folder.values()):
         sample = dataset[(index, 123)]
-        assert sample.shape == (3, CROP, CROP) and sample.dtype == torch.float32
-        assert 0.0 <= sample.min() and sample.max() <= 1.0
+        assert sample.shape == (3, CROP, CROP) and sample.dtype == torch.uint8
         assert torch.equal(sample, dataset[(index, 123)])
+        # the crop and flips of the whole decoded image, only the crop read and copied
+        whole = torch.from_numpy(pixels).permute(2, 0, 1)
+        generator = torch.Generator().manual_seed(123)
+        assert torch.equal(sample, random_crop_flip(whole, (CROP, CROP), generator))
 
 
 def test_folder_test_split(tmp_path: Path, folder: dict[str, np.ndarray]) -> None:
@@ -225,3 +229,39 @@ def test_folder_loaders_and_bad_names() -> None:
         build_dataloaders("folder", train_dir=KODAK)
     with pytest.raises(ValueError, match="embedded, folder"):
         build_dataloaders("imagenet")
+
+
+# ----------------------------------------------------------------------------- prepared folders
+def test_prepared_folder_gives_the_same_samples(
+    tmp_path: Path, folder: dict[str, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, target = tmp_path, tmp_path.parent / f"{tmp_path.name}_prepared"
+    with pytest.warns(DataWarning, match="skipped 2 unreadable"):
+        assert prepare_main([str(source), str(target)]) == 0
+    assert "3 written, 0 already there, 2 unreadable" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # the bad and tiny files, as asserted above
+        original = ImageFolder(source, crop_size=CROP, train=True)
+        prepared = ImageFolder(target, crop_size=CROP, train=True)
+        test_split = ImageFolder(target, crop_size=CROP, train=False)
+    assert [p.name for p in prepared.paths] == ["a.png.npy", "b.PNG.npy"]
+    assert prepared.sizes == original.sizes == [(80, 100), (96, 72)]
+    for key in [(0, 5), (1, 6), (1, 7)]:
+        assert torch.equal(prepared[key], original[key])
+    whole = torch.from_numpy(folder["a.png"]).permute(2, 0, 1).float() / 255
+    assert torch.equal(test_split[0], center_crop(whole, (CROP, CROP)))
+    with pytest.warns(DataWarning):  # a second run keeps what is there
+        assert prepare_main([str(source), str(target)]) == 0
+    assert "0 written, 3 already there" in capsys.readouterr().out
+
+
+def test_prepare_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert prepare_main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.startswith("error: image folder not found")
+    save_png(tmp_path / "a.png", 8, 8, seed=0)
+    assert prepare_main([str(tmp_path), str(tmp_path / "out")]) == 1
+    assert "must lie outside" in capsys.readouterr().err
+    (tmp_path / "arrays").mkdir()
+    np.save(tmp_path / "arrays" / "bad.npy", np.zeros((4, 4), dtype=np.float32))
+    with pytest.warns(DataWarning, match="bad.npy"), pytest.raises(DataError, match="no usable"):
+        ImageFolder(tmp_path / "arrays")

@@ -5,17 +5,19 @@ single-process behaviour of the DDP options."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
 from hpcm.train import validate as validate_module
 from hpcm.train.build import ConfigError, build_trainer, setup_distributed
-from hpcm.train.distributed import DistContext
+from hpcm.train.distributed import DistContext, cleanup
 from hpcm.train.tracking import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -213,3 +215,25 @@ def test_one_process_context_needs_no_process_group() -> None:
     assert ctx.gather_objects("a") == ["a"] and ctx.broadcast_object(3) == 3
     seeds = {DistContext(rank=r, world_size=4).noise_seed(0) for r in range(4)}
     assert len(seeds) == 4  # a different noise stream per rank
+
+
+def test_one_torchrun_process_with_ddp_really_wraps_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What benchmarks/gpu_check.sh runs with NCCL on a GPU: torchrun --nproc_per_node=1 and
+    # trainer.ddp=true must train through DistributedDataParallel and the collectives.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for key, value in {**env, "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        trainer = build_trainer(make_cfg(tmp_path, "trainer=ddp", "optimizer=balanced"))
+        assert trainer.dist.enabled and trainer.dist.backend == "gloo"
+        assert trainer.dist.world_size == 1
+        assert isinstance(trainer.train_model, DistributedDataParallel)
+        assert trainer.balancer.famo.reduce_fn == trainer.dist.all_reduce_mean
+        assert trainer.train_step(next(iter(trainer.loaders.train))) is not None
+    finally:
+        cleanup()

@@ -153,3 +153,21 @@ def test_invalid_arguments() -> None:
     with pytest.raises(ValueError, match="lmbda"):
         RateDistortionLoss(0.0)
     assert RateDistortionLoss(1.0, metric="MS_SSIM").metric == "ms-ssim"
+
+
+def test_ms_ssim_agrees_with_pytorch_msssim_and_keeps_its_window() -> None:
+    from pytorch_msssim import ms_ssim as reference
+
+    from hpcm.metrics import _ms_ssim_constants
+
+    x = torch.rand(2, 3, 200, 333)  # odd side: padded pooling
+    y = (x + 0.1 * torch.randn_like(x)).clamp(0, 1).requires_grad_()
+    ours, theirs = ms_ssim(x, y), reference(x, y, data_range=1.0, win_size=11)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad(ours, y)
+    (expected,) = torch.autograd.grad(theirs, y)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-8)
+    per_image = reference(x, y, data_range=1.0, size_average=False)
+    torch.testing.assert_close(ms_ssim(x, y, per_image=True), per_image, rtol=1e-6, atol=1e-6)
+    # made once per device and dtype: no host-to-device copy in later calls
+    assert _ms_ssim_constants(x.device, x.dtype)[0] is _ms_ssim_constants(x.device, x.dtype)[0]

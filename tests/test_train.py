@@ -23,7 +23,7 @@ from hpcm.optim import CautiousAdam, PlainBalancer
 from hpcm.train import loop as engine
 from hpcm.train.build import ConfigError, build_balancer, build_optimizer, build_trainer, train
 from hpcm.train.cli import prepare_overrides
-from hpcm.train.data import DataError
+from hpcm.train.data import DataError, to_float
 from hpcm.train.lr_schedule import LRSchedule
 from hpcm.train.post_step import replay_rng, rng_state
 from hpcm.train.tracking import LOGGERS, read_metrics
@@ -157,7 +157,7 @@ def test_lr_schedule_follows_the_official_milestones_scaled_to_the_run() -> None
 
 # ----------------------------------------------------------------------------- the step
 def fixed_batch(trainer: engine.Trainer) -> torch.Tensor:
-    return next(iter(trainer.loaders.train))
+    return to_float(next(iter(trainer.loaders.train)))  # the loader gives uint8
 
 
 def eval_loss(trainer: engine.Trainer, x: torch.Tensor) -> float:

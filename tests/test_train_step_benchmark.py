@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_step.py"
 
@@ -58,3 +60,5 @@ def test_one_run_times_every_variant(tmp_path: Path) -> None:
     assert [r["variant"] for r in rows] == ["adam", "balanced:next_batch", "balanced:subbatch"]
     assert rows[0]["ratio"] == rows[0]["paired_ratio"] == 1.0
     assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"] for r in rows)
+    assert all(r["first_s"] > 0 and r["compile_s"] is None for r in rows)  # nothing compiled
+    assert rows[0]["images_per_s"] == pytest.approx(1000.0 / rows[0]["median_ms"])  # batch 1

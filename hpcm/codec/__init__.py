@@ -29,6 +29,7 @@ from hpcm.codec.model import (
     crop_center,
     pad_to_multiple,
 )
+from hpcm.codec.numerics import coding_numerics
 from hpcm.codec.zoo import ModelFactory  # importing it registers HPCM with CompressAI
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "ImageError",
     "ModelFactory",
     "build_model",
+    "coding_numerics",
     "crop_center",
     "decode_image",
     "encode_image",

@@ -39,6 +39,7 @@ from hpcm.codec.layers import (
     deconv2x2_up,
     deconv4x4_up,
 )
+from hpcm.codec.numerics import coding_numerics
 from hpcm.codec.schedule import NUM_ADAPTORS, SCALES, STEPS, CodingStep, SchedulePlan, plan_for
 
 # Image sides must be multiples of this: y is 1/16 of the image and the s1 attention windows
@@ -355,10 +356,25 @@ class HPCM(CompressionModel):
         for module in self.modules():
             if isinstance(module, Conv1x1):
                 module.gemm = not enabled
-        self._channels_last = not enabled
         fmt = torch.contiguous_format if enabled else torch.channels_last
+        self._set_formats(fmt, torch.contiguous_format)
+
+    def set_memory_format(self, channels_last: bool) -> None:
+        """One memory format for the whole model, the policy of ``trainer.channels_last``: every
+        convolution weight, the input and the activations of the transforms and of the entropy-
+        parameter path in channels-last (NHWC, ``True``) or NCHW (``False``) format.
+
+        Without this call the model keeps the codec's CPU policy of
+        :meth:`set_official_numerics`: transforms NHWC, entropy-parameter path NCHW. An encoder
+        and its decoder must use the same policy (``load_model`` gives the codec's)."""
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self._set_formats(fmt, fmt)
+
+    def _set_formats(self, transforms: torch.memory_format, entropy: torch.memory_format) -> None:
+        self._transform_format, self._entropy_format = transforms, entropy
+        self.to(memory_format=entropy)  # 4-D weights; the transforms' next
         for transform in (self.g_a, self.g_s):
-            transform.to(memory_format=fmt)
+            transform.to(memory_format=transforms)
 
     def set_activation_checkpointing(self, enabled: bool = True) -> None:
         """Recompute the residual blocks of the four transforms in the backward instead of
@@ -369,7 +385,9 @@ class HPCM(CompressionModel):
 
     # -- quantization noise ----------------------------------------------------------------------
     def _add_noise(self, x: torch.Tensor) -> torch.Tensor:
-        """Training-mode uniform noise in [-0.5, 0.5) (the rate proxy of Balle et al.)."""
+        """Training-mode uniform noise in [-0.5, 0.5) (the rate proxy of Balle et al.), drawn
+        and added in fp32 whatever the input's dtype (bf16 would round 150.3 + 0.37 to 150)."""
+        x = x.float()
         batch = self._noise_batch
         if batch is None or batch <= x.shape[0]:
             return x + torch.empty_like(x).uniform_(-0.5, 0.5)
@@ -390,15 +408,12 @@ class HPCM(CompressionModel):
             self._noise_batch = previous
 
     def _analysis(self, x: torch.Tensor) -> torch.Tensor:
-        if self._channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         # The entropy path must see the same memory layout on the encoder and decoder sides.
-        return self.g_a(x).contiguous()
+        y = self.g_a(x.contiguous(memory_format=self._transform_format))
+        return y.contiguous(memory_format=self._entropy_format)
 
     def _synthesis(self, y_hat: torch.Tensor) -> torch.Tensor:
-        if self._channels_last:
-            y_hat = y_hat.contiguous(memory_format=torch.channels_last)
-        return self.g_s(y_hat).contiguous()
+        return self.g_s(y_hat.contiguous(memory_format=self._transform_format)).contiguous()
 
     # -- the one schedule walk -----------------------------------------------------------------
     def _prior_index(self, step: CodingStep) -> int:
@@ -439,11 +454,21 @@ class HPCM(CompressionModel):
         return y_hat.sums[2]
 
     # -- training / estimation -----------------------------------------------------------------
+    def prepare(self, image_shape: torch.Size | tuple, device: torch.device | str) -> None:
+        """Build the schedule plan for images of ``image_shape`` (B, 3, H, W) on ``device`` now,
+        eagerly. Call it before the first ``torch.compile``-d forward of a shape: the compiled
+        forward then looks the plan up (traced, no graph break) instead of building it."""
+        b, _, h, w = image_shape
+        plan_for((b, self.config.M, h // 16, w // 16), device)  # y is 1/16 of the image
+
     def forward(self, x: torch.Tensor) -> dict:
+        """Under autocast (bf16) the transforms and the context model run in low precision,
+        but the residuals, the noise, the quantization and the likelihoods of y and z are
+        computed in fp32: the rate the optimizers see is not rounded to bf16."""
         self._check_size(x)
-        y = self._analysis(x)
+        y = self._analysis(x).float()
         z = self.h_a(y)
-        z_res = z - self.z_means
+        z_res = z.float() - self.z_means
         if self.training:
             z_hat = _ste_round(z_res) + self.z_means
             z_lik = self.entropy.likelihood(self._add_noise(z_res), self.z_scales)
@@ -458,10 +483,10 @@ class HPCM(CompressionModel):
         quantize = _ste_round if self.training else torch.round
 
         def measure(step, plan, scales, means, mask):
-            means = means * mask
+            means = means.float() * mask
             res = (y_by_scale[step.scale.index] - means) * mask
             residuals.add(step.scale.index, res)
-            step_scales.add(step.scale.index, scales * mask)
+            step_scales.add(step.scale.index, scales.float() * mask)
             return quantize(res) + means
 
         y_hat = self._walk(params, measure)
@@ -489,9 +514,11 @@ class HPCM(CompressionModel):
         return torch.arange(c, dtype=torch.int32).view(1, c, 1, 1).expand(b, c, h, w)
 
     @torch.no_grad()
+    @coding_numerics()
     def compress(self, x: torch.Tensor) -> dict:
         """Encode a batch. Returns ``{"strings": [y_strings, z_strings], "shape": z size,
-        "symbol_crc": [crc32 of each image's coded symbols]}``."""
+        "symbol_crc": [crc32 of each image's coded symbols]}``. Runs with the numeric settings
+        pinned (:func:`hpcm.codec.numerics.coding_numerics`), whatever the caller's."""
         self._check_size(x)
         tables = self.tables()
         y = self._analysis(x)
@@ -531,9 +558,11 @@ class HPCM(CompressionModel):
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:]), "symbol_crc": crcs}
 
     @torch.no_grad()
+    @coding_numerics()
     def decompress(self, strings, shape) -> dict:
         """Decode ``strings = [y_strings, z_strings]`` with z size ``shape``. Returns
-        ``{"x_hat": clamped reconstruction, "symbol_crc": [...]}``."""
+        ``{"x_hat": clamped reconstruction, "symbol_crc": [...]}``; numerics pinned as in
+        :meth:`compress`."""
         tables = self.tables()
         y_strings, z_strings = strings
         device = self.z_means.device
@@ -549,7 +578,7 @@ class HPCM(CompressionModel):
             dec.set_stream(y_strings[b])
             y_decoders.append(dec)
         z_q = torch.cat(z_q).to(device)
-        params = self.h_s(z_q + self.z_means)
+        params = self.h_s((z_q + self.z_means).contiguous(memory_format=self._entropy_format))
 
         def decode(step, plan, scales, means, mask):
             idx = scale_indexes(plan.combine(scales * mask, step.scale), self.y_scale_table).cpu()

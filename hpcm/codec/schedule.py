@@ -16,7 +16,6 @@ official checkpoints produce byte-identical bitstreams.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
@@ -212,18 +211,29 @@ class SchedulePlan:
         return x.repeat(1, scale.chunks, 1, 1)
 
 
-@lru_cache(maxsize=32)
-def _cached_plan(channels: int, height: int, width: int, device: str) -> SchedulePlan:
-    return SchedulePlan(channels, height, width, torch.device(device))
+# Plans by (channels, height, width, device), the oldest dropped beyond PLAN_CACHE_SIZE.
+PLAN_CACHE_SIZE = 32
+_PLANS: dict[tuple[int, int, int, str], SchedulePlan] = {}
 
 
-def plan_for(y_shape: torch.Size | tuple, device: torch.device) -> SchedulePlan:
+def plan_for(y_shape: torch.Size | tuple, device: torch.device | str) -> SchedulePlan:
     """The (cached) plan for a latent of shape (B, C, H, W) on ``device``.
 
     The cache serves training and inference alike, so its tensors are built outside inference
     mode: a plan first made under ``torch.inference_mode`` (evaluation) must still be usable by
     a later training forward, which saves the masks for the backward.
+
+    Under ``torch.compile`` a cached plan is a plain dictionary look-up that dynamo traces (and
+    guards); building one is not traceable (``nonzero`` in the index maps), so build the plans
+    of a run eagerly before its first compiled forward (:meth:`hpcm.codec.model.HPCM.prepare`).
+    A ``functools.lru_cache`` would not do: dynamo ignores it and traces the construction.
     """
     _, c, h, w = y_shape
-    with torch.inference_mode(False):
-        return _cached_plan(c, h, w, str(device))
+    key = (int(c), int(h), int(w), str(device))
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= PLAN_CACHE_SIZE:
+            del _PLANS[next(iter(_PLANS))]
+        with torch.inference_mode(False):
+            plan = _PLANS[key] = SchedulePlan(c, h, w, torch.device(device))
+    return plan

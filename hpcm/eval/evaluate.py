@@ -13,7 +13,6 @@ bootstrap of ``bdrate.py``), and every image one CSV row.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
@@ -21,7 +20,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from hpcm.codec.checkpoint import (
 )
 from hpcm.codec.images import ImageError, find_images, read_image
 from hpcm.codec.model import HPCM, MODEL_CONFIGS
+from hpcm.codec.numerics import coding_numerics
 from hpcm.device import DeviceError, resolve_device
 from hpcm.eval.plots import write_rd_plots
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
@@ -294,18 +294,6 @@ def estimate_image(model: HPCM, x: torch.Tensor, device: torch.device) -> ImageR
     return _quality(x, codec.crop_center(out["x_hat"], (height, width)), bpp, (half, half))
 
 
-@contextlib.contextmanager
-def _deterministic_cuda() -> Iterator[None]:
-    """Deterministic kernels while coding: the decoder must recompute the encoder's entropy
-    parameters bit for bit. Restores the previous settings afterwards."""
-    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
-
-
 # -- averaging and writing -----------------------------------------------------------------------
 def _mean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
@@ -440,7 +428,7 @@ def evaluate_checkpoint(
     """Measure every image with one checkpoint; ``on_image(path, result)`` after each."""
     model = load_model(read_checkpoint(info.path), info.model_name, device)
     results = []
-    with torch.inference_mode(), _deterministic_cuda():
+    with torch.inference_mode(), coding_numerics():
         if device.type == "cuda":  # keep CUDA start-up out of the first image's times
             measure(model, read_image(images[0])[..., :256, :256], device)
         for path in images:

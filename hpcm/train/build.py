@@ -268,7 +268,8 @@ def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> 
             seed=int(cfg.seed),
             samples_per_epoch=d.get("samples_per_epoch"),
             pin_memory=device.type == "cuda",
-            drop_last=bool(d.drop_last),
+            # A compiled step would recompile for a smaller last batch.
+            drop_last=bool(d.drop_last) or bool(cfg.trainer.compile),
             num_replicas=dist.world_size,
             rank=dist.rank,
         )

@@ -1,8 +1,15 @@
 """Training and test images: an image-folder dataset, offline embedded samples, data loaders.
 
-Datasets return RGB float tensors in [0, 1], shape (3, H, W). Training samples are random crops
-with random horizontal and vertical flips (the HPCM recipe, spec section 10); test samples are
-deterministic centre crops or whole images (the model pads to multiples of 256 itself).
+Training samples are random crops with random horizontal and vertical flips (the HPCM recipe,
+spec section 10) as RGB uint8 tensors, shape (3, H, W): a quarter of the bytes through the
+loader's shared memory, made float on the device by the trainer (:func:`to_float`, in
+``SpeedOptions.batch``). Test samples are float tensors in [0, 1], deterministic centre crops or
+whole images (the model pads to multiples of 256 itself).
+
+Speed (``benchmarks/data.py``): PIL decodes a whole PNG or JPEG file (neither format lets a
+decoder skip to a region), but only the crop is converted, copied and flipped. A folder prepared once by ``python -m hpcm.train.prepare SRC DST`` holds every
+image as an uncompressed ``.npy`` array, from which a sample reads only its crop (memory-mapped):
+no decoding at all, and exactly the samples of the original folder.
 
 Reproducibility: ``SeededSampler`` yields ``(index, seed)`` keys derived only from the loader seed
 and the epoch, and the datasets draw their crop and flips from that seed. The data order and the
@@ -27,7 +34,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from hpcm.codec.images import PIL_ERRORS, find_images
+from hpcm.codec.images import IMAGE_EXTENSIONS, PIL_ERRORS, find_images
 
 # Colour photographs shipped inside the scikit-image wheel (skimage/data), so they load with no
 # network: name (as in skimage.data) -> file. Two are held out for testing.
@@ -46,6 +53,8 @@ EMBEDDED_TEST = ("astronaut", "coffee")
 EMBEDDED_TRAIN = tuple(name for name in EMBEDDED_FILES if name not in EMBEDDED_TEST)
 # How many file names a skip warning lists before "...".
 LISTED_FILES = 5
+# Images of a prepared folder (hpcm.train.prepare): (H, W, 3) uint8 arrays in NumPy's format.
+PREPARED_SUFFIX = ".npy"
 
 
 CropSize = int | Sequence[int]
@@ -80,20 +89,49 @@ def to_uint8_tensor(image: Image.Image | np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
+class CropBox(NamedTuple):
+    """Where a training crop lies and how it is flipped."""
+
+    top: int
+    left: int
+    flip_h: bool
+    flip_v: bool
+
+
+def random_crop_box(
+    image_hw: Sequence[int], size: tuple[int, int], generator: torch.Generator | None = None
+) -> CropBox:
+    """A uniformly random ``size`` crop of an image of ``image_hw``, with horizontal and vertical
+    flips of probability 1/2 each (drawn in this order from ``generator``)."""
+    height, width = size
+    top = int(torch.randint(int(image_hw[0]) - height + 1, (1,), generator=generator))
+    left = int(torch.randint(int(image_hw[1]) - width + 1, (1,), generator=generator))
+    flip_h, flip_v = (torch.rand(2, generator=generator) < 0.5).tolist()
+    return CropBox(top, left, flip_h, flip_v)
+
+
+def flip(crop: Tensor, box: CropBox) -> Tensor:
+    """``crop`` (..., H, W) with ``box``'s flips applied."""
+    if box.flip_h:
+        crop = crop.flip(-1)
+    if box.flip_v:
+        crop = crop.flip(-2)
+    return crop
+
+
 def random_crop_flip(
     image: Tensor, size: tuple[int, int], generator: torch.Generator | None = None
 ) -> Tensor:
     """Random ``size`` crop, then horizontal and vertical flips with probability 1/2 each."""
-    height, width = size
-    top = int(torch.randint(image.shape[-2] - height + 1, (1,), generator=generator))
-    left = int(torch.randint(image.shape[-1] - width + 1, (1,), generator=generator))
-    crop = image[..., top : top + height, left : left + width]
-    flip_h, flip_v = (torch.rand(2, generator=generator) < 0.5).tolist()
-    if flip_h:
-        crop = crop.flip(-1)
-    if flip_v:
-        crop = crop.flip(-2)
-    return crop
+    box = random_crop_box(image.shape[-2:], size, generator)
+    return flip(image[..., box.top : box.top + size[0], box.left : box.left + size[1]], box)
+
+
+def to_float(batch: Tensor) -> Tensor:
+    """uint8 images (training samples) -> float in [0, 1]; float input is returned as is."""
+    if batch.dtype == torch.uint8:
+        return batch.float().div_(255.0)
+    return batch
 
 
 def center_crop(image: Tensor, size: tuple[int, int]) -> Tensor:
@@ -102,10 +140,6 @@ def center_crop(image: Tensor, size: tuple[int, int]) -> Tensor:
     top = (image.shape[-2] - height) // 2
     left = (image.shape[-1] - width) // 2
     return image[..., top : top + height, left : left + width]
-
-
-def _to_float(image: Tensor) -> Tensor:
-    return image.float().div_(255.0)
 
 
 def _fits(image_hw: tuple[int, int], size: tuple[int, int]) -> bool:
@@ -129,9 +163,31 @@ def _warn_skipped(what: str, paths: Sequence[str | Path], root: str | Path) -> N
     )
 
 
+def open_prepared(path: Path) -> np.ndarray:
+    """The memory-mapped (H, W, 3) uint8 array of a prepared image (nothing is read yet)."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"not an (H, W, 3) uint8 image array: {array.dtype} {array.shape}")
+    return array
+
+
+def read_region(path: Path, top: int, left: int, size: tuple[int, int]) -> Tensor:
+    """The (3, h, w) uint8 region of an image file or prepared array; from a prepared array
+    only the region's rows are read."""
+    height, width = size
+    if path.suffix == PREPARED_SUFFIX:
+        region = open_prepared(path)[top : top + height, left : left + width]
+        return torch.from_numpy(np.array(region)).permute(2, 0, 1)
+    with Image.open(path) as image:  # decoded whole, but only the crop is converted and copied
+        return to_uint8_tensor(image.crop((left, top, left + width, top + height)))
+
+
 def _probe(path: Path, verify: bool) -> tuple[int, int] | None:
-    """(height, width) from the header, or None when PIL cannot read or verify the file."""
+    """(height, width) from the header, or None when the file cannot be read (or verified by
+    PIL)."""
     try:
+        if path.suffix == PREPARED_SUFFIX:
+            return tuple(open_prepared(path).shape[:2])
         with Image.open(path) as image:
             width, height = image.size
             if verify:
@@ -143,16 +199,18 @@ def _probe(path: Path, verify: bool) -> tuple[int, int] | None:
 
 # ----------------------------------------------------------------------------- datasets
 class ImageFolder(Dataset):
-    """Images found recursively under ``root`` (see ``IMAGE_EXTENSIONS``), in sorted order.
+    """Images found recursively under ``root`` (see ``IMAGE_EXTENSIONS``), or the ``.npy``
+    arrays of a folder prepared by ``python -m hpcm.train.prepare``, in sorted order.
 
     Args:
         root: folder to search.
         crop_size: crop size; ``None`` keeps whole images (only sensible for testing).
-        train: random crop + flips if True, centre crop (if ``crop_size``) otherwise.
-        verify: run PIL's cheap ``verify()`` on every file at construction.
+        train: random crop + flips (uint8) if True, centre crop (if ``crop_size``, float)
+            otherwise.
+        verify: run PIL's cheap ``verify()`` on every image file at construction.
 
-    Files PIL cannot open or verify, and images smaller than the crop, are skipped with one
-    ``DataWarning`` per kind naming the count and the first files.
+    Files that cannot be opened or verified, and images smaller than the crop, are skipped with
+    one ``DataWarning`` per kind naming the count and the first files.
     """
 
     def __init__(
@@ -169,9 +227,10 @@ class ImageFolder(Dataset):
         self.train = train
 
         self.paths: list[Path] = []
+        self.sizes: list[tuple[int, int]] = []
         unreadable: list[Path] = []
         too_small: list[Path] = []
-        for path in find_images(self.root):
+        for path in find_images(self.root, (*IMAGE_EXTENSIONS, PREPARED_SUFFIX)):
             image_hw = _probe(path, verify)
             if image_hw is None:
                 unreadable.append(path)
@@ -179,6 +238,7 @@ class ImageFolder(Dataset):
                 too_small.append(path)
             else:
                 self.paths.append(path)
+                self.sizes.append(image_hw)
         _warn_skipped("unreadable image file(s)", unreadable, self.root)
         _warn_skipped(f"image(s) smaller than the crop {self.crop_size}", too_small, self.root)
         if not self.paths:
@@ -189,16 +249,16 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, key: SampleKey) -> Tensor:
         index, generator = _split_key(key)
-        path = self.paths[index]
+        path, image_hw = self.paths[index], self.sizes[index]
+        size = self.crop_size or image_hw
         try:
-            with Image.open(path) as image:
-                pixels = to_uint8_tensor(image)
+            if self.train:
+                box = random_crop_box(image_hw, size, generator)
+                return flip(read_region(path, box.top, box.left, size), box)
+            top, left = (image_hw[0] - size[0]) // 2, (image_hw[1] - size[1]) // 2
+            return to_float(read_region(path, top, left, size))
         except PIL_ERRORS as error:
             raise DataError(f"cannot decode image {path}: {error}") from error
-        size = self.crop_size or (pixels.shape[-2], pixels.shape[-1])
-        if self.train:
-            return _to_float(random_crop_flip(pixels, size, generator))
-        return _to_float(center_crop(pixels, size))
 
 
 def embedded_dir() -> Path:
@@ -229,8 +289,8 @@ def load_embedded(name: str) -> Tensor:
 class EmbeddedSamples(Dataset):
     """Offline default data: colour photos shipped inside scikit-image's wheel.
 
-    Train split (``EMBEDDED_TRAIN``): ``samples_per_epoch`` random crops with flips, sample ``i``
-    taken from image ``i % len(images)``. Test split (``EMBEDDED_TEST``, held out): one centre crop
+    Train split (``EMBEDDED_TRAIN``): ``samples_per_epoch`` random uint8 crops with flips,
+    sample ``i`` taken from image ``i % len(images)``. Test split (``EMBEDDED_TEST``, held out): one centre crop
     per image, of ``crop_size`` or, when ``crop_size`` is None, of the largest multiple of
     ``test_multiple`` in each side (the whole side where it is shorter than that).
     """
@@ -277,9 +337,9 @@ class EmbeddedSamples(Dataset):
             if not 0 <= index < len(self):
                 raise IndexError(f"sample {index} out of range ({len(self)})")
             image = self.images[index % len(self.images)]
-            return _to_float(random_crop_flip(image, self.crop_size, generator))
+            return random_crop_flip(image, self.crop_size, generator)
         image = self.images[index]
-        return _to_float(center_crop(image, self._test_size(image)))
+        return to_float(center_crop(image, self._test_size(image)))
 
     def _test_size(self, image: Tensor) -> tuple[int, int]:
         if self.crop_size is not None:

@@ -48,8 +48,10 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
-        """True when several processes train together."""
-        return self.world_size > 1
+        """True when this process joined a process group (``backend`` set; also with one
+        process under torchrun, so that DDP and its collectives really run) or several
+        processes train together."""
+        return self.backend is not None or self.world_size > 1
 
     @property
     def is_main(self) -> bool:

@@ -110,6 +110,7 @@ class Trainer:
         """One optimizer step on batch ``x``; returns the detached values of ``metric_names``
         and ``STEP_EXTRAS``, or None when the batch was skipped as non-finite."""
         x = self.speed.batch(x, self.device)
+        self.model.prepare(x.shape, x.device)  # eagerly: a compiled forward only looks it up
         noise = rng_state(self.device)  # the probe replays the step's noise
         output = self._forward(self.train_model, x)
         losses = self.criterion(output, x)

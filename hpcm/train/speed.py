@@ -6,10 +6,14 @@ All are off by default (``trainer.autocast_bf16``, ``trainer.channels_last``,
 (``benchmarks/gpu_check.sh``).
 
 - ``autocast_bf16``: the transforms and the context model run under CUDA bf16 autocast; the
-  entropy model evaluates its likelihoods in fp32 whatever the autocast
+  model computes the residuals, the quantization noise and the rounding of y and z in fp32
+  (:meth:`hpcm.codec.model.HPCM.forward`), the entropy model its likelihoods
   (:meth:`hpcm.codec.entropy.GGMEntropyModel.likelihood`), and the loss is computed in fp32
   from ``x_hat`` and the likelihoods. CUDA only: on other devices it is refused (``ValueError``).
-- ``channels_last``: model weights and input batches in NHWC memory format.
+- ``channels_last``: one memory format for the whole model and its input: every convolution
+  weight, the batch and the activations of the transforms and of the entropy-parameter path in
+  NHWC (``true``) or all in NCHW (``false``; :meth:`hpcm.codec.model.HPCM.set_memory_format`).
+  Outside training the codec keeps its own CPU policy (transforms NHWC, entropy path NCHW).
 - ``activation_checkpointing``: the residual blocks of the four transforms are recomputed in
   the backward instead of keeping their activations
   (:meth:`hpcm.codec.model.HPCM.set_activation_checkpointing`): the same gradients, less
@@ -31,6 +35,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from hpcm.train.data import to_float
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -72,9 +78,10 @@ class SpeedOptions:
 
     # --------------------------------------------------------------------------- the model
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """In place: channels_last weights and activation checkpointing when they are on."""
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+        """In place: the model's one memory format (``HPCM.set_memory_format``), NHWC for every
+        weight and activation with ``channels_last``, NCHW without; activation checkpointing
+        when that is on."""
+        model.set_memory_format(self.channels_last)
         if self.activation_checkpointing:
             model.set_activation_checkpointing(True)
         return model
@@ -87,8 +94,9 @@ class SpeedOptions:
 
     # --------------------------------------------------------------------------- the step
     def batch(self, x: Tensor, device: torch.device) -> Tensor:
-        """The batch on ``device`` (and in channels_last when that is on)."""
-        x = x.to(device, non_blocking=True)
+        """The batch on ``device`` as float in [0, 1] (uint8 training batches are converted
+        there, after the copy), in channels_last when that is on."""
+        x = to_float(x.to(device, non_blocking=True))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -1,0 +1,119 @@
+"""No host sync in the training step beyond the one finiteness check (issue 14, item 5).
+
+On a GPU every read of a device tensor by the host (``item``, ``bool``, ``float``, ``tolist``,
+``cpu``, ``numpy``) waits for the queued kernels, and every tensor made from host data inside
+the step is a host-to-device copy that waits too. On the CPU nothing waits, so the test traps
+those calls during ``Trainer.train_step`` instead: a torch dispatch mode sees the scalar reads
+(``aten._local_scalar_dense``) and tensors made from Python data (``aten.lift_fresh``); the
+methods that bypass the dispatcher are wrapped. Allowed: the finiteness check
+(``DistContext.all_true``) and the optimizer's step counters, which PyTorch keeps on the host.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from hpcm.train.build import build_trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import make_cfg
+
+TRAPPED_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default}
+TRAPPED_METHODS = ("cpu", "tolist", "numpy")
+ALLOWED_CALLER = "all_true"  # the documented per-step sync
+
+
+class HostReads(TorchDispatchMode):
+    """Records the call sites of host reads and host-data tensors, except of ``allowed``
+    tensors (by storage) and those made by ``ALLOWED_CALLER``."""
+
+    def __init__(self, allowed: set[int]) -> None:
+        super().__init__()
+        self.allowed = allowed
+        self.found: list[str] = []
+
+    def record(self, what: str, tensor: object = None) -> None:
+        if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() in self.allowed:
+            return
+        stack = traceback.extract_stack()[:-2]
+        if any(frame.name == ALLOWED_CALLER for frame in stack):
+            return
+        where = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in stack[-6:]]
+        self.found.append(f"{what} at " + " <- ".join(reversed(where)))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in TRAPPED_OPS:
+            self.record(str(func), args[0] if args else None)
+        return func(*args, **(kwargs or {}))
+
+
+def _trap_methods(monkeypatch: pytest.MonkeyPatch, reads: HostReads) -> None:
+    for name in TRAPPED_METHODS:
+        original = getattr(torch.Tensor, name)
+
+        def trapped(self, *args, __original=original, __name=name, **kwargs):
+            reads.record(f"Tensor.{__name}", self)
+            return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, trapped)
+
+
+def _step_counters(optimizer: torch.optim.Optimizer) -> set[int]:
+    return {
+        state["step"].untyped_storage().data_ptr()
+        for state in optimizer.state.values()
+        if isinstance(state.get("step"), torch.Tensor)
+    }
+
+
+# Every optimizer of conf/optimizer and Balanced's post-step modes, MSE and MS-SSIM runs (each
+# optimizer once with the metric whose code path it adds, to keep the test short).
+CASES = [
+    ("adam", "0.013"),
+    ("adam", "msssim_8.73"),
+    ("balanced", "msssim_8.73"),
+    ("balanced+subbatch", "msssim_8.73"),
+    ("balanced+next", "0.013"),
+    ("balanced_hier", "0.013"),
+    ("balanced_qp", "msssim_8.73"),
+]
+
+
+def test_the_trap_sees_host_reads() -> None:
+    reads = HostReads(allowed=set())
+    with reads:
+        x = torch.ones(3)
+        x.sum().item()
+        bool(x.sum() > 0)
+        torch.tensor([1.0, 2.0])
+    assert len(reads.found) == 3
+
+
+@pytest.mark.parametrize(("optimizer", "rate_point"), CASES)
+def test_training_step_reads_nothing_back_but_the_finiteness_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str, rate_point: str
+) -> None:
+    name, _, mode = optimizer.partition("+")
+    overrides = [f"optimizer={name}", f"lambda={rate_point}"]
+    if mode:
+        update_mode = {"subbatch": "subbatch", "next": "next_batch"}[mode]
+        overrides += [
+            f"optimizer.balancer.update_mode={update_mode}",
+            "optimizer.balancer.exact_warmup_steps=0",
+        ]
+    trainer = build_trainer(make_cfg(tmp_path, *overrides))
+    x = next(iter(trainer.loaders.train))
+    assert trainer.train_step(x) is not None  # first step: optimizer state, caches, plans
+    reads = HostReads(_step_counters(trainer.optimizer))
+    _trap_methods(monkeypatch, reads)
+    with reads:
+        values = trainer.train_step(x)
+    monkeypatch.undo()
+    assert values is not None
+    assert not reads.found, "\n".join(reads.found)

@@ -202,7 +202,7 @@ def test_rates_are_computed_in_fp32_under_autocast() -> None:
 
     value = torch.full((4,), 150.3).bfloat16()
     torch.manual_seed(2)
-    noisy = model._add_noise(value)
+    noisy = model.noise(value)
     torch.manual_seed(2)
     assert noisy.dtype == torch.float32
     torch.testing.assert_close(noisy, value.float() + torch.empty(4).uniform_(-0.5, 0.5))

@@ -59,14 +59,14 @@ def test_a_sub_batch_gets_the_noise_its_images_had_in_the_full_batch() -> None:
     with torch.no_grad():
         state = rng_state(CPU)
         full = per_image_task_losses(model(x), x, RD)
-        with replay_rng(state, CPU), model.noise_of_batch(2):
+        with replay_rng(state, CPU), model.noise.of_batch(2):
             part = per_image_task_losses(model(x[:1]), x[:1], RD)
         with replay_rng(state, CPU):  # a plain replay draws other noise for the y latents
             plain = per_image_task_losses(model(x[:1]), x[:1], RD)
     # Same images, same noise: equal up to the float order of batched kernels (~1e-7).
     torch.testing.assert_close(part[0], full[0], rtol=1e-5, atol=0.0)
     assert (plain[0, 1] - full[0, 1]).abs() / full[0, 1] > 1e-4  # the check can fail
-    assert model._noise_batch is None  # restored after the block
+    assert model.noise.batch is None  # restored after the block
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -75,9 +75,9 @@ def test_full_batch_noise_keeps_the_memory_format(channels_last: bool) -> None:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     latent = torch.zeros(4, 8, 5, 6).contiguous(memory_format=fmt)
     state = rng_state(CPU)
-    full = model._add_noise(latent)
-    with replay_rng(state, CPU), model.noise_of_batch(4):
-        part = model._add_noise(latent[:1].contiguous(memory_format=fmt))
+    full = model.noise(latent)
+    with replay_rng(state, CPU), model.noise.of_batch(4):
+        part = model.noise(latent[:1].contiguous(memory_format=fmt))
     assert torch.equal(part, full[:1])
 
 

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from hpcm.codec.entropy import (
     BufferedRansEncoder,
+    CodingTables,
     CompressionModel,
     GGMEntropyModel,
     RansDecoder,
@@ -285,6 +286,35 @@ def crop_center(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[..., top : top + h, left : left + w]
 
 
+class UniformNoise:
+    """The training-mode quantization noise of a model: uniform in [-0.5, 0.5) (the rate proxy
+    of Balle et al., ICLR 2017), drawn and added in fp32 whatever the input's dtype (bf16 would
+    round 150.3 + 0.37 to 150). Owned by the model (``model.noise``); nothing else draws it."""
+
+    def __init__(self) -> None:
+        self.batch: int | None = None  # see of_batch
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.batch is None or self.batch <= x.shape[0]:
+            return x + torch.empty_like(x).uniform_(-0.5, 0.5)
+        shape = (self.batch, *x.shape[1:])
+        noise = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+        return x + noise.uniform_(-0.5, 0.5)[: x.shape[0]]
+
+    @contextmanager
+    def of_batch(self, batch_size: int) -> Iterator[None]:
+        """Within the block, a forward of fewer than ``batch_size`` images draws the noise of a
+        ``batch_size`` batch and keeps its first images' part: with the RNG replayed, the first
+        images of a batch get exactly the noise they had in the whole batch (the Balanced
+        sub-batch update re-evaluates them this way)."""
+        previous, self.batch = self.batch, int(batch_size)
+        try:
+            yield
+        finally:
+            self.batch = previous
+
+
 StepFn = Callable[
     [CodingStep, SchedulePlan, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 ]
@@ -326,7 +356,7 @@ class HPCM(CompressionModel):
         self.z_means = nn.Parameter(torch.zeros(1, cfg.N, 1, 1))
         self.z_scales = nn.Parameter(torch.ones(1, cfg.N, 1, 1))
         self.entropy = GGMEntropyModel(cfg.beta)
-        self._noise_batch: int | None = None
+        self.noise = UniformNoise()  # the training-mode quantization noise
         self.set_official_numerics(False)
 
     @classmethod
@@ -382,30 +412,6 @@ class HPCM(CompressionModel):
         transforms per step, the same gradients."""
         for transform in (self.g_a, self.g_s, self.h_a, self.h_s):
             transform.checkpoint_blocks = enabled
-
-    # -- quantization noise ----------------------------------------------------------------------
-    def _add_noise(self, x: torch.Tensor) -> torch.Tensor:
-        """Training-mode uniform noise in [-0.5, 0.5) (the rate proxy of Balle et al.), drawn
-        and added in fp32 whatever the input's dtype (bf16 would round 150.3 + 0.37 to 150)."""
-        x = x.float()
-        batch = self._noise_batch
-        if batch is None or batch <= x.shape[0]:
-            return x + torch.empty_like(x).uniform_(-0.5, 0.5)
-        shape = (batch, *x.shape[1:])
-        noise = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-        return x + noise.uniform_(-0.5, 0.5)[: x.shape[0]]
-
-    @contextmanager
-    def noise_of_batch(self, batch_size: int) -> Iterator[None]:
-        """Within the block, a training forward of fewer than ``batch_size`` images draws the
-        noise of a ``batch_size`` batch and keeps its first images' part: with the RNG replayed,
-        the first images of a batch get exactly the noise they had in the whole batch (the
-        Balanced sub-batch update re-evaluates them this way)."""
-        previous, self._noise_batch = self._noise_batch, int(batch_size)
-        try:
-            yield
-        finally:
-            self._noise_batch = previous
 
     def _analysis(self, x: torch.Tensor) -> torch.Tensor:
         # The entropy path must see the same memory layout on the encoder and decoder sides.
@@ -471,7 +477,7 @@ class HPCM(CompressionModel):
         z_res = z.float() - self.z_means
         if self.training:
             z_hat = _ste_round(z_res) + self.z_means
-            z_lik = self.entropy.likelihood(self._add_noise(z_res), self.z_scales)
+            z_lik = self.entropy.likelihood(self.noise(z_res), self.z_scales)
         else:
             z_q = torch.round(z_res)
             z_hat = z_q + self.z_means
@@ -491,7 +497,7 @@ class HPCM(CompressionModel):
 
         y_hat = self._walk(params, measure)
         y_res = residuals.full(plan)
-        y_res = self._add_noise(y_res) if self.training else torch.round(y_res)
+        y_res = self.noise(y_res) if self.training else torch.round(y_res)
         y_lik = self.entropy.likelihood(y_res, step_scales.full(plan))
         return {
             "x_hat": self._synthesis(y_hat),
@@ -508,10 +514,6 @@ class HPCM(CompressionModel):
                 f"HPCM needs image sides that are multiples of {SIZE_MULTIPLE}, got {h}x{w}: "
                 "pad first (hpcm.codec.pad_to_multiple)"
             )
-
-    def _z_indexes(self, shape) -> torch.Tensor:
-        b, c, h, w = shape
-        return torch.arange(c, dtype=torch.int32).view(1, c, 1, 1).expand(b, c, h, w)
 
     @torch.no_grad()
     @coding_numerics()
@@ -545,17 +547,11 @@ class HPCM(CompressionModel):
         y_sym = torch.cat(symbols, 1).int().cpu()
         y_idx = torch.cat(indexes, 1).cpu()
         z_sym = z_q.int().cpu()
-        z_idx = self._z_indexes(z_q.shape)
-        y_strings, z_strings, crcs = [], [], []
-        for b in range(x.shape[0]):
-            enc = BufferedRansEncoder()
-            encode_symbols(enc, y_sym[b], y_idx[b], tables["y"])
-            y_strings.append(enc.flush())
-            enc = BufferedRansEncoder()
-            encode_symbols(enc, z_sym[b], z_idx[b], tables["z"])
-            z_strings.append(enc.flush())
-            crcs.append(_symbol_crc(z_sym[b], y_sym[b]))
-        return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:]), "symbol_crc": crcs}
+        z_idx = _z_indexes(z_q.shape)
+        strings = [[_encode(y_sym[b], y_idx[b], tables["y"]) for b in range(len(y_sym))]]
+        strings.append([_encode(z_sym[b], z_idx[b], tables["z"]) for b in range(len(z_sym))])
+        crcs = [_symbol_crc(z_sym[b], y_sym[b]) for b in range(len(y_sym))]
+        return {"strings": strings, "shape": tuple(z.shape[-2:]), "symbol_crc": crcs}
 
     @torch.no_grad()
     @coding_numerics()
@@ -567,17 +563,10 @@ class HPCM(CompressionModel):
         y_strings, z_strings = strings
         device = self.z_means.device
         n, (h, w) = len(y_strings), shape
-        z_idx = self._z_indexes((1, self.config.N, h, w))
-        z_q, y_decoded = [], [[] for _ in range(n)]
-        y_decoders = []
-        for b in range(n):
-            dec = RansDecoder()
-            dec.set_stream(z_strings[b])
-            z_q.append(decode_symbols(dec, z_idx, tables["z"]))
-            dec = RansDecoder()
-            dec.set_stream(y_strings[b])
-            y_decoders.append(dec)
-        z_q = torch.cat(z_q).to(device)
+        z_idx = _z_indexes((1, self.config.N, h, w))
+        z_q = torch.cat([decode_symbols(_decoder(z), z_idx, tables["z"]) for z in z_strings])
+        z_q, y_decoders = z_q.to(device), [_decoder(y) for y in y_strings]
+        y_decoded: list[list[torch.Tensor]] = [[] for _ in range(n)]
         params = self.h_s((z_q + self.z_means).contiguous(memory_format=self._entropy_format))
 
         def decode(step, plan, scales, means, mask):
@@ -593,6 +582,25 @@ class HPCM(CompressionModel):
         y_hat = self._walk(params, decode)
         crcs = [_symbol_crc(z_q[b].cpu(), torch.cat(y_decoded[b])) for b in range(n)]
         return {"x_hat": self._synthesis(y_hat).clamp_(0, 1), "symbol_crc": crcs}
+
+
+def _z_indexes(shape) -> torch.Tensor:
+    """z is coded with one table per channel: the channel index of every element."""
+    b, c, h, w = shape
+    return torch.arange(c, dtype=torch.int32).view(1, c, 1, 1).expand(b, c, h, w)
+
+
+def _encode(symbols: torch.Tensor, indexes: torch.Tensor, tables: CodingTables) -> bytes:
+    """One rANS stream of one image's symbols."""
+    encoder = BufferedRansEncoder()
+    encode_symbols(encoder, symbols, indexes, tables)
+    return encoder.flush()
+
+
+def _decoder(stream: bytes) -> RansDecoder:
+    decoder = RansDecoder()
+    decoder.set_stream(stream)
+    return decoder
 
 
 def _symbol_crc(z_symbols: torch.Tensor, y_symbols: torch.Tensor) -> int:

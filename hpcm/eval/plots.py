@@ -9,11 +9,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 # File stem and axis title per result key; MS-SSIM is drawn in dB, as CompressAI's plots do.
 PLOT_METRICS = {"psnr-rgb": ("psnr", "PSNR (dB)"), "ms-ssim-db": ("msssim", "MS-SSIM (dB)")}
 # Curves whose name contains one of these are traditional codecs: dashed, as in CompressAI.
 TRADITIONAL = ("JPEG", "WebP", "BPG", "HM", "VTM", "AV1")
+
+
+def rd_figure(size: tuple[float, float] = (7, 5)) -> tuple[Any, Any]:
+    """A figure with one axes on an Agg canvas (no display, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def save_rd(
+    fig: Any, ax: Any, ylabel: str, title: str, path: Path, dpi: int = 150, where: str = "best"
+) -> Path:
+    """Label the axes of an R-D plot (bpp against ``ylabel``), add the legend, write ``path``."""
+    ax.set_xlabel("bpp")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.4)
+    ax.legend(fontsize="small", loc=where)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    return path
 
 
 def plot_rd(
@@ -23,12 +48,7 @@ def plot_rd(
     title: str = "",
 ) -> Path:
     """One R-D plot of ``curves`` (label -> results) for ``metric_key``, written to ``path``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.8))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = rd_figure((6.4, 4.8))
     for label, results in curves.items():
         if metric_key not in results:
             continue
@@ -42,14 +62,9 @@ def plot_rd(
             markersize=4,
             label=label,
         )
-    ax.set_xlabel("bpp")
-    ax.set_ylabel(PLOT_METRICS[metric_key][1])
-    ax.set_title(title or f"R-D, {PLOT_METRICS[metric_key][1].split()[0]}")
-    ax.grid(True, alpha=0.4)
-    ax.legend(fontsize="small", loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    ylabel = PLOT_METRICS[metric_key][1]
+    title = title or f"R-D, {ylabel.split()[0]}"
+    return save_rd(fig, ax, ylabel, title, path, dpi=120, where="lower right")
 
 
 def write_rd_plots(

@@ -356,12 +356,9 @@ def write_csv(
 
 def plot_curves(curves: Sequence[Curve], reference: Curve, metric_key: str, path: Path) -> None:
     """R-D plot of the reference and all curves; anchors dashed, the reference drawn thicker."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from hpcm.eval.plots import rd_figure, save_rd
 
-    fig = Figure(figsize=(7, 5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = rd_figure()
     for curve in [reference, *(c for c in curves if c.source != reference.source)]:
         if metric_key not in curve.results:
             continue
@@ -375,13 +372,8 @@ def plot_curves(curves: Sequence[Curve], reference: Curve, metric_key: str, path
             linewidth=2.2 if is_ref else 1.4,
             label=f"{curve.label} (reference)" if is_ref else curve.label,
         )
-    ax.set_xlabel("bpp")
-    ax.set_ylabel(f"{METRIC_TITLES[metric_key]} (dB)")
-    ax.set_title(f"R-D curves, {METRIC_TITLES[metric_key]}")
-    ax.grid(True, alpha=0.4)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    title = METRIC_TITLES[metric_key]
+    save_rd(fig, ax, f"{title} (dB)", f"R-D curves, {title}", path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,9 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
+from hpcm.eval.plots import rd_figure, save_rd
 from hpcm.eval.seeds import LEVEL, Interval, SeedRow, mean_curve
 
 
@@ -89,9 +87,7 @@ def plot_seeds(
 ) -> None:
     """Every curve thin (one line per seed), each group's mean over seeds bold, one colour per
     group; the reference group's mean is labelled as such."""
-    fig = Figure(figsize=(7, 5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = rd_figure()
     groups: dict[str, list[Any]] = {}
     for curve in curves:
         if metric_key in curve.results:
@@ -105,10 +101,5 @@ def plot_seeds(
             name = f"{label} (reference)" if label == reference else label
             seeds = f", mean of {len(members)} seeds" if len(members) > 1 else ""
             ax.plot(*mean, color=color, linewidth=2.4, marker="o", markersize=4, label=name + seeds)
-    ax.set_xlabel("bpp")
-    ax.set_ylabel(f"{title} (dB)")
-    ax.set_title(f"R-D curves, {title}: thin lines one seed each, bold the mean")
-    ax.grid(True, alpha=0.4)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    heading = f"R-D curves, {title}: thin lines one seed each, bold the mean"
+    save_rd(fig, ax, f"{title} (dB)", heading, path)

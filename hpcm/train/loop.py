@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
@@ -41,7 +41,7 @@ from hpcm.train.losses import RateDistortionLoss, effective_lambda
 from hpcm.train.lr_schedule import LRSchedule
 from hpcm.train.post_step import BatchProbe, rng_state, set_rng_state
 from hpcm.train.speed import SpeedOptions
-from hpcm.train.tracking import MetricWindow, Tracker, run_name
+from hpcm.train.tracking import MetricWindow, Tracker
 from hpcm.train.validate import validate
 
 log = logging.getLogger(__name__)
@@ -298,16 +298,8 @@ class Trainer:
         state.resume(self, path)
 
     def start_tracking(self, resumed: bool = False) -> None:
-        cfg = self.cfg
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        self.tracker = Tracker(
-            self.run_dir,
-            cfg.logger,
-            resolved,
-            run_name=run_name(resolved),
-            resume_step=self.progress.global_step if resumed else None,
-            run_id=self.resume_run_id,
-        )
+        step = self.progress.global_step if resumed else None
+        self.tracker = Tracker.for_run(self.cfg, self.run_dir, step, self.resume_run_id)
 
     def close(self) -> None:
         if self.tracker is not None:

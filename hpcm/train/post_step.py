@@ -68,7 +68,7 @@ class BatchProbe:
     """Re-evaluates the batch ``x`` of one step with the updated parameters.
 
     Args:
-        model: the bare model (owns the quantization noise, :meth:`HPCM.noise_of_batch`).
+        model: the bare model (owns the quantization noise: ``model.noise.of_batch``).
         forward: the no-grad forward to re-evaluate with (compiled, autocast as the step; never
             the DDP wrapper).
         criterion: the rate-distortion loss.
@@ -104,6 +104,6 @@ class BatchProbe:
         part = self.x[:count]
         tasks = self.criterion.per_image_task_losses
         before = tasks(head(self.output, count), part, self.task_names).mean(0)
-        with replay_rng(self.noise, self.device), self.model.noise_of_batch(self.x.shape[0]):
+        with replay_rng(self.noise, self.device), self.model.noise.of_batch(self.x.shape[0]):
             out = self.forward(part)
         return before, tasks(out, part, self.task_names).mean(0)

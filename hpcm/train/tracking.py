@@ -132,6 +132,17 @@ class Tracker:
         if name == "wandb":
             self._wandb_run = _start_wandb(self.run_dir, logger_cfg, config, run_name, run_id)
 
+    @classmethod
+    def for_run(
+        cls, cfg: Any, run_dir: Path, resume_step: int | None, run_id: str | None
+    ) -> Tracker:
+        """The tracker of a training run with the composed config ``cfg`` (its ``logger``
+        group, the resolved config stored with the wandb run, the run's name)."""
+        from omegaconf import OmegaConf
+
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        return cls(run_dir, cfg.logger, resolved, run_name(resolved), resume_step, run_id)
+
     @property
     def run_id(self) -> str | None:
         """The wandb run id (stored in checkpoints so that a resumed run continues it)."""

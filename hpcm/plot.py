@@ -94,16 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_runs(paths: Sequence[Path]) -> dict[str, Any]:
+    """The records of every run, labelled by run directory (the path where names repeat)."""
+    runs: dict[str, Any] = {}
+    for run in paths:
+        label = run.name if run.is_dir() else run.parent.name
+        runs[label if label not in runs else str(run)] = read_run(run)
+    return runs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    default = args.runs[0] / "curves.png" if len(args.runs) == 1 else Path("curves.png")
+    out = args.out or (default if args.runs[0].is_dir() else Path("curves.png"))
     try:
-        runs = {}
-        for run in args.runs:
-            label = run.name if run.is_dir() else run.parent.name
-            runs[label if label not in runs else str(run)] = read_run(run)
-        default = args.runs[0] / "curves.png" if len(args.runs) == 1 else Path("curves.png")
-        out = args.out or (default if args.runs[0].is_dir() else Path("curves.png"))
-        plot_runs(runs, out)
+        plot_runs(read_runs(args.runs), out)
     except PlotError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -80,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as error:  # ValueError: bad JSON, CheckpointError
         print(f"error: cannot log results: {error}", file=sys.stderr)
         return 1
-    print(f"logged to {len(logged)} wandb run(s): {', '.join(logged) or '-'}")
-    return 0
+    else:
+        print(f"logged to {len(logged)} wandb run(s): {', '.join(logged) or '-'}")
+        return 0
 
 
 if __name__ == "__main__":

@@ -151,11 +151,11 @@ def effective_lambda(lmbda: float, applied: Tensor, task_losses: Tensor) -> Tens
     a_R``; with several rate tasks, ``a_R`` is their rate-weighted mean ``sum_k a_k R_k / sum_k
     R_k``. The plain sum gives ``lambda`` itself.
     """
-    rates = task_losses[1:].detach().float()
     weights = applied[1:].float()
+    if len(weights) == 1:
+        return lmbda * applied[0].float() / weights[0]
+    rates = task_losses[1:].detach().float()
     mean_rate_weight = (weights * rates).sum() / rates.sum().clamp_min(1e-12)
-    if len(rates) == 1:
-        mean_rate_weight = weights[0]
     return lmbda * applied[0].float() / mean_rate_weight
 
 

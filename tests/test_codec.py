@@ -134,6 +134,14 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+def _official_round_trip(model, x):
+    """compress + decompress on the official numeric path, one thread: (output, x_hat)."""
+    model.set_official_numerics(True)
+    with one_thread():
+        out = model.compress(x)
+        return out, model.decompress(out["strings"], out["shape"])["x_hat"]
+
+
 def _check_recon(x_hat, ref):
     """The 8-bit reconstruction equals the official decoder's PNG pixel for pixel."""
     recon = x_hat.mul(255).round().to(torch.uint8)
@@ -155,11 +163,7 @@ def test_phi_context_vector_byte_exact(kodak):
     """HPCM_Base_PhiContext: the official streams and the one-thread reconstruction."""
     ref = json.loads((VECTORS / "official-hpcm-phi-context-kodim23.json").read_text())
     model = hpcm.load_model(official_formula_state_dict("HPCM_Base_PhiContext"))
-    model.set_official_numerics(True)
-    x = read_image(kodak / ref["image"])
-    with one_thread():
-        out = model.compress(x)
-        x_hat = model.decompress(out["strings"], out["shape"])["x_hat"]
+    out, x_hat = _official_round_trip(model, read_image(kodak / ref["image"]))
     _check_streams(out, ref)
     recon = _check_recon(x_hat, ref)
     assert hashlib.sha256(recon.numpy().tobytes()).hexdigest() == ref["x_hat_uint8_sha256"]
@@ -188,11 +192,8 @@ def test_official_vectors_byte_exact(kodak):
     on the official (oneDNN) path with one thread, its reconstruction pixel for pixel."""
     ref = json.loads((VECTORS / "official-hpcm-base-kodim23.json").read_text())
     model = hpcm.load_model(official_formula_state_dict(), name="hpcm_base")
-    model.set_official_numerics(True)
     x = read_image(kodak / ref["image"])
-    with one_thread():
-        out = model.compress(x)
-        x_hat = model.decompress(out["strings"], out["shape"])["x_hat"]
+    out, x_hat = _official_round_trip(model, x)
     _check_streams(out, ref)
     _check_recon(x_hat, ref)
     y, z = out["strings"][0][0], out["strings"][1][0]

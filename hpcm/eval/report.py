@@ -512,8 +512,8 @@ def usability_warnings(
     curves: Sequence[Curve], references: Sequence[Curve], metric_key: str, min_overlap: float
 ) -> list[str]:
     """What makes a comparison unusable, each with what to change: quality that does not rise
-    with rate (models far from converged), a tiny quality span, too little overlap with the
-    reference of the same seed."""
+    with rate (models far from converged), a tiny quality span, no overlap (or less than
+    ``min_overlap``) with the reference of the same seed."""
     title = METRIC_TITLES[metric_key]
     by_seed = {r.seed: r for r in references}
     out = []
@@ -538,10 +538,10 @@ def usability_warnings(
         if reference is None or reference is curve or metric_key not in reference.results:
             continue
         overlap = _overlap(reference.results[metric_key], quality)
-        if overlap < min_overlap:
+        if overlap == 0 or overlap < min_overlap:  # a partial overlap: the '!' cells say so
             out.append(
-                f"{name}: shares {overlap:.0%} of its {title} range with {reference.label} "
-                f"(< {min_overlap:.0%}): BD values need curves that reach the same qualities; "
+                f"{name}: shares {overlap:.0%} of its {title} range with {reference.label}: "
+                "BD values need curves that reach the same qualities; "
                 "choose lambdas so that both optimizers cover the same range"
             )
     return out

@@ -148,6 +148,9 @@ def test_bdrate_pairs_seeds_and_writes_table_csv_and_plot(tmp_path: Path, capsys
     assert (out / "rd_psnr.png").stat().st_size > 0
     csv_text = (out / "bdrate_psnr.csv").read_text()
     assert "balanced,mean,4,adam" in csv_text
+    globbed = [str(ev / "balanced_seed*.json"), "-r", str(ev / "adam_seed*.json")]
+    assert report.main([*globbed, "--bootstrap", "0", "--out", str(tmp_path / "g")]) == 0
+    assert "| **balanced mean** | 2 seeds | 4 | **-10.00** |" in capsys.readouterr().out
 
 
 def test_unusable_curves_are_named_with_what_to_change(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import glob
 import itertools
 import json
 import math
@@ -167,7 +168,7 @@ def load_curves(spec: str, metric_key: str | None = None) -> list[Curve]:
             raise ReportError(exc.args[0]) from None
         return [parse_curve(data, spec, label=data["name"], anchor=True)]
     if any(ch in spec for ch in "*?["):  # a glob pattern, e.g. 'EVAL/adam_seed*.json'
-        files = sorted(Path().glob(spec) if not Path(spec).is_absolute() else _abs_glob(spec))
+        files = sorted(Path(p) for p in glob.glob(spec))  # relative or absolute patterns
         if not files:
             raise ReportError(f"{spec}: no file matches")
         return [_load_file(f) for f in files]
@@ -180,11 +181,6 @@ def load_curves(spec: str, metric_key: str | None = None) -> list[Curve]:
     if not path.exists():
         raise ReportError(f"{path}: no such file or folder")
     return [_load_file(path)]
-
-
-def _abs_glob(pattern: str) -> list[Path]:
-    root = Path(pattern).anchor
-    return list(Path(root).glob(str(Path(pattern).relative_to(root))))
 
 
 def unique_labels(curves: Sequence[Curve]) -> list[Curve]:

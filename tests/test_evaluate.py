@@ -244,6 +244,9 @@ def test_run_files_match_the_trainer() -> None:
             {"optimizer": {"name": "adam"}, "lmbda": 2.4, "metric": "ms-ssim"},
             ("adam", 2.4, "msssim"),
         ),
+        # every balancer variant is its own curve, never merged into "balanced"
+        ({"optimizer": {"name": "balanced_qp"}, "lmbda": 0.0018}, ("balanced_qp", 0.0018, None)),
+        ({"optimizer": {"name": "balanced_hier"}}, ("balanced_hier", None, None)),
         # also accepted
         ({"optimizer": "balanced", "lambda": 0.013}, ("balanced", 0.013, None)),
         (

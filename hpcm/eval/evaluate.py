@@ -96,9 +96,13 @@ class RunInfo:
 
 
 def _optimizer_name(config: dict) -> str | None:
+    """The optimizer's config name (``adam``, ``balanced``, ``balanced_qp``, ...); a config
+    without one (older runs) is named from its ``_target_`` class."""
     opt = config.get("optimizer")
     if isinstance(opt, dict):
-        opt = opt.get("name") or opt.get("_target_")
+        if isinstance(opt.get("name"), str):
+            return opt["name"].lower()
+        opt = opt.get("_target_")
     if not isinstance(opt, str):
         return None
     opt = opt.rsplit(".", 1)[-1].lower()

@@ -34,7 +34,7 @@ case "$recipe" in
   finetune)
     : "${CKPT_DIR:?set CKPT_DIR (official HPCM-Base checkpoints)}"
     python train.py -m 'experiment=[compare,finetune]' "${common[@]}" \
-      "lambda='0.0018','0.0035','0.0067','0.013','0.025','0.0483'" \
+      lmbda=0.0018,0.0035,0.0067,0.013,0.025,0.0483 \
       "init_from='$CKPT_DIR/HPCM_Base_\${lmbda}.pth.tar'" \
       "hydra.sweep.dir=multirun/compare_hpcm_base_finetune"
     ;;

@@ -47,13 +47,15 @@ def read_run(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    """Steps and finite values of ``key`` (non-finite values are stored as strings)."""
-    points = [
-        (r["step"], float(r[key]))
+    """Steps and finite values of ``key`` (non-finite values are stored as strings), in step
+    order; a step logged twice (a run resumed from an earlier checkpoint) keeps its last value."""
+    points = {
+        r["step"]: float(r[key])
         for r in records
         if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
-    ]
-    return [p[0] for p in points], [p[1] for p in points]
+    }
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
 
 
 def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:

@@ -40,6 +40,12 @@ def test_plot_training_curves_from_metrics(tmp_path: Path, capsys) -> None:
     assert out.stat().st_size > 20_000 and f"wrote {out}" in capsys.readouterr().out
 
 
+def test_a_resumed_run_keeps_the_last_value_of_a_step_in_step_order() -> None:
+    records = [{"step": s, "train/loss": float(s)} for s in (10, 20, 30)]
+    records += [{"step": s, "train/loss": -float(s)} for s in (20, 30, 40)]  # resumed at 10
+    assert plot.series(records, "train/loss") == ([10, 20, 30, 40], [10.0, -20.0, -30.0, -40.0])
+
+
 def test_plot_of_a_folder_without_metrics_is_one_line_error(tmp_path: Path, capsys) -> None:
     assert plot.main([str(tmp_path)]) == 1
     err = capsys.readouterr().err

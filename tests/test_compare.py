@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
-from hpcm.eval import report, seeds
+from hpcm.eval import report, seeds, trade_off
 from hpcm.train.losses import effective_lambda
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,6 +249,7 @@ def test_compare_experiment_end_to_end_and_resumes(tmp_path: Path) -> None:
     table = (sweep / "report" / "bdrate_psnr.md").read_text()
     assert "| balanced | 0 |" in table and "**balanced mean**" in table
     assert (sweep / "report" / "rd_psnr.png").is_file()
+    assert "| balanced | 0.0483 | 2 |" in (sweep / "report" / "effective_lambda.md").read_text()
     assert "WARNING: " in done.stderr  # one step of training: not a usable comparison
 
     stamp = {p: p.stat().st_mtime_ns for p in sweep.glob("*/last.pth.tar")}
@@ -279,3 +281,48 @@ def test_the_shipped_base_model_loads_and_starts_a_run(tmp_path: Path) -> None:
     for key, value in model.state_dict().items():
         if not key.startswith(("y_", "z_cdf", "z_offset")):  # coding tables: built by update()
             assert torch.equal(trainer.model.state_dict()[key], value), key
+
+
+def write_trade_off_run(run_dir: Path, optimizer: str, lmbda: float, seed: int, ratio: float) -> None:
+    """A run directory as the trainer leaves it: config.yaml and metrics.jsonl, with the
+    effective lambda falling from lambda to ``ratio * lambda`` over 100 steps."""
+    run_dir.mkdir(parents=True)
+    config = {"seed": seed, "lmbda": lmbda, "optimizer": {"name": optimizer}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    lines = []
+    for step in range(10, 101, 10):
+        effective = lmbda * (1 + (ratio - 1) * step / 100)
+        record = {"step": step, "train/effective_lambda": effective}
+        if optimizer != "adam":
+            record |= {"train/task_weight_distortion": 0.4, "train/task_weight_bpp": 0.6}
+        lines.append(json.dumps(record))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_trade_off_report_of_a_sweep(tmp_path: Path, capsys) -> None:
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        for lmbda in (0.001, 0.004):
+            write_trade_off_run(sweep / f"adam_{lmbda}_seed{seed}", "adam", lmbda, seed, 1.0)
+            ratio = 0.5 if seed == 0 else 0.3
+            write_trade_off_run(sweep / f"b_{lmbda}_seed{seed}", "balanced_qp", lmbda, seed, ratio)
+    (sweep / "eval").mkdir()  # not a run: ignored
+    runs = trade_off.read_sweep(sweep, tail=0.2)
+    assert len(runs) == 8 and runs[0].optimizer == "adam"
+    qp = [r for r in runs if r.optimizer == "balanced_qp" and r.lmbda == 0.004]
+    # the mean over steps 90 and 100 (the last 20% of 10..100)
+    expected = [0.004 * (1 + (ratio - 1) * s / 100) for ratio in (0.5, 0.3) for s in (90, 100)]
+    assert [r.effective for r in qp] == pytest.approx([sum(expected[:2]) / 2, sum(expected[2:]) / 2])
+    assert qp[0].weights == pytest.approx({"distortion": 0.4, "bpp": 0.6})
+    assert trade_off.main([str(sweep)]) == 0
+    table = (sweep / "report" / "effective_lambda.md").read_text()
+    assert "| adam | 0.001 | 2 | 0.001 [0.001, 0.001] | 1.00 |" in table
+    assert "| balanced_qp | 0.004 | 2 |" in table
+    assert (sweep / "report" / "effective_lambda.png").read_bytes()[:4] == b"\x89PNG"
+    rows = (sweep / "report" / "effective_lambda.csv").read_text().splitlines()
+    assert rows[0] == "optimizer,seed,lambda,effective_lambda,weight_bpp,weight_distortion"
+    assert len(rows) == 9
+    assert trade_off.main([str(tmp_path / "eval_only")]) == 1
+    (tmp_path / "empty").mkdir()
+    assert trade_off.main([str(tmp_path / "empty")]) == 1
+    assert capsys.readouterr().err.count("error: ") == 2

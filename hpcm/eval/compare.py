@@ -4,7 +4,8 @@ bitstreams, then the seed-paired BD-rate report, both into the sweep directory.
 A Hydra callback (``hydra.callbacks.compare``) whose ``on_multirun_end`` runs in the launching
 process once every job has finished: ``SWEEP/eval`` gets one CompressAI JSON per (optimizer,
 seed) and the per-image CSV (``evaluate.py``), ``SWEEP/report`` the tables and plots against the
-reference optimizer (``bdrate.py``). Re-running the same command after an interruption continues
+reference optimizer (``bdrate.py``) and where every run really trained (its effective lambda,
+``hpcm.eval.trade_off``). Re-running the same command after an interruption continues
 the unfinished runs (``resume=auto``), skips the finished ones, and evaluates again.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from hpcm.eval import evaluate, report
+from hpcm.eval import evaluate, report, trade_off
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ def evaluate_and_report(sweep_dir: Path, settings: DictConfig, device: str | Non
         )
         if status:
             return status
+    try:
+        trade_off.write_report(sweep_dir, report_dir)
+    except trade_off.TradeOffError as error:  # e.g. runs that logged no training step
+        log.warning("no effective-lambda report: %s", error)
     return 0
 
 

@@ -95,7 +95,7 @@ class RunInfo:
         return f"{self.path.parent.name}/{self.path.name}"
 
 
-def _optimizer_name(config: dict) -> str | None:
+def optimizer_of(config: dict) -> str | None:
     """The optimizer's config name (``adam``, ``balanced``, ``balanced_qp``, ...); a config
     without one (older runs) is named from its ``_target_`` class."""
     opt = config.get("optimizer")
@@ -109,7 +109,7 @@ def _optimizer_name(config: dict) -> str | None:
     return next((known for known in ("balanced", "adam") if known in opt), opt)
 
 
-def _lambda(config: dict) -> float | None:
+def lambda_of(config: dict) -> float | None:
     value = config.get("lmbda", config.get("lambda"))  # hpcm/conf/lambda/*.yaml set ``lmbda``
     if value is None or isinstance(value, bool):
         return None
@@ -135,7 +135,7 @@ def read_run_info(path: Path, data: dict, model_name: str, official: bool) -> Ru
     seed = config.get("seed")
     seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     return RunInfo(
-        path, model_name, False, _optimizer_name(config), _lambda(config), _metric(config), seed
+        path, model_name, False, optimizer_of(config), lambda_of(config), _metric(config), seed
     )
 
 

@@ -1,0 +1,238 @@
+"""Where every run of a sweep really trained: its ``train/effective_lambda`` against its lambda.
+
+A balancer's model step is, up to a positive factor, the plain step of ``R + lambda_eff * D``
+(docs/compare.md, "The effective lambda"); the trainer logs ``lambda_eff`` as
+``train/effective_lambda``, and Adam's equals the nominal lambda. This module reads the run
+directories of a sweep (``config.yaml`` and ``metrics.jsonl``, as the trainer writes them) and
+writes, into ``OUT``:
+
+- ``effective_lambda.csv``: one row per run (optimizer, seed, lambda, the effective lambda and
+  the task weights averaged over the last ``--tail`` of the logged training steps);
+- ``effective_lambda.md``: per optimizer and lambda, the mean over seeds and its range;
+- ``effective_lambda.png``: left, the effective lambda against the nominal one (log-log, every
+  seed a dot, the mean over seeds a line, the diagonal is Adam's); right, the effective lambda
+  along training, one thin line per run.
+
+``python -m hpcm.eval.trade_off SWEEP_DIR [--out DIR] [--tail 0.2]``; the comparison
+(``experiment=compare``) writes it into ``SWEEP/report`` after the BD-rate report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hpcm.eval.evaluate import lambda_of, optimizer_of
+from hpcm.plot import PlotError, read_run, series
+from hpcm.train.tracking import METRICS_FILE
+
+KEY = "train/effective_lambda"
+WEIGHT_PREFIX = "train/task_weight_"
+STEM = "effective_lambda"
+
+
+class TradeOffError(Exception):
+    """Nothing to report; the message is one line."""
+
+
+@dataclass
+class RunTradeOff:
+    name: str  # the run directory's name
+    optimizer: str
+    lmbda: float
+    seed: int | None
+    effective: float  # mean of train/effective_lambda over the tail of training
+    steps: list[int] = field(repr=False)
+    values: list[float] = field(repr=False)
+    weights: dict[str, float] = field(default_factory=dict)  # task -> mean over the tail
+
+
+def _tail_mean(steps: Sequence[int], values: Sequence[float], tail: float) -> float:
+    """Mean of the values logged in the last ``tail`` fraction of the steps."""
+    start = steps[-1] - tail * (steps[-1] - steps[0])
+    return statistics.fmean(v for s, v in zip(steps, values, strict=True) if s >= start)
+
+
+def read_run_trade_off(run_dir: Path, tail: float = 0.2) -> RunTradeOff | None:
+    """The trade-off of one run directory, or ``None`` if it has no config, lambda or logged
+    effective lambda (not a training run, or one that has not logged yet)."""
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        return None
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    config = config if isinstance(config, dict) else {}
+    lmbda, optimizer = lambda_of(config), optimizer_of(config)
+    try:
+        records = read_run(run_dir)
+    except PlotError:
+        return None
+    steps, values = series(records, KEY)
+    if lmbda is None or optimizer is None or not steps:
+        return None
+    seed = config.get("seed")
+    weights = {}
+    for key in sorted({k for r in records for k in r if k.startswith(WEIGHT_PREFIX)}):
+        w_steps, w_values = series(records, key)
+        if w_steps:
+            weights[key[len(WEIGHT_PREFIX) :]] = _tail_mean(w_steps, w_values, tail)
+    return RunTradeOff(
+        run_dir.name,
+        optimizer,
+        lmbda,
+        seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        _tail_mean(steps, values, tail),
+        steps,
+        values,
+        weights,
+    )
+
+
+def read_sweep(sweep_dir: Path, tail: float = 0.2) -> list[RunTradeOff]:
+    """Every run below ``sweep_dir`` (any depth) that logged an effective lambda, sorted by
+    optimizer, lambda and seed."""
+    runs = []
+    for metrics in sorted(sweep_dir.rglob(METRICS_FILE)):
+        run = read_run_trade_off(metrics.parent, tail)
+        if run is not None:
+            runs.append(run)
+    if not runs:
+        raise TradeOffError(f"{sweep_dir}: no run with a logged {KEY} and a lambda in its config")
+    return sorted(runs, key=lambda r: (r.optimizer, r.lmbda, -1 if r.seed is None else r.seed))
+
+
+def by_cell(runs: Sequence[RunTradeOff]) -> dict[tuple[str, float], list[RunTradeOff]]:
+    """Runs grouped by (optimizer, lambda): the seeds of one cell."""
+    cells: dict[tuple[str, float], list[RunTradeOff]] = {}
+    for run in runs:
+        cells.setdefault((run.optimizer, run.lmbda), []).append(run)
+    return cells
+
+
+def write_csv(runs: Sequence[RunTradeOff], path: Path) -> Path:
+    tasks = sorted({t for r in runs for t in r.weights})
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["optimizer", "seed", "lambda", "effective_lambda", *(f"weight_{t}" for t in tasks)]
+        )
+        for r in runs:
+            weights = [f"{r.weights[t]:.6g}" if t in r.weights else "" for t in tasks]
+            seed = "" if r.seed is None else str(r.seed)
+            writer.writerow([r.optimizer, seed, f"{r.lmbda:g}", f"{r.effective:.6g}", *weights])
+    return path
+
+
+def markdown(runs: Sequence[RunTradeOff], tail: float) -> str:
+    lines = [
+        f"Effective lambda (mean of `{KEY}` over the last {tail:.0%} of training), mean over "
+        "seeds [lowest, highest]; the ratio is effective / nominal.",
+        "",
+        "| optimizer | lambda | seeds | effective lambda | ratio |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for (optimizer, lmbda), members in by_cell(runs).items():
+        values = [r.effective for r in members]
+        mean = statistics.fmean(values)
+        lines.append(
+            f"| {optimizer} | {lmbda:g} | {len(values)} | {mean:.3g} "
+            f"[{min(values):.3g}, {max(values):.3g}] | {mean / lmbda:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: Sequence[RunTradeOff], path: Path) -> Path:
+    """Left: effective against nominal lambda; right: the effective lambda along training."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.6))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(r.optimizer for r in runs))}
+    lambdas = sorted({r.lmbda for r in runs})
+    left.plot(lambdas, lambdas, "k--", linewidth=0.8, label="effective = nominal")
+    cells = by_cell(runs)
+    for optimizer, color in colors.items():
+        own = [(lm, ms) for (opt, lm), ms in cells.items() if opt == optimizer]
+        for _, members in own:
+            left.plot([r.lmbda for r in members], [r.effective for r in members], ".", color=color)
+        left.plot(
+            [lm for lm, _ in own],
+            [statistics.fmean(r.effective for r in ms) for _, ms in own],
+            "-o",
+            color=color,
+            markersize=4,
+            label=optimizer,
+        )
+    for r in runs:
+        right.plot(r.steps, r.values, color=colors[r.optimizer], linewidth=0.7, alpha=0.6)
+    for ax in (left, right):
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    left.set_xscale("log")
+    left.set_xlabel("nominal lambda")
+    left.set_ylabel("effective lambda (end of training)")
+    left.set_title("Where each run trained: dots one seed, line the mean")
+    left.legend(fontsize="small")
+    right.set_xlabel("step")
+    right.set_ylabel("effective lambda")
+    right.set_title("Along training: one line per run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    return path
+
+
+def write_report(sweep_dir: Path, out: Path, tail: float = 0.2) -> list[Path]:
+    """CSV, Markdown and plot of the sweep's trade-offs into ``out``; returns their paths."""
+    runs = read_sweep(sweep_dir, tail)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{STEM}.md").write_text(markdown(runs, tail))
+    return [write_csv(runs, out / f"{STEM}.csv"), out / f"{STEM}.md", plot(runs, out / f"{STEM}.png")]
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not (0.0 < value <= 1.0) or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hpcm.eval.trade_off",
+        description="Effective lambda of every run of a sweep against its nominal lambda "
+        "(table, CSV and plot).",
+    )
+    parser.add_argument("sweep", type=Path, help="sweep directory (runs at any depth below it)")
+    parser.add_argument("--out", type=Path, help="output folder (default: SWEEP/report)")
+    parser.add_argument(
+        "--tail", type=_fraction, default=0.2, help="fraction of training to average (0.2)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.sweep.is_dir():
+        print(f"error: {args.sweep}: no such sweep directory", file=sys.stderr)
+        return 1
+    try:
+        paths = write_report(args.sweep, args.out or args.sweep / "report", args.tail)
+    except TradeOffError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(paths[1].read_text(), end="")
+    print(f"written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

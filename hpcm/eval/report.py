@@ -411,7 +411,7 @@ def list_anchors() -> None:
     for name in anchors.anchor_names():
         data = anchors.load_anchor(name)
         keys = [k for k in data["results"] if k != "bpp"]
-        print(f"{name:36s} {len(data['results']['bpp'])} points  {', '.join(keys)}")
+        print(f"{name:36s} {len(data['results']['bpp']):2d} points  {', '.join(keys)}")
     print(f"(anchor:<model>/<dataset> picks the {anchors.MSSSIM_SUFFIX} set for --metric ms-ssim)")
 
 

@@ -3,12 +3,14 @@
 Each ``*.json`` file next to this module holds one anchor set in the format that CompressAI's
 ``eval_model`` writes (``{"name", "description", "results": {"bpp", <metric>...}}``); the
 ``description`` names the source file and commit the numbers were read from (lyq133/LIC-HPCM for
-HPCM, InterDigitalInc/CompressAI for VTM) and, for a traditional codec, its version.
+HPCM; for VTM: InterDigitalInc/CompressAI on Kodak, google-deepmind/c3_neural_compression on CLIC
+Pro Valid, duanzhiihao/lossy-vae on Tecnick) and, for a traditional codec, its version.
 
 HPCM names are ``<model>/<dataset>`` for the MSE-optimized models (``psnr-rgb``) and
 ``<model>/<dataset>-msssim`` for the MS-SSIM-optimized models (``ms-ssim-rgb`` and
 ``ms-ssim-db``), because the two model families sit at different rates and cannot share one
-``bpp`` list. ``vtm/<dataset>`` carries every metric on one list.
+``bpp`` list. ``vtm/<dataset>`` carries every metric its source publishes on one list (PSNR and
+MS-SSIM on Kodak, PSNR only on CLIC Pro Valid and Tecnick).
 """
 
 from __future__ import annotations

@@ -73,6 +73,23 @@ def test_qp_update_decreases_both_log_losses_at_the_same_rate():
     assert torch.equal(other.weights, qp.weights)
 
 
+def test_a_dominating_weight_warns_once_with_the_remedy_of_its_balancer(caplog) -> None:
+    from hpcm.optim.balancer import FAMOBalancer
+
+    qp = QPBalancer(task_names("rd"), [-1.0, -1.0], warn_weight_above=0.9)
+    qp._weights = torch.tensor([0.05, 0.95])
+    famo = FAMOBalancer(task_names("rd"), 0.003, 0.025, [-1.0, -1.0], 0.9, "exact", 2, 0.9, 50)
+    famo.famo._state["logits"] = torch.tensor([-3.0, 3.0])
+    with caplog.at_level("WARNING"):
+        assert qp.report()["task_weight_bpp"] == pytest.approx(0.95)
+        qp.report()  # still dominating: no second warning
+        famo.report()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "task_weight_bpp = 0.950 dominates (> 0.9): the QP weights" in messages[0]
+    assert "gamma" not in messages[0] and "optimizer.balancer.gamma" in messages[1]
+
+
 # ----------------------------------------------------------------------------- in training
 def _run(tmp_path, *overrides):
     from test_train import make_cfg

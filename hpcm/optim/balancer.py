@@ -125,9 +125,12 @@ class PlainBalancer:
 class _WeightReport:
     """Logged task weights, and a warning when one of them dominates."""
 
-    def __init__(self, task_names: tuple[str, ...], warn_weight_above: float | None) -> None:
+    def __init__(
+        self, task_names: tuple[str, ...], warn_weight_above: float | None, remedy: str
+    ) -> None:
         self.names = [weight_metric_name(t) for t in task_names]
         self.limit = warn_weight_above
+        self.remedy = remedy  # what the user can do about it, for the warning
         self._warned = False
 
     def __call__(self, weights: Tensor) -> dict[str, float]:
@@ -136,11 +139,11 @@ class _WeightReport:
         dominating = self.limit is not None and values[top] > float(self.limit)
         if dominating and not self._warned:
             log.warning(
-                "task weight %s = %.3f dominates (> %s): raise optimizer.balancer.gamma or lower "
-                "optimizer.balancer.w_lr to keep the weights nearer 0.5",
+                "task weight %s = %.3f dominates (> %s): %s",
                 self.names[top],
                 values[top],
                 self.limit,
+                self.remedy,
             )
         self._warned = dominating
         return dict(zip(self.names, values, strict=True))
@@ -179,7 +182,12 @@ class FAMOBalancer:
             reduce_fn=reduce_fn,
         )
         self.update = build_famo_update(update_mode, subbatch_size, ema_decay, exact_warmup_steps)
-        self._report = _WeightReport(self.task_names, warn_weight_above)
+        self._report = _WeightReport(
+            self.task_names,
+            warn_weight_above,
+            "raise optimizer.balancer.gamma or lower optimizer.balancer.w_lr to keep the weights "
+            "nearer 0.5",
+        )
 
     @property
     def weights(self) -> Tensor:
@@ -242,7 +250,12 @@ class QPBalancer:
         self.eps = float(eps)
         self._weights = torch.full((2,), 0.5)
         self.applied_weights = torch.full((2,), 0.5)
-        self._report = _WeightReport(self.task_names, warn_weight_above)
+        self._report = _WeightReport(
+            self.task_names,
+            warn_weight_above,
+            "the QP weights follow the two log-loss gradients and have no setting; the other "
+            "task is barely trained (watch train/psnr and train/bpp_loss; docs/results.md)",
+        )
 
     @property
     def weights(self) -> Tensor:

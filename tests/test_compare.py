@@ -154,6 +154,21 @@ def test_bdrate_pairs_seeds_and_writes_table_csv_and_plot(tmp_path: Path, capsys
     assert "| **balanced mean** | 2 seeds | 4 | **-10.00** |" in capsys.readouterr().out
 
 
+def test_a_mean_without_every_seed_says_how_many_lack_a_value(tmp_path: Path, capsys) -> None:
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    for s in (0, 1):
+        write(ev / f"adam_seed{s}.json", per_image_curve("adam", s))
+        collapsed = per_image_curve("balanced_qp", s, 0.9)
+        if s == 1:  # every lambda at one rate: no curve to integrate
+            collapsed["results"]["bpp"] = [0.001] * 4
+        write(ev / f"balanced_qp_seed{s}.json", collapsed)
+    assert report.main([str(ev), "-r", "adam", "--bootstrap", "0", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| **balanced_qp mean** | 2 seeds | 0 | **n/a** |" in printed
+    assert "n/a: 1 of 2 seeds have no BD value" in printed
+
+
 def test_unusable_curves_are_named_with_what_to_change(tmp_path: Path) -> None:
     flat = curve(
         {

@@ -173,7 +173,9 @@ def compare_seeds(
             row = SeedRow(label, pair.seed, len(pair.test.bpp), *values[-1], note)
             rows.append(_with_images(row, images))
         if any(v is None for pair_values in values for v in pair_values):
-            rows.append(SeedRow(label, None, 0, None, None, "n/a: a seed has no BD value"))
+            missing = sum(None in pair_values for pair_values in values)
+            note = f"n/a: {missing} of {len(pairs)} seeds have no BD value"
+            rows.append(SeedRow(label, None, 0, None, None, note, seeds=len(pairs)))
             continue
         rates, metrics = [v[0] for v in values], [v[1] for v in values]
         mean = SeedRow(

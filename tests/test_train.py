@@ -100,7 +100,7 @@ def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -
         assert full.hydra.callbacks.compare._target_ == "hpcm.eval.compare.CompareReport"
         params = full.hydra.sweeper.params
         assert set(params.optimizer.split(",")) == {"adam", "balanced", "balanced_qp"}
-        assert len(params.seed.split(",")) == 3 and len(params["lambda"].split(",")) == 4
+        assert len(params.seed.split(",")) == 3 and len(str(params.lmbda).split(",")) == 4
     elif group == "experiment":
         assert cfg.optimizer.lr < 1e-4 and cfg.trainer.epochs < 3001
     else:

@@ -324,6 +324,7 @@ def test_trade_off_report_of_a_sweep(tmp_path: Path, capsys) -> None:
     (sweep / "eval").mkdir()  # not a run: ignored
     runs = trade_off.read_sweep(sweep, tail=0.2)
     assert len(runs) == 8 and runs[0].optimizer == "adam"
+    assert len(trade_off.read_sweep([sweep, sweep])) == 16  # several sweeps into one report
     qp = [r for r in runs if r.optimizer == "balanced_qp" and r.lmbda == 0.004]
     # the mean over steps 90 and 100 (the last 20% of 10..100)
     expected = [0.004 * (1 + (ratio - 1) * s / 100) for ratio in (0.5, 0.3) for s in (90, 100)]

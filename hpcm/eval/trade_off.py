@@ -13,7 +13,7 @@ writes, into ``OUT``:
   seed a dot, the mean over seeds a line, the diagonal is Adam's); right, the effective lambda
   along training, one thin line per run.
 
-``python -m hpcm.eval.trade_off SWEEP_DIR [--out DIR] [--tail 0.2]``; the comparison
+``python -m hpcm.eval.trade_off SWEEP_DIR... [--out DIR] [--tail 0.2]``; the comparison
 (``experiment=compare``) writes it into ``SWEEP/report`` after the BD-rate report.
 """
 
@@ -95,16 +95,19 @@ def read_run_trade_off(run_dir: Path, tail: float = 0.2) -> RunTradeOff | None:
     )
 
 
-def read_sweep(sweep_dir: Path, tail: float = 0.2) -> list[RunTradeOff]:
-    """Every run below ``sweep_dir`` (any depth) that logged an effective lambda, sorted by
-    optimizer, lambda and seed."""
+def read_sweep(sweep_dirs: Path | Sequence[Path], tail: float = 0.2) -> list[RunTradeOff]:
+    """Every run below the sweep directories (any depth) that logged an effective lambda, sorted
+    by optimizer, lambda and seed."""
+    sweep_dirs = [sweep_dirs] if isinstance(sweep_dirs, Path) else list(sweep_dirs)
     runs = []
-    for metrics in sorted(sweep_dir.rglob(METRICS_FILE)):
-        run = read_run_trade_off(metrics.parent, tail)
-        if run is not None:
-            runs.append(run)
+    for sweep_dir in sweep_dirs:
+        for metrics in sorted(sweep_dir.rglob(METRICS_FILE)):
+            run = read_run_trade_off(metrics.parent, tail)
+            if run is not None:
+                runs.append(run)
     if not runs:
-        raise TradeOffError(f"{sweep_dir}: no run with a logged {KEY} and a lambda in its config")
+        names = ", ".join(map(str, sweep_dirs))
+        raise TradeOffError(f"{names}: no run with a logged {KEY} and a lambda in its config")
     return sorted(runs, key=lambda r: (r.optimizer, r.lmbda, -1 if r.seed is None else r.seed))
 
 
@@ -190,9 +193,11 @@ def plot(runs: Sequence[RunTradeOff], path: Path) -> Path:
     return path
 
 
-def write_report(sweep_dir: Path, out: Path, tail: float = 0.2) -> list[Path]:
-    """CSV, Markdown and plot of the sweep's trade-offs into ``out``; returns their paths."""
-    runs = read_sweep(sweep_dir, tail)
+def write_report(
+    sweep_dirs: Path | Sequence[Path], out: Path, tail: float = 0.2
+) -> list[Path]:
+    """CSV, Markdown and plot of the sweeps' trade-offs into ``out``; returns their paths."""
+    runs = read_sweep(sweep_dirs, tail)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{STEM}.md").write_text(markdown(runs, tail))
     return [write_csv(runs, out / f"{STEM}.csv"), out / f"{STEM}.md", plot(runs, out / f"{STEM}.png")]
@@ -211,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Effective lambda of every run of a sweep against its nominal lambda "
         "(table, CSV and plot).",
     )
-    parser.add_argument("sweep", type=Path, help="sweep directory (runs at any depth below it)")
-    parser.add_argument("--out", type=Path, help="output folder (default: SWEEP/report)")
+    parser.add_argument(
+        "sweeps", type=Path, nargs="+", help="sweep directories (runs at any depth below them)"
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default: FIRST_SWEEP/report)")
     parser.add_argument(
         "--tail", type=_fraction, default=0.2, help="fraction of training to average (0.2)"
     )
@@ -221,11 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.sweep.is_dir():
-        print(f"error: {args.sweep}: no such sweep directory", file=sys.stderr)
+    missing = [str(path) for path in args.sweeps if not path.is_dir()]
+    if missing:
+        print(f"error: {', '.join(missing)}: no such sweep directory", file=sys.stderr)
         return 1
     try:
-        paths = write_report(args.sweep, args.out or args.sweep / "report", args.tail)
+        paths = write_report(args.sweeps, args.out or args.sweeps[0] / "report", args.tail)
     except TradeOffError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

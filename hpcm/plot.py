@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hpcm.eval.plots import agg_figure
 from hpcm.train.tracking import METRICS_FILE
 
 # Panel title -> the metric names it shows (train and validation).
@@ -60,11 +61,7 @@ def series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list
 
 def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     """Four panels (loss, bpp, PSNR, task weights), one line per run and metric."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 7.5))
-    FigureCanvasAgg(fig)
+    fig = agg_figure((11, 7.5))
     axes = fig.subplots(2, 2).ravel()
     for ax, (title, keys) in zip(axes, PANELS.items(), strict=False):
         for label, records in runs.items():

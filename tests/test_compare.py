@@ -298,7 +298,9 @@ def test_the_shipped_base_model_loads_and_starts_a_run(tmp_path: Path) -> None:
             assert torch.equal(trainer.model.state_dict()[key], value), key
 
 
-def write_trade_off_run(run_dir: Path, optimizer: str, lmbda: float, seed: int, ratio: float) -> None:
+def write_trade_off_run(
+    run_dir: Path, optimizer: str, lmbda: float, seed: int, ratio: float
+) -> None:
     """A run directory as the trainer leaves it: config.yaml and metrics.jsonl, with the
     effective lambda falling from lambda to ``ratio * lambda`` over 100 steps."""
     run_dir.mkdir(parents=True)
@@ -328,7 +330,9 @@ def test_trade_off_report_of_a_sweep(tmp_path: Path, capsys) -> None:
     qp = [r for r in runs if r.optimizer == "balanced_qp" and r.lmbda == 0.004]
     # the mean over steps 90 and 100 (the last 20% of 10..100)
     expected = [0.004 * (1 + (ratio - 1) * s / 100) for ratio in (0.5, 0.3) for s in (90, 100)]
-    assert [r.effective for r in qp] == pytest.approx([sum(expected[:2]) / 2, sum(expected[2:]) / 2])
+    assert [r.effective for r in qp] == pytest.approx(
+        [sum(expected[:2]) / 2, sum(expected[2:]) / 2]
+    )
     assert qp[0].weights == pytest.approx({"distortion": 0.4, "bpp": 0.6})
     assert trade_off.main([str(sweep)]) == 0
     table = (sweep / "report" / "effective_lambda.md").read_text()

@@ -43,6 +43,7 @@ from hpcm.codec.model import HPCM, MODEL_CONFIGS
 from hpcm.codec.numerics import coding_numerics
 from hpcm.device import DeviceError, resolve_device
 from hpcm.eval.plots import write_rd_plots
+from hpcm.eval.report import training_seed
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
 
 # CompressAI's eval_model rounds the reconstruction to 8 bit before MS-SSIM; we keep the official
@@ -132,10 +133,14 @@ def read_run_info(path: Path, data: dict, model_name: str, official: bool) -> Ru
         return RunInfo(path, model_name, official=True)
     config = data.get("config")
     config = config if isinstance(config, dict) else {}
-    seed = config.get("seed")
-    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     return RunInfo(
-        path, model_name, False, optimizer_of(config), lambda_of(config), _metric(config), seed
+        path,
+        model_name,
+        False,
+        optimizer_of(config),
+        lambda_of(config),
+        _metric(config),
+        training_seed(config.get("seed")),
     )
 
 

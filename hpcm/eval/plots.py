@@ -17,13 +17,19 @@ PLOT_METRICS = {"psnr-rgb": ("psnr", "PSNR (dB)"), "ms-ssim-db": ("msssim", "MS-
 TRADITIONAL = ("JPEG", "WebP", "BPG", "HM", "VTM", "AV1")
 
 
-def rd_figure(size: tuple[float, float] = (7, 5)) -> tuple[Any, Any]:
-    """A figure with one axes on an Agg canvas (no display, no pyplot state)."""
+def agg_figure(size: tuple[float, float]) -> Any:
+    """An empty matplotlib figure on an Agg canvas (no display, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
+    return fig
+
+
+def rd_figure(size: tuple[float, float] = (7, 5)) -> tuple[Any, Any]:
+    """A figure with one axes on an Agg canvas (no display, no pyplot state)."""
+    fig = agg_figure(size)
     return fig, fig.add_subplot()
 
 

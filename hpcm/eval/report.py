@@ -117,12 +117,16 @@ def parse_curve(data: Any, source: str, label: str = "", anchor: bool = False) -
     results = {key: [values[i] for i in order] for key, values in results.items()}
     name = data.get("name")
     label = label or (name if isinstance(name, str) and name else Path(source).stem)
-    seed = data.get("seed")
-    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    seed = training_seed(data.get("seed"))
     lambdas = data.get("lambda")
     lambdas = [lambdas[i] for i in order] if _per_point(lambdas, len(bpp)) else None
     per_image = _per_image(data.get("per_image"), order, source)
     return Curve(label, source, results, anchor, seed, lambdas, per_image)
+
+
+def training_seed(value: Any) -> int | None:
+    """``value`` as a training seed: an integer (not a boolean), else None (no seed)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _per_point(values: Any, n: int) -> bool:

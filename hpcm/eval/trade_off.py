@@ -31,11 +31,12 @@ from pathlib import Path
 import yaml
 
 from hpcm.eval.evaluate import lambda_of, optimizer_of
-from hpcm.plot import PlotError, read_run, series
+from hpcm.eval.plots import agg_figure
+from hpcm.eval.report import training_seed
+from hpcm.plot import WEIGHT_PREFIX, PlotError, read_run, series
 from hpcm.train.tracking import METRICS_FILE
 
 KEY = "train/effective_lambda"
-WEIGHT_PREFIX = "train/task_weight_"
 STEM = "effective_lambda"
 
 
@@ -77,7 +78,6 @@ def read_run_trade_off(run_dir: Path, tail: float = 0.2) -> RunTradeOff | None:
     steps, values = series(records, KEY)
     if lmbda is None or optimizer is None or not steps:
         return None
-    seed = config.get("seed")
     weights = {}
     for key in sorted({k for r in records for k in r if k.startswith(WEIGHT_PREFIX)}):
         w_steps, w_values = series(records, key)
@@ -87,7 +87,7 @@ def read_run_trade_off(run_dir: Path, tail: float = 0.2) -> RunTradeOff | None:
         run_dir.name,
         optimizer,
         lmbda,
-        seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        training_seed(config.get("seed")),
         _tail_mean(steps, values, tail),
         steps,
         values,
@@ -135,8 +135,10 @@ def write_csv(runs: Sequence[RunTradeOff], path: Path) -> Path:
 
 def markdown(runs: Sequence[RunTradeOff], tail: float) -> str:
     lines = [
-        f"Effective lambda (mean of `{KEY}` over the last {tail:.0%} of training), mean over "
-        "seeds [lowest, highest]; the ratio is effective / nominal.",
+        (
+            f"Effective lambda (mean of `{KEY}` over the last {tail:.0%} of training), mean over "
+            "seeds [lowest, highest]; the ratio is effective / nominal."
+        ),
         "",
         "| optimizer | lambda | seeds | effective lambda | ratio |",
         "|---|---:|---:|---|---:|",
@@ -153,11 +155,7 @@ def markdown(runs: Sequence[RunTradeOff], tail: float) -> str:
 
 def plot(runs: Sequence[RunTradeOff], path: Path) -> Path:
     """Left: effective against nominal lambda; right: the effective lambda along training."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4.6))
-    FigureCanvasAgg(fig)
+    fig = agg_figure((11, 4.6))
     left, right = fig.subplots(1, 2)
     colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(r.optimizer for r in runs))}
     lambdas = sorted({r.lmbda for r in runs})
@@ -193,14 +191,16 @@ def plot(runs: Sequence[RunTradeOff], path: Path) -> Path:
     return path
 
 
-def write_report(
-    sweep_dirs: Path | Sequence[Path], out: Path, tail: float = 0.2
-) -> list[Path]:
+def write_report(sweep_dirs: Path | Sequence[Path], out: Path, tail: float = 0.2) -> list[Path]:
     """CSV, Markdown and plot of the sweeps' trade-offs into ``out``; returns their paths."""
     runs = read_sweep(sweep_dirs, tail)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{STEM}.md").write_text(markdown(runs, tail))
-    return [write_csv(runs, out / f"{STEM}.csv"), out / f"{STEM}.md", plot(runs, out / f"{STEM}.png")]
+    return [
+        write_csv(runs, out / f"{STEM}.csv"),
+        out / f"{STEM}.md",
+        plot(runs, out / f"{STEM}.png"),
+    ]
 
 
 def _fraction(text: str) -> float:

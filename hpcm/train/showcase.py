@@ -19,7 +19,7 @@ from torch import Tensor
 
 from hpcm import codec
 from hpcm.codec.model import HPCM
-from hpcm.eval.plots import plot_rd
+from hpcm.eval.plots import agg_figure, plot_rd
 from hpcm.metrics import psnr_8bit
 
 # Pillow's JPEG (4:2:0 chroma subsampling below quality 95, its default); a curve from 0.1 bpp up.
@@ -55,14 +55,8 @@ def _mean_curve(points: Sequence[Sequence[tuple[float, float]]]) -> dict[str, li
 
 
 def _picture(x: Tensor, x_hat: Tensor, caption: str, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     height, width = x.shape[-2:]
-    fig = Figure(
-        figsize=(2 * 5 * width / max(height, width) + 0.4, 5 * height / max(height, width))
-    )
-    FigureCanvasAgg(fig)
+    fig = agg_figure((2 * 5 * width / max(height, width) + 0.4, 5 * height / max(height, width)))
     for ax, image, title in zip(fig.subplots(1, 2), (x, x_hat), ("original", caption), strict=True):
         ax.imshow(_to_uint8(image))
         ax.set_title(title, fontsize=10)

@@ -334,6 +334,17 @@ def test_cli_round_trip(cli_files, capsys):
     assert "out.png" in capsys.readouterr().out
 
 
+def test_cli_round_trip_with_a_shipped_checkpoint(tmp_path, capsys):
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    coded = tmp_path / "x.hpcm"
+    args = ["encode", str(tmp_path / "in.png"), str(coded), "--checkpoint", "pretrained:tiny_base"]
+    assert main(args) == 0
+    # The header names pretrained:tiny_base; decoding finds it without --checkpoint.
+    assert main(["decode", str(coded), str(tmp_path / "out.png")]) == 0
+    assert np.array(Image.open(tmp_path / "out.png")).shape == (64, 96, 3)
+
+
 def _one_line_error(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err

@@ -20,7 +20,7 @@ from hpcm.codec.bitstream import (
     decode_image,
     encode_image,
 )
-from hpcm.codec.checkpoint import CheckpointError, load_model
+from hpcm.codec.checkpoint import PRETRAINED_PREFIX, CheckpointError, load_model
 from hpcm.codec.images import ImageError, read_image, write_image
 from hpcm.device import DeviceError, resolve_device
 
@@ -59,11 +59,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def find_checkpoint(encoded: Encoded, input_path: Path, given: str | None) -> str:
     """``--checkpoint`` when given, else the file the header names, beside the .hpcm file
-    (version 1 files name a full path: that path is tried after the file beside)."""
+    (version 1 files name a full path: that path is tried after the file beside); a shipped
+    ``pretrained:NAME`` is resolved by the loader wherever the .hpcm file is."""
     if given:
         return given
     if not encoded.checkpoint:
         raise CodecError("no checkpoint named in the file: pass --checkpoint")
+    if encoded.checkpoint.startswith(PRETRAINED_PREFIX):
+        return encoded.checkpoint
     # Either separator: a version 1 file may come from another operating system.
     name = PurePath(encoded.checkpoint.replace("\\", "/")).name
     beside = input_path.parent / name

@@ -20,8 +20,6 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from hpcm.codec.schedule import plan_for
-
 GIB = 1024**3
 
 
@@ -63,7 +61,7 @@ def activation_bytes(
     device = next(model.parameters()).device
     # The schedule plan is cached per shape and device: build the real one first, so that the
     # fake forward below finds it and never caches a plan made of fake tensors.
-    plan_for((1, model.config.M, crop[0] // 16, crop[1] // 16), device)
+    model.prepare((1, 3, *crop), device)
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with FakeCopyMode(mode):
         fake = copy.deepcopy(model)

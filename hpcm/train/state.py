@@ -58,10 +58,11 @@ def training_checkpoint(trainer: Trainer, epoch: int) -> dict[str, Any]:
     the next one, for a checkpoint written mid-epoch on a signal)."""
     progress, cfg = trainer.progress, trainer.cfg
     ckpt = model_checkpoint(trainer.model)
-    optimizer = trainer.optimizer.state_dict()
     if is_sharded(trainer.model):  # FSDP: gathered whole on rank 0 (a collective)
         ckpt["state_dict"], optimizer = full_state(trainer.model, trainer.optimizer)
         ckpt["fsdp"] = True  # the optimizer state is keyed by parameter name
+    else:
+        optimizer = trainer.optimizer.state_dict()
     ckpt.update(
         epoch=epoch,
         global_step=progress.global_step,

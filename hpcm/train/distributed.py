@@ -227,9 +227,9 @@ def shard_fsdp(model: nn.Module) -> nn.Module:
     ranks in the backward (reduce-scatter), as DDP averages them."""
     from torch.distributed.fsdp import fully_shard
 
-    # FSDP shards contiguous parameters only: the transforms' channels-last weights (the CPU's
-    # faster layout, hpcm.codec.model.HPCM.set_official_numerics) go back to NCHW.
-    model.to(memory_format=torch.contiguous_format)
+    # FSDP shards contiguous parameters only: NCHW weights (check_config already refuses
+    # trainer.channels_last with FSDP; the model's own switch keeps its layout record in step).
+    model.set_memory_format(False)
     for unit in fsdp_units(model):
         fully_shard(unit)
     fully_shard(model)

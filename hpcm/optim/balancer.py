@@ -270,14 +270,14 @@ class QPBalancer:
         rate_grads = snapshot_grads(params)
         logs[0].backward()
         w_rate, w_dist = combine_gradients_qp(params, rate_grads)
-        d = shifted.detach()
-        c = w_dist / d[0] + w_rate / d[1]
+        self._weights = torch.stack([w_dist, w_rate]).detach().float()
+        # d(log D_i) = grad L_i / D_i: the step applies (w_i / D_i) * scale to grad L_i.
+        per_task = self._weights / shifted.detach().float()
+        c = per_task.sum()
         scale = torch.where(torch.isfinite(c) & (c > 0), 1.0 / c, torch.ones_like(c))
         grads = [p.grad for p in params if p.grad is not None]
         torch._foreach_mul_(grads, scale.to(grads[0].dtype))
-        self._weights = torch.stack([w_dist, w_rate]).detach().float()
-        # d(log D_i) = grad L_i / D_i: the step applied (w_i / D_i) * scale to grad L_i.
-        self.applied_weights = (self._weights / d.float()) * scale.float()
+        self.applied_weights = per_task * scale
         return task_losses.sum().detach()
 
     def after_step(self, probe: StepProbe) -> None:

@@ -142,9 +142,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from hpcm.train.build import build_trainer
+    from hpcm.train.speed import SpeedOptions, apply_global_settings
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     precision = "tf32" if args.tf32 == "on" else "ieee"
     torch.backends.cuda.matmul.fp32_precision = precision
     torch.backends.cudnn.conv.fp32_precision = precision
@@ -152,6 +151,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as run_dir:
         common = common_overrides(args, run_dir)
         general = [o for o in common if not o.startswith("optimizer.")]
+        # The process-wide settings of train.py (host memory kept; --threads wins over the config).
+        apply_global_settings(SpeedOptions.from_config(compose(general).trainer))
+        if args.threads:
+            torch.set_num_threads(args.threads)
         for variant in variants:
             cfg = compose([*general, *variant.overrides, *balanced_keys(variant, common)])
             variant.trainer = build_trainer(cfg)  # same seed: the same initial weights

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
+
 import torch
+
+# glibc's mallopt parameters (malloc.h) and the size both are set to by keep_freed_host_memory.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEPT_BLOCK_BYTES = 256 * 2**20
 
 
 class DeviceError(ValueError):
@@ -21,3 +28,25 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {name!r} asked for, but CUDA is not available")
     return device
+
+
+def keep_freed_host_memory() -> bool:
+    """Let the process keep the CPU memory it frees (glibc on Linux; elsewhere a no-op that
+    returns False).
+
+    By default glibc serves each block above a few MiB with its own ``mmap`` and unmaps it on
+    free, so every training step page-faults (and the kernel zeroes) its activations afresh:
+    on the 2-core reference machine that was 45 s of system time in an 80 s run of the default
+    ``python train.py``. With the mmap and trim thresholds at ``KEPT_BLOCK_BYTES`` the blocks
+    are reused from the heap instead (the same run: 50 s, identical numbers); the resident size
+    stays at its peak rather than shrinking between steps. CUDA memory is not affected.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, KEPT_BLOCK_BYTES)
+        and mallopt(_M_TRIM_THRESHOLD, KEPT_BLOCK_BYTES)
+    )

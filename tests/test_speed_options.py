@@ -4,6 +4,8 @@ on step time is measured on a GPU by benchmarks/gpu_check.sh."""
 
 from __future__ import annotations
 
+import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -206,3 +208,43 @@ def test_rates_are_computed_in_fp32_under_autocast() -> None:
     torch.manual_seed(2)
     assert noisy.dtype == torch.float32
     torch.testing.assert_close(noisy, value.float() + torch.empty(4).uniform_(-0.5, 0.5))
+
+
+# Page faults of five training-like steps (forward + backward of the tiny model), after one warm-up.
+_FAULTS_SCRIPT = """
+import resource, sys
+import torch
+import hpcm
+from hpcm.device import keep_freed_host_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_host_memory()
+torch.manual_seed(0)
+model, x = hpcm.build_model("tiny"), torch.rand(2, 3, 256, 256)
+def step():
+    sum(v.sum() for v in model(x)["likelihoods"].values()).backward()
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="glibc's allocator setting",
+)
+def test_kept_host_memory_spares_the_page_faults_of_each_step() -> None:
+    def faults(mode: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True
+        )
+        return int(run.stdout.strip())
+
+    # Measured: ~57,000-73,000 by default (activations mapped and unmapped every step), ~2,000 kept.
+    assert faults("keep") * 5 < faults("default")
+
+
+def test_trainer_config_reaches_the_global_settings(tmp_path: Path) -> None:
+    speed = SpeedOptions.from_config(make_cfg(tmp_path, "trainer.num_threads=1").trainer)
+    assert speed.num_threads == 1 and speed.keep_freed_host_memory

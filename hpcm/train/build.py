@@ -289,8 +289,6 @@ def train(cfg: DictConfig, multirun: bool = False) -> float:
     except OmegaConfBaseException:
         raise ConfigError("paths.run_dir cannot be resolved: set paths.run_dir=DIR") from None
     apply_global_settings(SpeedOptions.from_config(cfg.trainer))
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(int(cfg.trainer.num_threads))
     dist = setup_distributed(cfg)
     try:
         if dist.enabled:  # rank 0's directory for all (Hydra's timestamps may differ by rank)

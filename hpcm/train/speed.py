@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hpcm.device import keep_freed_host_memory
 from hpcm.train.data import to_float
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -49,6 +50,8 @@ class SpeedOptions:
     compile_mode: str | None = None
     compile_backend: str = "inductor"
     activation_checkpointing: bool = False
+    num_threads: int | None = None  # torch's CPU threads; None: torch's default
+    keep_freed_host_memory: bool = True  # hpcm.device.keep_freed_host_memory
 
     @classmethod
     def from_config(cls, trainer_cfg: Mapping[str, Any]) -> SpeedOptions:
@@ -61,6 +64,8 @@ class SpeedOptions:
             compile_mode=None if mode in (None, "default") else str(mode),
             compile_backend=str(trainer_cfg["compile_backend"]),
             activation_checkpointing=bool(trainer_cfg["activation_checkpointing"]),
+            num_threads=int(trainer_cfg["num_threads"]) if trainer_cfg["num_threads"] else None,
+            keep_freed_host_memory=bool(trainer_cfg["keep_freed_host_memory"]),
         )
 
     def check(self, device: torch.device) -> None:
@@ -125,7 +130,8 @@ def _to_float(value: Any) -> Any:
 
 
 def apply_global_settings(speed: SpeedOptions) -> None:
-    """The process-wide torch settings of a training run, made once by the entrypoint.
+    """The process-wide settings of a training run, made once by the entrypoint: torch's CPU
+    threads, glibc keeping freed CPU memory (:func:`hpcm.device.keep_freed_host_memory`).
 
     With inductor, random ops run as in eager mode (``fallback_random``): the Balanced post-step
     forward replays the RNG state of the step's forward and must draw the same quantization
@@ -135,3 +141,7 @@ def apply_global_settings(speed: SpeedOptions) -> None:
         import torch._inductor.config as inductor_config
 
         inductor_config.fallback_random = True
+    if speed.num_threads:
+        torch.set_num_threads(speed.num_threads)
+    if speed.keep_freed_host_memory:
+        keep_freed_host_memory()

@@ -23,6 +23,7 @@ from hpcm.codec.bitstream import (
 from hpcm.codec.checkpoint import PRETRAINED_PREFIX, CheckpointError, load_model
 from hpcm.codec.images import ImageError, read_image, write_image
 from hpcm.device import DeviceError, resolve_device
+from hpcm.files import atomic_write
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,7 +85,7 @@ def _encode(args: argparse.Namespace) -> None:
     model = load_model(args.checkpoint, name=args.model, device=resolve_device(args.device))
     start = time.perf_counter()
     encoded = encode_image(model, x, Path(args.checkpoint).name)
-    Path(args.output).write_bytes(encoded.to_bytes())
+    atomic_write(args.output, encoded.to_bytes())  # never a partial .hpcm file
     h, w = encoded.size
     print(
         f"{args.image}: {h}x{w}, {encoded.num_bytes} bytes, "

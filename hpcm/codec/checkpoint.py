@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -11,27 +10,15 @@ from typing import Any
 import torch
 
 from hpcm.codec.model import HPCM, MODEL_CONFIGS, HPCMConfig
+from hpcm.files import atomic_write
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Save with ``torch.save`` so that ``path`` is either the old file or the complete new one.
-
-    The object is written to a temporary file in the same directory, flushed to disk and renamed
-    over ``path`` (rename is atomic on POSIX), so an interruption never leaves a truncated file.
-    """
+    """Save with ``torch.save`` so that ``path`` is either the old file or the complete new one
+    (:func:`hpcm.files.atomic_write`); the directory is created if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from hpcm.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # What PIL raises on broken, truncated or hostile files (varies by format plugin).
@@ -47,16 +48,14 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 def write_image(x: torch.Tensor, path: str | Path) -> None:
     """Write the first image of a (B, 3, H, W) tensor in [0, 1] as an 8-bit file (format from
-    the extension). Written to a temporary file renamed over ``path``: never a partial file."""
+    the extension). Written atomically (:func:`hpcm.files.atomic_write`): never a partial file."""
     path = Path(path)
     arr = x[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:
         raise ImageError(f"cannot write image {path}: unknown extension {path.suffix!r}")
-    tmp = path.with_name(f".{path.name}.tmp")
+    image = Image.fromarray(arr)
     try:
-        Image.fromarray(arr).save(tmp, format=image_format)
-        os.replace(tmp, path)
+        atomic_write(path, lambda file: image.save(file, format=image_format))
     except (OSError, ValueError, KeyError) as e:
-        tmp.unlink(missing_ok=True)
         raise ImageError(f"cannot write image {path}: {e}") from None

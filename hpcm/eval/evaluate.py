@@ -44,6 +44,7 @@ from hpcm.codec.numerics import coding_numerics
 from hpcm.device import DeviceError, resolve_device
 from hpcm.eval.plots import write_rd_plots
 from hpcm.eval.report import training_seed
+from hpcm.files import atomic_write
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
 
 # CompressAI's eval_model rounds the reconstruction to 8 bit before MS-SSIM; we keep the official
@@ -507,7 +508,8 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
         stems[key]: group_json(key[0], pts, description, names) for key, pts in points.items()
     }
     for stem, curve in curves.items():
-        (args.out / f"{stem}.json").write_text(json.dumps(curve, indent=2) + "\n")
+        data = (json.dumps(curve, indent=2) + "\n").encode()
+        atomic_write(args.out / f"{stem}.json", data)
     write_rd_plots({s: c["results"] for s, c in curves.items()}, args.out, str(args.dataset))
     return curves
 

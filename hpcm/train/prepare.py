@@ -18,7 +18,6 @@ skipped with one warning naming them.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from hpcm.codec.images import IMAGE_EXTENSIONS, PIL_ERRORS, find_images
+from hpcm.files import atomic_write
 from hpcm.train.data import PREPARED_SUFFIX, DataError, DataWarning
 
 
@@ -72,10 +72,8 @@ def _write_array(path: Path, out: Path) -> bool:
     except PIL_ERRORS:
         return False
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    with open(partial, "wb") as file:
-        np.save(file, pixels, allow_pickle=False)
-    os.replace(partial, out)  # complete files only, also when interrupted
+    # Complete files only, also when interrupted: a file that exists is kept by the next run.
+    atomic_write(out, lambda file: np.save(file, pixels, allow_pickle=False))
     return True
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from hpcm.codec.checkpoint import (
     read_checkpoint,
 )
 from hpcm.codec.model import HPCMConfig
+from hpcm.files import atomic_write
 from hpcm.train.distributed import full_state, is_sharded, load_full_state
 from hpcm.train.post_step import rng_state
 
@@ -182,10 +182,9 @@ def _rank_rng(trainer: Trainer, ckpt: dict[str, Any]) -> dict[str, Any] | None:
 
 def mark_finished(run_dir: Path, epochs: int, best_loss: float) -> None:
     """Record that the run in ``run_dir`` trained ``epochs`` epochs (atomic write)."""
-    tmp = run_dir / f".{FINISHED}.tmp"
     best = best_loss if math.isfinite(best_loss) else None  # JSON has no NaN
-    tmp.write_text(json.dumps({"epochs": epochs, "best_loss": best}) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / FINISHED)
+    text = json.dumps({"epochs": epochs, "best_loss": best}) + "\n"
+    atomic_write(run_dir / FINISHED, text.encode("utf-8"))
 
 
 def finished_result(run_dir: Path, epochs: int) -> float | None:

@@ -15,11 +15,13 @@ from PIL import Image
 
 import hpcm
 from hpcm.codec import encode_image, read_image
-from hpcm.codec.checkpoint import atomic_torch_save, model_checkpoint
+from hpcm.codec.checkpoint import CheckpointError, atomic_torch_save, model_checkpoint
 from hpcm.eval import evaluate as evaluation
 from hpcm.eval import report
 from hpcm.eval.evaluate import RunInfo, assign_groups, find_checkpoints, main, read_run_info
 from hpcm.metrics import psnr_8bit
+from hpcm.train.export import export
+from hpcm.train.state import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 # (run dir, optimizer, lambda, gain of g_a's last conv): gains of 3 to 4 give the random tiny
 # model 0.2-0.45 bpp with latents its entropy model predicts well (estimate within ~2%).
@@ -227,9 +229,22 @@ def test_find_checkpoints_in_run_and_sweep_dirs(tmp_path, capsys) -> None:
     assert find_checkpoints([explicit]) == [explicit]
 
 
-def test_run_files_match_the_trainer() -> None:
-    engine = pytest.importorskip("hpcm.train.state")
-    assert evaluation.RUN_CHECKPOINTS == (engine.BEST_CHECKPOINT, engine.LAST_CHECKPOINT)
+def test_evaluate_and_export_take_the_best_else_the_last_checkpoint(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match="last.pth.tar"):  # neither: the last is missing
+        export(run, tmp_path / "out.pth.tar", half=False, note="")
+    with pytest.raises(evaluation.EvaluationError, match="epoch_best.pth.tar or last.pth.tar"):
+        find_checkpoints([run])
+    atomic_torch_save(tiny_checkpoint(3.0), run / LAST_CHECKPOINT)
+    assert find_checkpoints([run]) == [run / LAST_CHECKPOINT]
+    assert export(run, tmp_path / "out.pth.tar", False, "")["note"] == "exported from last.pth.tar"
+    atomic_torch_save(tiny_checkpoint(4.0), run / BEST_CHECKPOINT)
+    assert find_checkpoints([run]) == [run / BEST_CHECKPOINT]
+    ckpt = export(run, tmp_path / "out.pth.tar", False, "")
+    assert ckpt["note"] == "exported from epoch_best.pth.tar"
+    best = tiny_checkpoint(4.0)["state_dict"]
+    assert all(torch.equal(v, best[k]) for k, v in ckpt["state_dict"].items())
 
 
 @pytest.mark.parametrize(

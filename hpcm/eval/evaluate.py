@@ -46,6 +46,7 @@ from hpcm.eval.plots import write_rd_plots
 from hpcm.eval.report import training_seed
 from hpcm.files import atomic_write
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
+from hpcm.train.state import RUN_CHECKPOINTS, run_checkpoint
 
 # CompressAI's eval_model rounds the reconstruction to 8 bit before MS-SSIM; we keep the official
 # HPCM protocol (and its published points) and say so in every JSON (docs/evaluation.md).
@@ -53,8 +54,6 @@ MSSSIM_PROTOCOL = (
     "PSNR on 8-bit images; MS-SSIM on the float reconstruction (official HPCM test.py)"
 )
 
-# What a training run directory holds (hpcm/train/state.py): the best checkpoint, else the last one.
-RUN_CHECKPOINTS = ("epoch_best.pth.tar", "last.pth.tar")
 RUN_MARKERS = ("config.yaml", ".hydra")  # the trainer's resolved config, Hydra's own folder
 CSV_NAME = "per_image.csv"
 CSV_FIELDS = (
@@ -146,14 +145,6 @@ def read_run_info(path: Path, data: dict, model_name: str, official: bool) -> Ru
 
 
 # -- finding checkpoints and images --------------------------------------------------------------
-def run_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint that stands for a run directory, or ``None`` if it holds none."""
-    for name in RUN_CHECKPOINTS:
-        if (run_dir / name).is_file():
-            return run_dir / name
-    return None
-
-
 def find_checkpoints(paths: Sequence[str | Path]) -> list[Path]:
     """Checkpoint files named by ``paths``: files as given, a run directory's best (else last)
     checkpoint, and for any other directory (a Hydra sweep) those of every run below it."""

@@ -18,14 +18,13 @@ from hpcm.codec.checkpoint import (
     load_model,
     model_checkpoint,
 )
-from hpcm.train.state import BEST_CHECKPOINT, LAST_CHECKPOINT
+from hpcm.train.state import LAST_CHECKPOINT, run_checkpoint
 
 
 def export(source: Path, out: Path, half: bool, note: str) -> dict:
     """The model of ``source`` (a checkpoint, or a run directory's best, else last) to ``out``."""
-    if source.is_dir():
-        best = source / BEST_CHECKPOINT
-        source = best if best.is_file() else source / LAST_CHECKPOINT
+    if source.is_dir():  # neither there: load_model names the missing last checkpoint
+        source = run_checkpoint(source) or source / LAST_CHECKPOINT
     model = load_model(source, update=False)
     ckpt = model_checkpoint(model)
     if half:  # the weights only: buffers hold constants such as the likelihood bound 1e-9,

@@ -42,6 +42,17 @@ BEST_CHECKPOINT = "epoch_best.pth.tar"
 BEST_BALANCED_STATE = "balanced_state_best.pth"
 # Written when a run has trained all its epochs: a re-launched sweep skips such runs.
 FINISHED = "finished.json"
+# The checkpoints that stand for a run directory (evaluation, export), in order of preference.
+RUN_CHECKPOINTS = (BEST_CHECKPOINT, LAST_CHECKPOINT)
+
+
+def run_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint that stands for a run directory: the best one, else the last one; ``None``
+    if it holds neither."""
+    for name in RUN_CHECKPOINTS:
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
 
 
 @dataclass

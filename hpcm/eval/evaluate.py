@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -268,8 +268,18 @@ def _quality(x: torch.Tensor, x_hat: torch.Tensor, bpp: float, times: tuple) -> 
     return ImageResult(bpp, psnr_8bit(x, x_hat).item(), ms, ms_db, *times)
 
 
-def code_image(model: HPCM, x: torch.Tensor, device: torch.device) -> ImageResult:
-    """Real compress + decompress of one (1, 3, H, W) image, each timed."""
+class RoundTrip(NamedTuple):
+    """One image through the real entropy coder: its rate, reconstruction and the two times."""
+
+    bpp: float  # of the file's y and z streams, over the original pixels
+    x_hat: torch.Tensor  # (1, 3, H, W) on the model's device, as decoded (not clamped)
+    enc_time: float
+    dec_time: float
+
+
+def round_trip(model: HPCM, x: torch.Tensor, device: torch.device) -> RoundTrip:
+    """Real compress + decompress of one (1, 3, H, W) image, each timed (``device``: the
+    model's, waited for before each clock reading)."""
     num_pixels = x.shape[-2] * x.shape[-1]
     _sync(device)
     start = time.perf_counter()
@@ -279,7 +289,13 @@ def code_image(model: HPCM, x: torch.Tensor, device: torch.device) -> ImageResul
     x_hat = codec.decode_image(model, encoded)
     _sync(device)
     end = time.perf_counter()
-    return _quality(x, x_hat, encoded.num_bytes * 8 / num_pixels, (mid - start, end - mid))
+    return RoundTrip(encoded.num_bytes * 8 / num_pixels, x_hat, mid - start, end - mid)
+
+
+def code_image(model: HPCM, x: torch.Tensor, device: torch.device) -> ImageResult:
+    """Real compress + decompress of one (1, 3, H, W) image, each timed, and its quality."""
+    coded = round_trip(model, x, device)
+    return _quality(x, coded.x_hat, coded.bpp, (coded.enc_time, coded.dec_time))
 
 
 def estimate_image(model: HPCM, x: torch.Tensor, device: torch.device) -> ImageResult:

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from hpcm import codec
 from hpcm.codec.model import HPCM
+from hpcm.eval.evaluate import round_trip
 from hpcm.eval.plots import agg_figure, plot_rd
 from hpcm.metrics import psnr_8bit
 
@@ -41,11 +41,11 @@ def jpeg_point(x: Tensor, quality: int) -> tuple[float, float]:
 
 
 def model_point(model: HPCM, x: Tensor) -> tuple[float, float, Tensor]:
-    """(bpp, PSNR, reconstruction) of one (3, H, W) image through real compress/decompress."""
-    encoded = codec.encode_image(model, x.unsqueeze(0))
-    x_hat = codec.decode_image(model, encoded)[0].clamp(0, 1)
-    bpp = encoded.num_bytes * 8 / (x.shape[-2] * x.shape[-1])
-    return bpp, psnr_8bit(x, x_hat).item(), x_hat
+    """(bpp, PSNR, reconstruction) of one (3, H, W) image through real compress/decompress
+    (the coding of ``evaluate.py``)."""
+    coded = round_trip(model, x.unsqueeze(0), next(model.parameters()).device)
+    x_hat = coded.x_hat[0].clamp(0, 1)
+    return coded.bpp, psnr_8bit(x, x_hat).item(), x_hat
 
 
 def _mean_curve(points: Sequence[Sequence[tuple[float, float]]]) -> dict[str, list[float]]:

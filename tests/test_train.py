@@ -105,7 +105,7 @@ def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -
         assert cfg.optimizer.lr < 1e-4 and cfg.trainer.epochs < 3001
     else:
         schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
-        assert len(schedule.milestones) == 3
+        assert schedule.factor(cfg.trainer.epochs - 1) < schedule.factor(0)  # it decays
 
 
 def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_prepare_overrides_quotes_lambdas_and_rejects_unknown_names() -> None:
 
 
 def test_lr_schedule_follows_the_official_milestones_scaled_to_the_run() -> None:
-    cfg = make_cfg(None, short=False).trainer.lr_schedule
+    cfg = make_cfg(None, "trainer=hpcm", short=False).trainer.lr_schedule
     official = LRSchedule.from_config(cfg, 3001)
     assert official.milestones == (2750, 2850, 2950)
     factors = [official.factor(e) for e in (0, 2749, 2750, 2849, 2850, 2950, 3000)]
@@ -153,6 +153,23 @@ def test_lr_schedule_follows_the_official_milestones_scaled_to_the_run() -> None
     assert LRSchedule.from_config(cfg, 300).milestones == (275, 285, 295)
     fixed = LRSchedule.from_config({**OmegaConf.to_container(cfg), "scale_to_run": False}, 10)
     assert fixed.milestones == (2750, 2850, 2950)
+
+
+def test_the_short_default_run_trains_at_20x_then_decays_as_the_official_one() -> None:
+    cfg = make_cfg(None, short=False)
+    schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
+    lr = float(cfg.optimizer.lr)
+    assert [round(lr * schedule.factor(e), 8) for e in (0, 26, 27, 28, 29)] == [
+        2e-3,
+        2e-3,
+        6e-4,
+        2e-4,
+        2e-5,
+    ]
+    assert schedule.describe(lr, cfg.trainer.epochs) == (
+        "0.002 from epoch 0, 0.0006 from epoch 27, 0.0002 from epoch 28, 2e-05 from epoch 29"
+    )
+    assert LRSchedule((5,), (0.1,)).describe(1e-4, 5) == "0.0001 from epoch 0"  # 5 is never reached
 
 
 # ----------------------------------------------------------------------------- the step

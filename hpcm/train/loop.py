@@ -246,6 +246,10 @@ class Trainer:
         if start >= self.epochs:
             log.info("nothing to train: all %d epochs are done (raise trainer.epochs)", self.epochs)
         steps, stop = self.steps_per_epoch(), StopRequest()
+        log.info(
+            "learning rate %s (optimizer.lr x trainer.lr_schedule)",
+            self.schedule.describe(self.base_lr, self.epochs),
+        )
         bar = tqdm(
             total=self.epochs * steps,
             initial=start * steps + self.progress.epoch_batches,

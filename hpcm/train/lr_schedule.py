@@ -33,3 +33,9 @@ class LRSchedule:
             if epoch >= milestone:
                 factor = value
         return factor
+
+    def describe(self, lr: float, epochs: int) -> str:
+        """The learning rates a run of ``epochs`` epochs at base ``lr`` trains with, e.g.
+        ``"0.002 from epoch 0, 0.0006 from epoch 27, 0.0002 from epoch 28, 2e-05 from epoch 29"``."""
+        starts = sorted({0, *(m for m in self.milestones if m < epochs)})
+        return ", ".join(f"{lr * self.factor(e):.3g} from epoch {e}" for e in starts)

@@ -275,3 +275,23 @@ def test_one_collective_per_step_carries_the_skip_and_the_stop(
     assert (trainer.progress.global_step, trainer.progress.skipped_batches) == (2, 1)
     assert trainer.stop.stopping and trainer.stop.signum == signal.SIGINT
     assert reductions == [(torch.distributed.ReduceOp.MIN, 2)] * 2  # [finite, go on] per step
+
+
+def test_a_ddp_checkpoint_gathers_the_ranks_state_in_one_collective(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_group_of_one: None
+) -> None:
+    trainer = build_trainer(make_cfg(tmp_path, "trainer=ddp"))
+    trainer.window.add(trainer.train_step(next(iter(trainer.loaders.train))))  # an open window
+    gathered, all_gather_object = [], torch.distributed.all_gather_object
+
+    def recording(out: list, obj: object, *args, **kwargs) -> None:
+        gathered.append(obj)
+        return all_gather_object(out, obj, *args, **kwargs)
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", recording)
+    trainer.save(0, is_best=False, periodic=False)
+    assert len(gathered) == 1  # noise stream and logging window together
+    last = safe_torch_load(tmp_path / "last.pth.tar")
+    assert len(last["rng_ranks"]) == len(last["window_ranks"]) == 1
+    assert torch.equal(last["rng_ranks"][0]["cpu"], last["rng"]["cpu"])
+    assert torch.equal(last["window_ranks"][0]["sums"], last["window"]["sums"])

@@ -5,7 +5,7 @@ single-process behaviour of the DDP options."""
 from __future__ import annotations
 
 import os
-import socket
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
 from hpcm.train import validate as validate_module
 from hpcm.train.build import ConfigError, build_trainer, setup_distributed
-from hpcm.train.distributed import DistContext, cleanup
+from hpcm.train.distributed import DistContext
 from hpcm.train.tracking import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,9 +42,9 @@ RUN = [
 ]
 
 
-def torchrun(out: Path, *overrides: str) -> None:
+def torchrun(out: Path, *overrides: str, env: dict[str, str] | None = None) -> None:
     out.mkdir(parents=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [
@@ -148,6 +148,21 @@ def test_fsdp_two_ranks_match_ddp_and_resume_exactly(tmp_path: Path, ddp_run: Pa
         assert_same_state(a, b)
 
 
+@pytest.mark.slow
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Path) -> None:
+    out = tmp_path / "stopped"
+    torchrun(out, env={"HPCM_TEST_SIGINT": "1:3"})  # Ctrl-C on rank 1 in step 3 (epoch 1)
+    zero, one = ranks(out)
+    assert (zero["global_step"], one["global_step"]) == (3, 3)
+    # Rank 1 stops with its SIGINT's status, rank 0, which got no signal, with SIGTERM's.
+    assert (zero["exit_code"], one["exit_code"]) == (128 + signal.SIGTERM, 128 + signal.SIGINT)
+    assert_same_state(zero, one)
+    last = safe_torch_load(out / "run0" / "last.pth.tar")
+    assert (last["epoch"], last["epoch_batches"], last["global_step"]) == (0, 1, 3)
+    for key, value in zero["model"].items():
+        assert torch.equal(last["state_dict"][key], value), key
+
+
 def test_fsdp_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fsdp=true needs trainer.ddp=true"):
         build_trainer(make_cfg(tmp_path, "trainer.fsdp=true"))
@@ -209,7 +224,8 @@ def test_each_rank_validates_its_share_of_the_test_images(tmp_path: Path) -> Non
 def test_one_process_context_needs_no_process_group() -> None:
     ctx = DistContext()
     assert ctx.is_main and not ctx.enabled
-    assert ctx.all_true(torch.tensor(True)) and not ctx.all_true(torch.tensor(False))
+    flags = [torch.tensor(True), torch.tensor(False), True, False]  # no collective
+    assert ctx.all_true(flags, torch.device("cpu")) == [True, False, True, False]
     value = torch.tensor([2.0, 4.0])
     assert ctx.all_reduce_mean(value) is value and value.tolist() == [2.0, 4.0]
     assert ctx.gather_objects("a") == ["a"] and ctx.broadcast_object(3) == 3
@@ -218,22 +234,64 @@ def test_one_process_context_needs_no_process_group() -> None:
 
 
 def test_one_torchrun_process_with_ddp_really_wraps_the_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, process_group_of_one: None
 ) -> None:
     # What benchmarks/gpu_check.sh runs with NCCL on a GPU: torchrun --nproc_per_node=1 and
     # trainer.ddp=true must train through DistributedDataParallel and the collectives.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
-    for key, value in {**env, "MASTER_PORT": str(port)}.items():
-        monkeypatch.setenv(key, value)
-    try:
-        trainer = build_trainer(make_cfg(tmp_path, "trainer=ddp", "optimizer=balanced"))
-        assert trainer.dist.enabled and trainer.dist.backend == "gloo"
-        assert trainer.dist.world_size == 1
-        assert isinstance(trainer.train_model, DistributedDataParallel)
-        assert trainer.balancer.famo.reduce_fn == trainer.dist.all_reduce_mean
-        assert trainer.train_step(next(iter(trainer.loaders.train))) is not None
-    finally:
-        cleanup()
+    trainer = build_trainer(make_cfg(tmp_path, "trainer=ddp", "optimizer=balanced"))
+    assert trainer.dist.enabled and trainer.dist.backend == "gloo"
+    assert trainer.dist.world_size == 1
+    assert isinstance(trainer.train_model, DistributedDataParallel)
+    assert trainer.balancer.famo.reduce_fn == trainer.dist.all_reduce_mean
+    assert trainer.train_step(next(iter(trainer.loaders.train))) is not None
+
+
+def test_one_collective_per_step_carries_the_skip_and_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_group_of_one: None
+) -> None:
+    """Under DDP a step agrees on its finiteness and on a stop request in one all_reduce (one
+    host sync): a second per-step collective would fail here. A skipped step sees a stop too."""
+    overrides = ("data.batch_size=1", "trainer.max_steps_per_epoch=3")  # 3 steps, no log
+    trainer = build_trainer(make_cfg(tmp_path, "trainer=ddp", *overrides))
+    reductions, all_reduce = [], torch.distributed.all_reduce
+
+    def recording(tensor: torch.Tensor, op=torch.distributed.ReduceOp.SUM, *args, **kwargs):
+        reductions.append((op, tensor.numel()))
+        return all_reduce(tensor, op, *args, **kwargs)
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", recording)
+    forward, steps = trainer.model.forward, []
+
+    def nan_and_signal_in_step_2(x: torch.Tensor) -> dict:
+        out = forward(x)
+        steps.append(1)
+        if len(steps) == 2:
+            out["x_hat"] = out["x_hat"] * float("nan")
+            trainer.stop.signum = signal.SIGINT  # what the handler sets
+        return out
+
+    monkeypatch.setattr(trainer.model, "forward", nan_and_signal_in_step_2)
+    assert not trainer.train_epoch(0)  # stopped after step 2, not at the end of the epoch
+    assert (trainer.progress.global_step, trainer.progress.skipped_batches) == (2, 1)
+    assert trainer.stop.stopping and trainer.stop.signum == signal.SIGINT
+    assert reductions == [(torch.distributed.ReduceOp.MIN, 2)] * 2  # [finite, go on] per step
+
+
+def test_a_ddp_checkpoint_gathers_the_ranks_state_in_one_collective(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_group_of_one: None
+) -> None:
+    trainer = build_trainer(make_cfg(tmp_path, "trainer=ddp"))
+    trainer.window.add(trainer.train_step(next(iter(trainer.loaders.train))))  # an open window
+    gathered, all_gather_object = [], torch.distributed.all_gather_object
+
+    def recording(out: list, obj: object, *args, **kwargs) -> None:
+        gathered.append(obj)
+        return all_gather_object(out, obj, *args, **kwargs)
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", recording)
+    trainer.save(0, is_best=False, periodic=False)
+    assert len(gathered) == 1  # noise stream and logging window together
+    last = safe_torch_load(tmp_path / "last.pth.tar")
+    assert len(last["rng_ranks"]) == len(last["window_ranks"]) == 1
+    assert torch.equal(last["rng_ranks"][0]["cpu"], last["rng"]["cpu"])
+    assert torch.equal(last["window_ranks"][0]["sums"], last["window"]["sums"])

@@ -5,8 +5,9 @@ On a GPU every read of a device tensor by the host (``item``, ``bool``, ``float`
 the step is a host-to-device copy that waits too. On the CPU nothing waits, so the test traps
 those calls during ``Trainer.train_step`` instead: a torch dispatch mode sees the scalar reads
 (``aten._local_scalar_dense``) and tensors made from Python data (``aten.lift_fresh``); the
-methods that bypass the dispatcher are wrapped. Allowed: the finiteness check
-(``DistContext.all_true``) and the optimizer's step counters, which PyTorch keeps on the host.
+methods that bypass the dispatcher are wrapped. Allowed: one read in the finiteness check
+(``DistContext.all_true``, which also reads the stop request; under DDP one collective agrees on
+both) and the optimizer's step counters, which PyTorch keeps on the host.
 """
 
 from __future__ import annotations
@@ -31,18 +32,20 @@ ALLOWED_CALLER = "all_true"  # the documented per-step sync
 
 class HostReads(TorchDispatchMode):
     """Records the call sites of host reads and host-data tensors, except of ``allowed``
-    tensors (by storage) and those made by ``ALLOWED_CALLER``."""
+    tensors (by storage); those made by ``ALLOWED_CALLER`` are counted in ``synced``."""
 
     def __init__(self, allowed: set[int]) -> None:
         super().__init__()
         self.allowed = allowed
         self.found: list[str] = []
+        self.synced: list[str] = []
 
     def record(self, what: str, tensor: object = None) -> None:
         if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() in self.allowed:
             return
         stack = traceback.extract_stack()[:-2]
         if any(frame.name == ALLOWED_CALLER for frame in stack):
+            self.synced.append(what)
             return
         where = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in stack[-6:]]
         self.found.append(f"{what} at " + " <- ".join(reversed(where)))
@@ -95,9 +98,24 @@ def test_the_trap_sees_host_reads() -> None:
     assert len(reads.found) == 3
 
 
+def _one_step_reads(tmp_path: Path, *overrides: str) -> HostReads:
+    """The host reads of a training step (the second: the first makes optimizer state, caches
+    and plans)."""
+    trainer = build_trainer(make_cfg(tmp_path, *overrides))
+    x = next(iter(trainer.loaders.train))
+    assert trainer.train_step(x) is not None
+    reads = HostReads(_step_counters(trainer.optimizer))
+    with pytest.MonkeyPatch.context() as patch:
+        _trap_methods(patch, reads)
+        with reads:
+            values = trainer.train_step(x)
+    assert values is not None
+    return reads
+
+
 @pytest.mark.parametrize(("optimizer", "rate_point"), CASES)
 def test_training_step_reads_nothing_back_but_the_finiteness_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str, rate_point: str
+    tmp_path: Path, optimizer: str, rate_point: str
 ) -> None:
     name, _, mode = optimizer.partition("+")
     overrides = [f"optimizer={name}", f"lambda={rate_point}"]
@@ -107,13 +125,15 @@ def test_training_step_reads_nothing_back_but_the_finiteness_check(
             f"optimizer.balancer.update_mode={update_mode}",
             "optimizer.balancer.exact_warmup_steps=0",
         ]
-    trainer = build_trainer(make_cfg(tmp_path, *overrides))
-    x = next(iter(trainer.loaders.train))
-    assert trainer.train_step(x) is not None  # first step: optimizer state, caches, plans
-    reads = HostReads(_step_counters(trainer.optimizer))
-    _trap_methods(monkeypatch, reads)
-    with reads:
-        values = trainer.train_step(x)
-    monkeypatch.undo()
-    assert values is not None
+    reads = _one_step_reads(tmp_path, *overrides)
     assert not reads.found, "\n".join(reads.found)
+    assert len(reads.synced) == 1, reads.synced  # bool(finite)
+
+
+def test_a_ddp_step_syncs_once_for_the_skip_and_the_stop(
+    tmp_path: Path, process_group_of_one: None
+) -> None:
+    # Balanced: its task losses are averaged over the ranks too (collectives, no host reads).
+    reads = _one_step_reads(tmp_path, "trainer=ddp", "optimizer=balanced")
+    assert not reads.found, "\n".join(reads.found)
+    assert reads.synced == ["Tensor.tolist"], reads.synced  # [finite, go on], reduced together

@@ -7,8 +7,9 @@ process, so the training loop has one code path.
 
 What keeps the ranks identical (issue 5): the model is wrapped in ``DistributedDataParallel``
 (gradients averaged in the backward), the Balanced task losses are averaged over the ranks before
-every FAMO weight update (``FAMOWeighting(reduce_fn=ctx.all_reduce_mean)``), and the decision
-to skip a non-finite batch is taken by all ranks together (:meth:`DistContext.all_true`).
+every FAMO weight update (``FAMOWeighting(reduce_fn=ctx.all_reduce_mean)``), and the decisions
+to skip a non-finite batch and to stop on a signal are taken by all ranks together, in the step's
+one small collective (:meth:`DistContext.all_true`).
 """
 
 from __future__ import annotations
@@ -71,13 +72,23 @@ class DistContext:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def all_true(self, flag: Tensor) -> bool:
-        """True only when ``flag`` is true on every rank (one host sync, one collective)."""
+    def all_true(self, flags: Sequence[Tensor | bool], device: torch.device) -> list[bool]:
+        """For each of ``flags`` (a one-element tensor or a host bool), whether it is true on
+        every rank. Under DDP the flags travel together: one collective (a MIN over a tensor on
+        ``device``, host bools filled in on the device, no copy) and one host sync for them
+        all. In one process no collective; each tensor flag is read (a host sync)."""
         if not self.enabled:
-            return bool(flag)
-        value = flag.detach().to(torch.float32).reshape(1).clone()
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-        return bool(value.item() > 0.0)
+            return [bool(flag) for flag in flags]
+        values = torch.stack(
+            [
+                flag.detach().to(device=device, dtype=torch.float32).reshape(())
+                if isinstance(flag, Tensor)
+                else torch.full((), float(flag), device=device)
+                for flag in flags
+            ]
+        )
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
+        return [value > 0.0 for value in values.tolist()]
 
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (picklable objects)."""

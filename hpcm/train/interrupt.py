@@ -6,6 +6,11 @@ either signal only sets a flag: the trainer finishes the current step, writes ``
 (mid-epoch; the resumed run continues from that batch) and raises :class:`TrainingInterrupted`,
 which the entrypoint turns into exit status ``128 + signal`` (143, 130): non-zero, so a
 scheduler sees the job as interrupted and may requeue it. A second Ctrl-C stops at once.
+
+The flag is read at the step's one sync, its finiteness check (under DDP the ranks agree on both
+in one collective, so that every rank stops after the same step): a signal that comes after it,
+later in the step (optimizer step, balancer update), stops the run after the next step. Between
+epochs, after the validation and the checkpoint, :meth:`StopRequest.agreed` reads it once more.
 """
 
 from __future__ import annotations
@@ -37,10 +42,13 @@ class TrainingInterrupted(Exception):
 
 
 class StopRequest:
-    """The flag the signal handlers set; :meth:`agreed` reads it (agreed by all DDP ranks)."""
+    """The flag the signal handlers set (``signum``, this process's signal) and the decision to
+    stop (``stopping``), which all DDP ranks take together: :meth:`go_on` is this rank's vote
+    in a :meth:`DistContext.all_true`, :meth:`settle` takes the agreed result."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.stopping = False
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.signum is not None and signum == signal.SIGINT:
@@ -76,14 +84,21 @@ class StopRequest:
             "resume=auto continues the run",
         )
 
-    def agreed(self, dist: DistContext, device: torch.device) -> bool:
-        """Whether to stop after this step: under DDP, when any rank got a signal (one small
-        collective), so that every rank stops at the same step."""
-        if not dist.enabled:
-            return self.signum is not None
-        go_on = torch.tensor(self.signum is None, device=device)
-        if dist.all_true(go_on):
-            return False
-        if self.signum is None:  # another rank's signal: stop with SIGTERM's status
+    def go_on(self) -> bool:
+        """This rank's vote: True while it got no signal."""
+        return self.signum is None
+
+    def settle(self, go_on: bool) -> bool:
+        """Take the vote agreed by all ranks (``go_on``: none got a signal); returns whether to
+        stop after this step, also kept in ``stopping``. A rank that got no signal itself stops
+        with SIGTERM's status."""
+        if not go_on and self.signum is None:  # another rank's signal
             self.signum = signal.SIGTERM
-        return True
+        self.stopping = not go_on
+        return self.stopping
+
+    def agreed(self, dist: DistContext, device: torch.device) -> bool:
+        """Whether to stop now, outside a step (between epochs): under DDP when any rank got a
+        signal (one small collective). A step agrees on it with its finiteness check instead."""
+        (go_on,) = dist.all_true([self.go_on()], device)
+        return self.settle(go_on)

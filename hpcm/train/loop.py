@@ -11,10 +11,12 @@ stream, clip and LR schedule)::
     balancer.after_step(probe)             e.g. FAMO's weight update from post-step losses
 
 Per-step metrics stay on the device and are read back every ``log_every_n_steps``; the only
-per-step host sync is the finiteness check that decides whether the batch is skipped.
+per-step host sync is the finiteness check that decides whether the batch is skipped, which also
+reads whether to stop after the step (:mod:`hpcm.train.interrupt`).
 
-Under DDP (``trainer.ddp``, :mod:`hpcm.train.distributed`) the gradients, the balancer's task
-losses and the skip decision are averaged or agreed over the processes; rank 0 writes. Building
+Under DDP (``trainer.ddp``, :mod:`hpcm.train.distributed`) the gradients and the balancer's task
+losses are averaged over the processes, and the skip and stop decisions agreed in one small
+collective per step (:meth:`DistContext.all_true`); rank 0 writes. Building
 a trainer from the config is :mod:`hpcm.train.build`; checkpoint contents :mod:`hpcm.train.state`.
 """
 
@@ -92,6 +94,7 @@ class Trainer:
         self.metric_names = STEP_METRICS + (("ms_ssim",) if criterion.metric == "ms-ssim" else ())
         self.window = MetricWindow((*self.metric_names, *STEP_EXTRAS))
         self.progress = state.Progress()
+        self.stop = StopRequest()  # its signal handlers are installed by fit()
         self.tracker: Tracker | None = None
         self.last_test: dict[str, float] = {}
         self.resume_rng: dict[str, Tensor | None] | None = None
@@ -108,7 +111,8 @@ class Trainer:
     # ------------------------------------------------------------------------- one step
     def train_step(self, x: Tensor) -> Tensor | None:
         """One optimizer step on batch ``x``; returns the detached values of ``metric_names``
-        and ``STEP_EXTRAS``, or None when the batch was skipped as non-finite."""
+        and ``STEP_EXTRAS``, or None when the batch was skipped as non-finite. Sets
+        ``stop.stopping`` when a signal asks to stop after this step (skipped or not)."""
         x = self.speed.batch(x, self.device)
         self.model.prepare(x.shape, x.device)  # eagerly: a compiled forward only looks it up
         noise = rng_state(self.device)  # the probe replays the step's noise
@@ -126,7 +130,10 @@ class Trainer:
         if isinstance(norm, DTensor):  # FSDP: the norm over all shards
             norm = norm.full_tensor()
         finite = torch.isfinite(objective) & torch.isfinite(losses["loss"]) & torch.isfinite(norm)
-        if not self.dist.all_true(finite):  # the one per-step sync, agreed by all DDP ranks
+        # The one per-step sync: all DDP ranks agree on the skip and the stop in one collective.
+        finite_everywhere, go_on = self.dist.all_true([finite, self.stop.go_on()], self.device)
+        self.stop.settle(go_on)
+        if not finite_everywhere:
             self.optimizer.zero_grad(set_to_none=True)
             self._report_skip()
             return None
@@ -174,12 +181,10 @@ class Trainer:
         cap = self.cfg.trainer.max_steps_per_epoch
         return min(steps, int(cap)) if cap else steps
 
-    def train_epoch(
-        self, epoch: int, bar: tqdm | None = None, stop: StopRequest | None = None
-    ) -> bool:
+    def train_epoch(self, epoch: int, bar: tqdm | None = None) -> bool:
         """Train ``epoch`` from its batch ``progress.epoch_batches`` (a run resumed mid-epoch
-        skips the keys of the batches it did). Returns False when ``stop`` was requested: the
-        epoch stops after the current step."""
+        skips the keys of the batches it did). Returns False when a step agreed to stop
+        (``stop.stopping``, a signal): the epoch stops after that step."""
         self.model.train()
         self.set_epoch_lr(epoch)
         done = self.progress.epoch_batches
@@ -199,7 +204,7 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
             self.progress.epoch_batches = i + 1
-            if stop is not None and stop.agreed(self.dist, self.device):
+            if self.stop.stopping:
                 return False
         self._log_window(epoch, bar)
         self.progress.epoch_batches = 0
@@ -245,7 +250,8 @@ class Trainer:
         start = self.progress.next_epoch
         if start >= self.epochs:
             log.info("nothing to train: all %d epochs are done (raise trainer.epochs)", self.epochs)
-        steps, stop = self.steps_per_epoch(), StopRequest()
+        steps = self.steps_per_epoch()
+        stop = self.stop = StopRequest()  # a fresh request per run, read by every step
         log.info(
             "learning rate %s (optimizer.lr x trainer.lr_schedule)",
             self.schedule.describe(self.base_lr, self.epochs),
@@ -259,7 +265,7 @@ class Trainer:
         )
         with logging_redirect_tqdm(), bar, stop.installed():  # log lines above the bar
             for epoch in range(start, self.epochs):
-                if not self.train_epoch(epoch, bar, stop):
+                if not self.train_epoch(epoch, bar):
                     self.save(epoch - 1, is_best=False, periodic=False)  # mid-epoch state
                     raise stop.interrupted(
                         self.progress, epoch, self.run_dir / state.LAST_CHECKPOINT

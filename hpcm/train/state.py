@@ -95,12 +95,14 @@ def training_checkpoint(trainer: Trainer, epoch: int) -> dict[str, Any]:
 def save(trainer: Trainer, epoch: int, is_best: bool, periodic: bool) -> None:
     """Atomic writes: best, every ``save_every_n_epochs`` and ``last.pth.tar`` (written last,
     so that a resume never starts from a state older than the other files). Under DDP every
-    rank calls this (it gathers the ranks' noise streams) and rank 0 alone writes."""
+    rank calls this (it gathers the ranks' noise streams and open logging windows, in one
+    collective) and rank 0 alone writes."""
     ckpt = training_checkpoint(trainer, epoch)
     dist, run_dir = trainer.dist, trainer.run_dir
     if dist.enabled:
-        ckpt["rng_ranks"] = dist.gather_objects(ckpt["rng"])
-        ckpt["window_ranks"] = dist.gather_objects(ckpt["window"])
+        ranks = dist.gather_objects((ckpt["rng"], ckpt["window"]))
+        ckpt["rng_ranks"] = [rng for rng, _ in ranks]
+        ckpt["window_ranks"] = [window for _, window in ranks]
         if not dist.is_main:
             return
     balanced = None

@@ -346,3 +346,62 @@ def test_trade_off_report_of_a_sweep(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert trade_off.main([str(tmp_path / "empty")]) == 1
     assert capsys.readouterr().err.count("error: ") == 2
+
+
+def test_one_optimizer_has_one_colour_in_every_figure(tmp_path: Path, monkeypatch) -> None:
+    # The figures of one comparison list the optimizers in different orders (the R-D plot the
+    # reference first, then the files; the effective-lambda plot by name); each optimizer must
+    # still get one colour in all of them, and the same in another comparison.
+    from matplotlib.colors import to_hex
+
+    from hpcm.eval import plots
+
+    figures, agg_figure = [], plots.agg_figure
+
+    def recording(size: tuple[float, float]):  # every figure drawn, in order
+        figures.append(agg_figure(size))
+        return figures[-1]
+
+    monkeypatch.setattr(plots, "agg_figure", recording)
+    monkeypatch.setattr(trade_off, "agg_figure", recording)
+
+    def colours(fig) -> dict[str, str]:
+        """Legend label (the optimizer's name) -> colour, over every axes of ``fig``."""
+        out = {}
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                label = line.get_label().split(",")[0].removesuffix(" (reference)")
+                if not label.startswith("_") and label != "effective = nominal":
+                    out[label] = to_hex(line.get_color())
+        return out
+
+    names = ["famo_adam", "adam", "balanced", "my_optimizer"]  # the reference first
+    sweep, ev = tmp_path / "sweep", tmp_path / "sweep" / "eval"
+    ev.mkdir(parents=True)
+    for i, name in enumerate(names):
+        for seed in (0, 1):
+            write(ev / f"{name}_seed{seed}.json", per_image_curve(name, seed, 1 - 0.05 * i))
+            write_trade_off_run(sweep / f"{name}_0.001_seed{seed}", name, 0.001, seed, 0.5)
+    argv = [str(ev), "-r", "famo_adam", "--bootstrap", "0", "--out", str(sweep / "report")]
+    assert report.main(argv) == 0
+    trade_off.write_report(sweep, sweep / "report")
+    rd, effective = colours(figures[0]), colours(figures[1])
+    assert set(rd) == set(effective) == set(names)
+    assert rd == effective
+    assert len(set(rd.values())) == len(names)  # these four are told apart
+    assert rd["adam"] == to_hex("C0") and rd["balanced"] == to_hex("C2")
+
+    # The same colours without seeds (one curve each) and in evaluate.py's plot of the curves.
+    for i, name in enumerate(reversed(names)):
+        write(tmp_path / f"{name}.json", per_image_curve(name, None, 1 - 0.05 * i))
+    files = [str(tmp_path / f"{name}.json") for name in reversed(names)]
+    assert report.main([*files, "-r", "adam", "--out", str(tmp_path / "plain")]) == 0
+    assert colours(figures[2]) == rd
+    curves = {f"{n}_seed{s}": per_image_curve(n, s)["results"] for n in names for s in (0, 1)}
+    groups = {label: label.rsplit("_seed", 1)[0] for label in curves}
+    plots.write_rd_plots(curves, tmp_path, groups=groups)
+    drawn = {line.get_label(): line for line in figures[3].axes[0].get_lines()}
+    for label, group in groups.items():  # seeds: their group's colour, their own marker
+        assert to_hex(drawn[label].get_color()) == rd[group]
+    assert drawn["adam_seed0"].get_marker() != drawn["adam_seed1"].get_marker()
+    assert plots.optimizer_color("adam-msssim") == plots.optimizer_color("adam")

@@ -355,8 +355,9 @@ def write_csv(
 
 
 def plot_curves(curves: Sequence[Curve], reference: Curve, metric_key: str, path: Path) -> None:
-    """R-D plot of the reference and all curves; anchors dashed, the reference drawn thicker."""
-    from hpcm.eval.plots import rd_figure, save_rd
+    """R-D plot of the reference and all curves, each in its name's colour
+    (:func:`~hpcm.eval.plots.optimizer_color`); anchors dashed, the reference drawn thicker."""
+    from hpcm.eval.plots import optimizer_color, rd_figure, save_rd
 
     fig, ax = rd_figure()
     for curve in [reference, *(c for c in curves if c.source != reference.source)]:
@@ -366,6 +367,7 @@ def plot_curves(curves: Sequence[Curve], reference: Curve, metric_key: str, path
         ax.plot(
             curve.bpp,
             curve.results[metric_key],
+            color=optimizer_color(curve.label),
             linestyle="--" if curve.anchor else "-",
             marker="o",
             markersize=4,

@@ -4,6 +4,7 @@ whole `experiment=compare` sweep with a toy budget."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -192,6 +193,14 @@ def test_unusable_curves_are_named_with_what_to_change(tmp_path: Path) -> None:
     assert (
         report.usability_warnings([curve(per_image_curve("adam", 0))], [], "psnr-rgb", 0.75) == []
     )
+    # The reference of a warning is the one the report pairs the curve with (seeds.reference_of):
+    # a single reference without seed serves every seed, one of seed 0 only seed 0.
+    other_seed, anchor = dataclasses.replace(far, seed=1), dataclasses.replace(narrow, seed=None)
+    assert "shares 0%" in report.usability_warnings([other_seed], [anchor], "psnr-rgb", 0.75)[0]
+    assert seeds.pair_by_seed([other_seed], [anchor])["balanced_qp"][0].reference is anchor
+    assert report.usability_warnings([other_seed], [narrow], "psnr-rgb", 0.75) == []
+    with pytest.raises(ValueError, match="no reference curve of seed 1"):
+        seeds.pair_by_seed([other_seed], [narrow])
 
 
 def test_effective_lambda_is_lambda_times_the_applied_weight_ratio() -> None:

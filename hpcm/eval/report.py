@@ -515,9 +515,11 @@ def usability_warnings(
 ) -> list[str]:
     """What makes a comparison unusable, each with what to change: quality that does not rise
     with rate (models far from converged), a tiny quality span, no overlap (or less than
-    ``min_overlap``) with the reference of the same seed."""
+    ``min_overlap``) with the curve's reference, chosen as the report pairs them
+    (:func:`hpcm.eval.seeds.reference_of`: that of the same seed, or a single one without seed)."""
+    from hpcm.eval.seeds import reference_of  # scipy: imported when needed (--help stays fast)
+
     title = METRIC_TITLES[metric_key]
-    by_seed = {r.seed: r for r in references}
     out = []
     for curve in curves:
         quality = curve.results.get(metric_key)
@@ -536,7 +538,7 @@ def usability_warnings(
                 f"{name}: the curve spans only {quality[-1] - quality[0]:.2f} dB of {title}: "
                 "widen the lambda range or train longer"
             )
-        reference = by_seed.get(curve.seed) or (references[0] if len(references) == 1 else None)
+        reference = reference_of(curve.seed, references)
         if reference is None or reference is curve or metric_key not in reference.results:
             continue
         overlap = _overlap(reference.results[metric_key], quality)

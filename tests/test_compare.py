@@ -414,3 +414,11 @@ def test_one_optimizer_has_one_colour_in_every_figure(tmp_path: Path, monkeypatc
         assert to_hex(drawn[label].get_color()) == rd[group]
     assert drawn["adam_seed0"].get_marker() != drawn["adam_seed1"].get_marker()
     assert plots.optimizer_color("adam-msssim") == plots.optimizer_color("adam")
+    # Names outside the table (a model against JPEG, anchors) prefer colours that collide here;
+    # within one figure they get distinct ones, the same for the same names, the table's unmoved.
+    others = ["tiny", "JPEG (Pillow)", "VTM", "hpcm-base/kodak", "vtm-17.0/kodak"]
+    assert len({plots.optimizer_color(name) for name in others}) < len(others)
+    picked = plots.curve_colors(["balanced", *others, "adam"])
+    assert len(set(picked.values())) == len(picked) == 7
+    assert picked == plots.curve_colors(reversed(picked))
+    assert picked["adam"] == "C0" and picked["balanced"] == "C2"

@@ -8,7 +8,7 @@ display is needed and pyplot's global state is left alone.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ TRADITIONAL = ("JPEG", "WebP", "BPG", "HM", "VTM", "AV1")
 # One colour per optimizer in every figure of the suite (evaluate.py's and bdrate.py's R-D plots,
 # the effective-lambda plot of hpcm.eval.trade_off): fixed for the project's optimizers (the
 # colours of matplotlib's cycle, C0 = tab10 blue by default, in name order), and for any other
-# name one of the colours left over, chosen by a hash of the name: the same in every figure, run
-# and process (two such names can share one).
+# name (anchors, JPEG, new optimizers) one of the colours left over, chosen by a hash of the name
+# and, where another such name of the same figure holds it, the next free one (curve_colors).
 OPTIMIZER_COLORS = {
     "adam": "C0",
     "adam_cautious": "C1",
@@ -39,9 +39,29 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 def optimizer_color(name: str) -> str:
     """The colour of optimizer (curve group) ``name`` in every figure; ``adam-msssim`` (evaluate.py's
-    MS-SSIM group) gets ``adam``'s."""
+    MS-SSIM group) gets ``adam``'s. A name outside :data:`OPTIMIZER_COLORS` gets its preferred
+    colour, which :func:`curve_colors` keeps unless another name of the figure holds it."""
     known = OPTIMIZER_COLORS.get(name.removesuffix(MSSSIM_GROUP_SUFFIX))
     return known or OTHER_COLORS[zlib.crc32(name.encode()) % len(OTHER_COLORS)]
+
+
+def curve_colors(names: Iterable[str]) -> dict[str, str]:
+    """The colour of each name of one figure: :func:`optimizer_color`'s, except that names outside
+    :data:`OPTIMIZER_COLORS` do not share one (taken in name order, each from its preferred colour
+    on through :data:`OTHER_COLORS`, then the table's colours that no name of the figure holds).
+    The same names give the same colours in every figure; a name of the table keeps its colour
+    whatever else the figure holds."""
+    names = sorted(set(names))
+    colors = {name: optimizer_color(name) for name in names}
+    taken = {color for color in colors.values() if color not in OTHER_COLORS}
+    spare = [color for color in OPTIMIZER_COLORS.values() if color not in taken]
+    for name in names:
+        if colors[name] in OTHER_COLORS:
+            start = OTHER_COLORS.index(colors[name])
+            choices = [*OTHER_COLORS[start:], *OTHER_COLORS[:start], *spare]
+            colors[name] = next((c for c in choices if c not in taken), colors[name])
+            taken.add(colors[name])
+    return colors
 
 
 def agg_figure(size: tuple[float, float]) -> Any:
@@ -84,9 +104,10 @@ def plot_rd(
     """One R-D plot of ``curves`` (label -> results) for ``metric_key``, written to ``path``.
 
     A curve's colour is its group's (``groups``: label -> optimizer, default the label itself, see
-    :func:`optimizer_color`); the curves of one group (its seeds) differ in their markers."""
+    :func:`curve_colors`); the curves of one group (its seeds) differ in their markers."""
     fig, ax = rd_figure((6.4, 4.8))
     groups = groups or {}
+    colors = curve_colors(groups.get(label, label) for label in curves)
     drawn: dict[str, int] = {}  # group -> curves of it drawn so far
     for label, results in curves.items():
         if metric_key not in results:
@@ -98,7 +119,7 @@ def plot_rd(
         ax.plot(
             [p[0] for p in points],
             [p[1] for p in points],
-            color=optimizer_color(group),
+            color=colors[group],
             linestyle="--" if traditional else "-",
             marker=MARKERS[index % len(MARKERS)],
             markersize=4,

@@ -356,18 +356,19 @@ def write_csv(
 
 def plot_curves(curves: Sequence[Curve], reference: Curve, metric_key: str, path: Path) -> None:
     """R-D plot of the reference and all curves, each in its name's colour
-    (:func:`~hpcm.eval.plots.optimizer_color`); anchors dashed, the reference drawn thicker."""
-    from hpcm.eval.plots import optimizer_color, rd_figure, save_rd
+    (:func:`~hpcm.eval.plots.curve_colors`); anchors dashed, the reference drawn thicker."""
+    from hpcm.eval.plots import curve_colors, rd_figure, save_rd
 
     fig, ax = rd_figure()
-    for curve in [reference, *(c for c in curves if c.source != reference.source)]:
-        if metric_key not in curve.results:
-            continue
+    drawn = [reference, *(c for c in curves if c.source != reference.source)]
+    drawn = [curve for curve in drawn if metric_key in curve.results]
+    colors = curve_colors(curve.label for curve in drawn)
+    for curve in drawn:
         is_ref = curve is reference
         ax.plot(
             curve.bpp,
             curve.results[metric_key],
-            color=optimizer_color(curve.label),
+            color=colors[curve.label],
             linestyle="--" if curve.anchor else "-",
             marker="o",
             markersize=4,

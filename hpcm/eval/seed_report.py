@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hpcm.eval.plots import optimizer_color, rd_figure, save_rd
+from hpcm.eval.plots import curve_colors, rd_figure, save_rd
 from hpcm.eval.seeds import LEVEL, Interval, SeedRow, mean_curve
 
 
@@ -86,15 +86,16 @@ def plot_seeds(
     curves: Sequence[Any], reference: str, metric_key: str, title: str, path: Path
 ) -> None:
     """Every curve thin (one line per seed), each group's mean over seeds bold, in the group's
-    colour (:func:`~hpcm.eval.plots.optimizer_color`); the reference group's mean is labelled as
+    colour (:func:`~hpcm.eval.plots.curve_colors`); the reference group's mean is labelled as
     such."""
     fig, ax = rd_figure()
     groups: dict[str, list[Any]] = {}
     for curve in curves:
         if metric_key in curve.results:
             groups.setdefault(curve.label, []).append(curve)
+    colors = curve_colors(groups)
     for label, members in groups.items():
-        color = optimizer_color(label)
+        color = colors[label]
         for curve in members:
             ax.plot(curve.bpp, curve.results[metric_key], color=color, linewidth=0.8, alpha=0.45)
         mean = mean_curve(members, metric_key)

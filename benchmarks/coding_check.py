@@ -7,7 +7,8 @@ Encodes one image with PyTorch's default settings, then again with ``cudnn.bench
 and decodes each stream under the other settings. ``compress``/``decompress`` pin their own
 numerics (:func:`hpcm.codec.numerics.coding_numerics`), so the streams must be identical and
 every decode must reproduce the encoder's symbols (``symbol_crc``). Exit status 1 otherwise.
-Random weights of the tiny model, scaled so that the latents are not trivial.
+Random weights of the tiny model, scaled so that the latents are not trivial (the model of the
+codec tests and the fuzzer: ``fuzz_bitstreams.tiny_model``).
 """
 
 from __future__ import annotations
@@ -43,17 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import torch
-
-    import hpcm
+    from fuzz_bitstreams import tiny_model  # this folder: sys.path[0] of a script
 
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = hpcm.build_model("tiny")
-    with torch.no_grad():
-        for p in model.g_a.parameters():
-            p.mul_(2.0)
-    model = model.to(device).eval()
-    model.update()
+    model = tiny_model(seed=0, device=device)
     x = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
     x = torch.nn.functional.avg_pool2d(x, 5, 1, 2).to(device)  # some structure to code
 

@@ -41,7 +41,7 @@ import torch
 import hpcm
 from hpcm.codec import CodecError, Encoded, decode_image, encode_image
 from hpcm.codec.__main__ import main as codec_main
-from hpcm.codec.bitstream import MAGIC
+from hpcm.codec.bitstream import HEADER_FIELDS, MAGIC
 from hpcm.codec.checkpoint import atomic_torch_save, model_checkpoint
 from hpcm.codec.images import read_image, write_image
 from hpcm.codec.model import z_size
@@ -58,13 +58,16 @@ class CaseTimeout(Exception):
 
 
 # -- the originals ---------------------------------------------------------------------------------
-def tiny_model(seed: int = 1) -> hpcm.HPCM:
+def tiny_model(seed: int = 1, device: str | torch.device = "cpu") -> hpcm.HPCM:
+    """The tiny model of the codec tests (``tests/test_codec.py``): random weights of ``seed``,
+    the analysis transform's doubled so that the latents are not all zero, coding tables built
+    on ``device``. Also used by ``benchmarks/coding_check.py`` and the bitstream-safety tests."""
     torch.manual_seed(seed)
     model = hpcm.build_model("tiny")
-    with torch.no_grad():  # larger analysis weights: latents that are not all zero
+    with torch.no_grad():
         for p in model.g_a.parameters():
             p.mul_(2.0)
-    model.eval().update()
+    model.to(device).eval().update()
     return model
 
 
@@ -85,8 +88,7 @@ def pack(fields: dict) -> bytes:
     y, z = fields["y"], fields["z"]
     head = MAGIC + bytes([fields["version"], len(name)]) + name
     head += struct.pack(">H", len(ckpt)) + ckpt
-    head += struct.pack(
-        ">IHHHHIIII",
+    head += HEADER_FIELDS.pack(
         fields["fingerprint"],
         *fields["size"],
         *fields["z_shape"],

@@ -4,6 +4,7 @@ whole `experiment=compare` sweep with a toy budget."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -192,6 +193,14 @@ def test_unusable_curves_are_named_with_what_to_change(tmp_path: Path) -> None:
     assert (
         report.usability_warnings([curve(per_image_curve("adam", 0))], [], "psnr-rgb", 0.75) == []
     )
+    # The reference of a warning is the one the report pairs the curve with (seeds.reference_of):
+    # a single reference without seed serves every seed, one of seed 0 only seed 0.
+    other_seed, anchor = dataclasses.replace(far, seed=1), dataclasses.replace(narrow, seed=None)
+    assert "shares 0%" in report.usability_warnings([other_seed], [anchor], "psnr-rgb", 0.75)[0]
+    assert seeds.pair_by_seed([other_seed], [anchor])["balanced_qp"][0].reference is anchor
+    assert report.usability_warnings([other_seed], [narrow], "psnr-rgb", 0.75) == []
+    with pytest.raises(ValueError, match="no reference curve of seed 1"):
+        seeds.pair_by_seed([other_seed], [narrow])
 
 
 def test_effective_lambda_is_lambda_times_the_applied_weight_ratio() -> None:
@@ -346,3 +355,70 @@ def test_trade_off_report_of_a_sweep(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     assert trade_off.main([str(tmp_path / "empty")]) == 1
     assert capsys.readouterr().err.count("error: ") == 2
+
+
+def test_one_optimizer_has_one_colour_in_every_figure(tmp_path: Path, monkeypatch) -> None:
+    # The figures of one comparison list the optimizers in different orders (the R-D plot the
+    # reference first, then the files; the effective-lambda plot by name); each optimizer must
+    # still get one colour in all of them, and the same in another comparison.
+    from matplotlib.colors import to_hex
+
+    from hpcm.eval import plots
+
+    figures, agg_figure = [], plots.agg_figure
+
+    def recording(size: tuple[float, float]):  # every figure drawn, in order
+        figures.append(agg_figure(size))
+        return figures[-1]
+
+    monkeypatch.setattr(plots, "agg_figure", recording)
+    monkeypatch.setattr(trade_off, "agg_figure", recording)
+
+    def colours(fig) -> dict[str, str]:
+        """Legend label (the optimizer's name) -> colour, over every axes of ``fig``."""
+        out = {}
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                label = line.get_label().split(",")[0].removesuffix(" (reference)")
+                if not label.startswith("_") and label != "effective = nominal":
+                    out[label] = to_hex(line.get_color())
+        return out
+
+    names = ["famo_adam", "adam", "balanced", "my_optimizer"]  # the reference first
+    sweep, ev = tmp_path / "sweep", tmp_path / "sweep" / "eval"
+    ev.mkdir(parents=True)
+    for i, name in enumerate(names):
+        for seed in (0, 1):
+            write(ev / f"{name}_seed{seed}.json", per_image_curve(name, seed, 1 - 0.05 * i))
+            write_trade_off_run(sweep / f"{name}_0.001_seed{seed}", name, 0.001, seed, 0.5)
+    argv = [str(ev), "-r", "famo_adam", "--bootstrap", "0", "--out", str(sweep / "report")]
+    assert report.main(argv) == 0
+    trade_off.write_report(sweep, sweep / "report")
+    rd, effective = colours(figures[0]), colours(figures[1])
+    assert set(rd) == set(effective) == set(names)
+    assert rd == effective
+    assert len(set(rd.values())) == len(names)  # these four are told apart
+    assert rd["adam"] == to_hex("C0") and rd["balanced"] == to_hex("C2")
+
+    # The same colours without seeds (one curve each) and in evaluate.py's plot of the curves.
+    for i, name in enumerate(reversed(names)):
+        write(tmp_path / f"{name}.json", per_image_curve(name, None, 1 - 0.05 * i))
+    files = [str(tmp_path / f"{name}.json") for name in reversed(names)]
+    assert report.main([*files, "-r", "adam", "--out", str(tmp_path / "plain")]) == 0
+    assert colours(figures[2]) == rd
+    curves = {f"{n}_seed{s}": per_image_curve(n, s)["results"] for n in names for s in (0, 1)}
+    groups = {label: label.rsplit("_seed", 1)[0] for label in curves}
+    plots.write_rd_plots(curves, tmp_path, groups=groups)
+    drawn = {line.get_label(): line for line in figures[3].axes[0].get_lines()}
+    for label, group in groups.items():  # seeds: their group's colour, their own marker
+        assert to_hex(drawn[label].get_color()) == rd[group]
+    assert drawn["adam_seed0"].get_marker() != drawn["adam_seed1"].get_marker()
+    assert plots.optimizer_color("adam-msssim") == plots.optimizer_color("adam")
+    # Names outside the table (a model against JPEG, anchors) prefer colours that collide here;
+    # within one figure they get distinct ones, the same for the same names, the table's unmoved.
+    others = ["tiny", "JPEG (Pillow)", "VTM", "hpcm-base/kodak", "vtm-17.0/kodak"]
+    assert len({plots.optimizer_color(name) for name in others}) < len(others)
+    picked = plots.curve_colors(["balanced", *others, "adam"])
+    assert len(set(picked.values())) == len(picked) == 7
+    assert picked == plots.curve_colors(reversed(picked))
+    assert picked["adam"] == "C0" and picked["balanced"] == "C2"

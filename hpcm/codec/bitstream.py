@@ -39,9 +39,9 @@ from hpcm.codec.model import (
 MAGIC = b"HPCM"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
-_FIXED = struct.Struct(
-    ">IHHHHIIII"
-)  # fingerprint, h, w, zh, zw, sym crc, y len, z len, payload crc
+# The fixed-size fields after the names: fingerprint, h, w, zh, zw, symbol crc, y length,
+# z length, payload crc (benchmarks/fuzz_bitstreams.py writes headers with it too).
+HEADER_FIELDS = struct.Struct(">IHHHHIIII")
 _SIZE = struct.Struct(">HH")
 # The work a file may ask of the decoder, in pixels of the padded image: an 8K photo
 # (7680 x 4320) and an 8192 x 8192 image pass; a larger one needs decode --max-pixels.
@@ -103,7 +103,7 @@ class Encoded:
         self.check()
         name, ckpt = self.model_name.encode(), self.checkpoint.encode()
         head = MAGIC + bytes([VERSION, len(name)]) + name + struct.pack(">H", len(ckpt)) + ckpt
-        head += _FIXED.pack(
+        head += HEADER_FIELDS.pack(
             self.fingerprint,
             *self.size,
             *self.z_shape,
@@ -131,8 +131,10 @@ class Encoded:
             (ckpt_len,) = struct.unpack_from(">H", data, pos)
             ckpt = data[pos + 2 : pos + 2 + ckpt_len].decode()
             pos += 2 + ckpt_len
-            fp, h, w, zh, zw, sym_crc, y_len, z_len, payload_crc = _FIXED.unpack_from(data, pos)
-            pos += _FIXED.size
+            fp, h, w, zh, zw, sym_crc, y_len, z_len, payload_crc = HEADER_FIELDS.unpack_from(
+                data, pos
+            )
+            pos += HEADER_FIELDS.size
             (head_crc,) = struct.unpack_from(">I", data, pos)
         except (struct.error, UnicodeDecodeError):
             raise CodecError("truncated or corrupt HPCM header") from None

@@ -42,7 +42,7 @@ from hpcm.codec.images import ImageError, find_images, read_image
 from hpcm.codec.model import HPCM, MODEL_CONFIGS
 from hpcm.codec.numerics import coding_numerics
 from hpcm.device import DeviceError, resolve_device
-from hpcm.eval.plots import write_rd_plots
+from hpcm.eval.plots import MSSSIM_GROUP_SUFFIX, write_rd_plots
 from hpcm.eval.report import training_seed
 from hpcm.files import atomic_write
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
@@ -235,7 +235,7 @@ def assign_groups(infos: Sequence[RunInfo], forced: str | None = None) -> list[R
         else:
             group = info.optimizer or "unknown"
             if info.metric == "msssim":
-                group += "-msssim"
+                group += MSSSIM_GROUP_SUFFIX
             if len(models) > 1:
                 group = f"{info.model_name}-{group}"
         out.append(replace(info, group=re.sub(r"[^A-Za-z0-9_.+-]", "_", group)))
@@ -517,7 +517,10 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     for stem, curve in curves.items():
         data = (json.dumps(curve, indent=2) + "\n").encode()
         atomic_write(args.out / f"{stem}.json", data)
-    write_rd_plots({s: c["results"] for s, c in curves.items()}, args.out, str(args.dataset))
+    # The seeds of a group in the group's colour, as in the report's plots.
+    groups = {stem: curve["name"] for stem, curve in curves.items()}
+    rd = {stem: curve["results"] for stem, curve in curves.items()}
+    write_rd_plots(rd, args.out, str(args.dataset), groups)
     return curves
 
 

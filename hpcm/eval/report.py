@@ -355,17 +355,20 @@ def write_csv(
 
 
 def plot_curves(curves: Sequence[Curve], reference: Curve, metric_key: str, path: Path) -> None:
-    """R-D plot of the reference and all curves; anchors dashed, the reference drawn thicker."""
-    from hpcm.eval.plots import rd_figure, save_rd
+    """R-D plot of the reference and all curves, each in its name's colour
+    (:func:`~hpcm.eval.plots.curve_colors`); anchors dashed, the reference drawn thicker."""
+    from hpcm.eval.plots import curve_colors, rd_figure, save_rd
 
     fig, ax = rd_figure()
-    for curve in [reference, *(c for c in curves if c.source != reference.source)]:
-        if metric_key not in curve.results:
-            continue
+    drawn = [reference, *(c for c in curves if c.source != reference.source)]
+    drawn = [curve for curve in drawn if metric_key in curve.results]
+    colors = curve_colors(curve.label for curve in drawn)
+    for curve in drawn:
         is_ref = curve is reference
         ax.plot(
             curve.bpp,
             curve.results[metric_key],
+            color=colors[curve.label],
             linestyle="--" if curve.anchor else "-",
             marker="o",
             markersize=4,
@@ -513,9 +516,11 @@ def usability_warnings(
 ) -> list[str]:
     """What makes a comparison unusable, each with what to change: quality that does not rise
     with rate (models far from converged), a tiny quality span, no overlap (or less than
-    ``min_overlap``) with the reference of the same seed."""
+    ``min_overlap``) with the curve's reference, chosen as the report pairs them
+    (:func:`hpcm.eval.seeds.reference_of`: that of the same seed, or a single one without seed)."""
+    from hpcm.eval.seeds import reference_of  # scipy: imported when needed (--help stays fast)
+
     title = METRIC_TITLES[metric_key]
-    by_seed = {r.seed: r for r in references}
     out = []
     for curve in curves:
         quality = curve.results.get(metric_key)
@@ -534,7 +539,7 @@ def usability_warnings(
                 f"{name}: the curve spans only {quality[-1] - quality[0]:.2f} dB of {title}: "
                 "widen the lambda range or train longer"
             )
-        reference = by_seed.get(curve.seed) or (references[0] if len(references) == 1 else None)
+        reference = reference_of(curve.seed, references)
         if reference is None or reference is curve or metric_key not in reference.results:
             continue
         overlap = _overlap(reference.results[metric_key], quality)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hpcm.eval.plots import rd_figure, save_rd
+from hpcm.eval.plots import curve_colors, rd_figure, save_rd
 from hpcm.eval.seeds import LEVEL, Interval, SeedRow, mean_curve
 
 
@@ -85,15 +85,17 @@ def write_seeds_csv(
 def plot_seeds(
     curves: Sequence[Any], reference: str, metric_key: str, title: str, path: Path
 ) -> None:
-    """Every curve thin (one line per seed), each group's mean over seeds bold, one colour per
-    group; the reference group's mean is labelled as such."""
+    """Every curve thin (one line per seed), each group's mean over seeds bold, in the group's
+    colour (:func:`~hpcm.eval.plots.curve_colors`); the reference group's mean is labelled as
+    such."""
     fig, ax = rd_figure()
     groups: dict[str, list[Any]] = {}
     for curve in curves:
         if metric_key in curve.results:
             groups.setdefault(curve.label, []).append(curve)
-    for i, (label, members) in enumerate(groups.items()):
-        color = f"C{i % 10}"
+    colors = curve_colors(groups)
+    for label, members in groups.items():
+        color = colors[label]
         for curve in members:
             ax.plot(curve.bpp, curve.results[metric_key], color=color, linewidth=0.8, alpha=0.45)
         mean = mean_curve(members, metric_key)

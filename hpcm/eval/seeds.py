@@ -63,17 +63,24 @@ class SeedRow:
     seeds: int = 1
 
 
+def reference_of(seed: int | None, references: Sequence[Any]) -> Any | None:
+    """The reference curve that a curve of training seed ``seed`` is compared with: a single
+    reference without a seed (an anchor, one run) serves every seed, any other reference only its
+    own seed; None when no reference fits. The one rule of the report's pairs and its warnings."""
+    if len(references) == 1 and references[0].seed is None:
+        return references[0]
+    return next((r for r in references if r.seed == seed), None)
+
+
 def pair_by_seed(tests: Sequence[Any], references: Sequence[Any]) -> dict[str, list[Pair]]:
-    """Test curves grouped by label, each paired with the reference curve of its seed. A single
-    reference without a seed (an anchor, one run) serves every seed. ``ValueError`` when a
-    seed has no reference curve or a group repeats a seed."""
+    """Test curves grouped by label, each paired with its reference (:func:`reference_of`).
+    ``ValueError`` when a seed has no reference curve or a group repeats a seed."""
     by_seed = {r.seed: r for r in references}
     if len(by_seed) != len(references):
         raise ValueError("the reference curves repeat a seed")
-    shared = references[0] if len(references) == 1 and references[0].seed is None else None
     groups: dict[str, list[Pair]] = {}
     for curve in tests:
-        reference = shared or by_seed.get(curve.seed)
+        reference = reference_of(curve.seed, references)
         if reference is None:
             have = ", ".join(str(s) for s in sorted(by_seed, key=str))
             raise ValueError(f"{curve.label}: no reference curve of seed {curve.seed} ({have})")

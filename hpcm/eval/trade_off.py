@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from hpcm.eval.evaluate import lambda_of, optimizer_of
-from hpcm.eval.plots import agg_figure
+from hpcm.eval.plots import agg_figure, curve_colors
 from hpcm.eval.report import training_seed
 from hpcm.plot import WEIGHT_PREFIX, PlotError, read_run, series
 from hpcm.train.tracking import METRICS_FILE
@@ -154,10 +154,11 @@ def markdown(runs: Sequence[RunTradeOff], tail: float) -> str:
 
 
 def plot(runs: Sequence[RunTradeOff], path: Path) -> Path:
-    """Left: effective against nominal lambda; right: the effective lambda along training."""
+    """Left: effective against nominal lambda; right: the effective lambda along training. Each
+    optimizer in its colour of every figure (:func:`~hpcm.eval.plots.curve_colors`)."""
     fig = agg_figure((11, 4.6))
     left, right = fig.subplots(1, 2)
-    colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(r.optimizer for r in runs))}
+    colors = curve_colors(r.optimizer for r in runs)
     lambdas = sorted({r.lmbda for r in runs})
     left.plot(lambdas, lambdas, "k--", linewidth=0.8, label="effective = nominal")
     cells = by_cell(runs)

@@ -23,10 +23,15 @@ def test_showcase_writes_picture_and_plot(tmp_path: Path) -> None:
     model = hpcm.build_model("tiny").eval()
     model.update()
     images = [torch.rand(1, 3, 256, 256), torch.rand(3, 256, 256)]
-    paths = showcase.write_showcase(model, images, tmp_path, "tiny")
+    shown = showcase.write_showcase(model, images, tmp_path, "tiny")
+    paths = [shown.picture, shown.rd_plot]
     assert [p.name for p in paths] == [showcase.PICTURE, showcase.RD_PLOT]
     bpp, psnr, x_hat = showcase.model_point(model, images[1])
     assert bpp > 0 and x_hat.shape == images[1].shape and 0 < psnr < 60
+    first = showcase.model_point(model, images[0][0])
+    assert shown.images == 2
+    assert shown.bpp == pytest.approx((first[0] + bpp) / 2)  # the mean of the two images
+    assert shown.psnr == pytest.approx((first[1] + psnr) / 2)
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no test images"):

@@ -331,5 +331,13 @@ def show_run(cfg: DictConfig, run_dir: Path, test_images: Any) -> None:
         return
     model = load_model(run_dir / BEST_CHECKPOINT, device="cpu")  # coding as evaluate.py on CPU
     label = f"{cfg.model.name} {cfg.optimizer.name}, lambda {cfg.lmbda}"
-    paths = write_showcase(model, test_images, run_dir, label)
-    log.info("reconstruction: %s; R-D against JPEG: %s", *paths)
+    shown = write_showcase(model, test_images, run_dir, label)
+    log.info(
+        "best checkpoint on the %d test images (real bitstreams): %.3f bpp, %.2f dB PSNR; "
+        "reconstruction: %s; R-D against JPEG: %s",
+        shown.images,
+        shown.bpp,
+        shown.psnr,
+        shown.picture,
+        shown.rd_plot,
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -65,9 +66,18 @@ def _picture(x: Tensor, x_hat: Tensor, caption: str, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def write_showcase(model: HPCM, images: Iterable[Tensor], out: Path, label: str) -> list[Path]:
+class Showcase(NamedTuple):
+    picture: Path
+    rd_plot: Path
+    images: int
+    bpp: float  # the model's mean over the images, real bitstreams
+    psnr: float
+
+
+def write_showcase(model: HPCM, images: Iterable[Tensor], out: Path, label: str) -> Showcase:
     """Code ``images`` (each (3, H, W) or (B, 3, H, W), in [0, 1]) with ``model`` and JPEG, and
-    write :data:`PICTURE` and :data:`RD_PLOT` into ``out``; returns their paths."""
+    write :data:`PICTURE` and :data:`RD_PLOT` into ``out``; returns their paths and the model's
+    mean point."""
     ours, jpeg, first = [], [], None
     with torch.inference_mode():
         for batch in images:
@@ -80,7 +90,8 @@ def write_showcase(model: HPCM, images: Iterable[Tensor], out: Path, label: str)
         raise ValueError("no test images to show")
     x, x_hat, bpp, psnr = first
     _picture(x, x_hat, f"{label}: {bpp:.3f} bpp, {psnr:.2f} dB PSNR", out / PICTURE)
-    curves = {label: _mean_curve(ours), "JPEG (Pillow)": _mean_curve(jpeg)}
+    mean = _mean_curve(ours)
+    curves = {label: mean, "JPEG (Pillow)": _mean_curve(jpeg)}
     title = f"{len(ours)} test images, mean bpp and PSNR"
     plot_rd(curves, "psnr-rgb", out / RD_PLOT, title)
-    return [out / PICTURE, out / RD_PLOT]
+    return Showcase(out / PICTURE, out / RD_PLOT, len(ours), mean["bpp"][0], mean["psnr-rgb"][0])

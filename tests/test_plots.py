@@ -63,13 +63,7 @@ def test_study_plots(tmp_path: Path) -> None:
 
     study.optimize(objective, n_trials=6)
     written = {p.name for p in write_study_plots(study, tmp_path)}
-    assert {"optuna_history.png", "optuna_contour.png"} <= written
-    try:
-        import sklearn  # noqa: F401  (fANOVA importances need it)
-    except ImportError:
-        assert "optuna_importance.png" not in written
-    else:
-        assert "optuna_importance.png" in written
+    assert written == {"optuna_history.png", "optuna_contour.png", "optuna_importance.png"}
     for name in written:
         assert (tmp_path / name).read_bytes()[:8] == PNG
 

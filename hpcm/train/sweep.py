@@ -84,9 +84,14 @@ def write_study_plots(
     study: optuna.Study, out: Path, contour: Sequence[str] = CONTOUR_PARAMS
 ) -> list[Path]:
     """PNG plots of ``study`` in ``out`` (optuna.visualization.matplotlib): the optimization
-    history, the parameter importances (fANOVA, which needs scikit-learn) and a contour of the
-    ``contour`` pair. A plot the study cannot give yet (too few finished trials, no
-    scikit-learn) is left out with a log line; the sweep's result never depends on it."""
+    history, the parameter importances and a contour of the ``contour`` pair. A plot the study
+    cannot give yet (too few finished trials) is left out with a log line; the sweep's result
+    never depends on it.
+
+    Importances are the mean decrease in impurity of a random forest fitted to the trials
+    (Optuna's ``MeanDecreaseImpurityImportanceEvaluator``, scikit-learn), drawn here: Optuna
+    2.10's default, fANOVA, fails on the tree layout of current scikit-learn releases, and its
+    matplotlib importance plot on current matplotlib (``cm.get_cmap``)."""
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         log.info("no study plots: no finished trial yet")
         return []
@@ -95,23 +100,44 @@ def write_study_plots(
 
     plots = {
         "optuna_history.png": lambda: optuna_plots.plot_optimization_history(study),
-        "optuna_importance.png": lambda: optuna_plots.plot_param_importances(study),
+        "optuna_importance.png": lambda: importance_plot(study),
         "optuna_contour.png": lambda: optuna_plots.plot_contour(study, params=list(contour)),
     }
-    written = []
+    written, verbosity = [], optuna.logging.get_verbosity()
     for name, draw in plots.items():
-        with warnings.catch_warnings():  # the matplotlib backend is "experimental" in optuna 2.10
+        # The matplotlib backend is "experimental" in optuna 2.10, and plot_contour logs that
+        # its figure differs from the plotly one: neither is news to the reader of the sweep.
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
             try:
                 axes = draw()
             except (ImportError, ValueError, RuntimeError) as error:
                 log.info("no %s: %s", name, str(error).splitlines()[0] if str(error) else error)
                 continue
+            finally:
+                optuna.logging.set_verbosity(verbosity)
         figure = np.ravel(axes)[0].figure
         figure.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(figure)
         written.append(out / name)
     return written
+
+
+def importance_plot(study: optuna.Study) -> Any:
+    """Horizontal bars of the parameters' importances for the study's objective (the axes)."""
+    from optuna.importance import MeanDecreaseImpurityImportanceEvaluator
+
+    from hpcm.eval.plots import agg_figure
+
+    evaluator = MeanDecreaseImpurityImportanceEvaluator(seed=0)
+    importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    names = list(importances)[::-1]  # the most important on top
+    ax = agg_figure((6.4, 1.2 + 0.45 * len(names))).subplots()
+    ax.barh(names, [importances[name] for name in names], color="C0")
+    ax.set_xlabel("importance (mean decrease in impurity of a random forest)")
+    ax.set_title("Hyperparameter importances")
+    return ax
 
 
 class StudyPlots(Callback):

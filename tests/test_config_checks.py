@@ -27,7 +27,7 @@ BAD = [
     ("trainer.max_steps_per_epoch=0", "trainer.max_steps_per_epoch must be >= 1 or null"),
     ("trainer.lr_schedule.factors=[0.3,0.1]", "milestones and factors differ in length"),
     ("trainer.lr_schedule.factors=[0.3,0,0.1]", "factors must be > 0"),
-    ("trainer.lr_schedule.milestones=[2950,2850,2750]", "milestones must be increasing"),
+    ("trainer.lr_schedule.milestones=[0,2950,2850,2750]", "milestones must be increasing"),
     ("trainer.lr_schedule.milestones=[-1,2850,2950]", "milestones must be >= 0, got -1"),
     ("trainer.lr_schedule.reference_epochs=0", "reference_epochs must be >= 1, got 0"),
     ("optimizer.lr=-1e-4", "optimizer.lr must be >= 0.0, got -0.0001"),

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 from PIL import Image
 
-from hpcm.eval import report, seeds, trade_off
+from hpcm.eval import compare, report, seeds, trade_off
 from hpcm.train.losses import effective_lambda
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +154,25 @@ def test_bdrate_pairs_seeds_and_writes_table_csv_and_plot(tmp_path: Path, capsys
     globbed = [str(ev / "balanced_seed*.json"), "-r", str(ev / "adam_seed*.json")]
     assert report.main([*globbed, "--bootstrap", "0", "--out", str(tmp_path / "g")]) == 0
     assert "| **balanced mean** | 2 seeds | 4 | **-10.00** |" in capsys.readouterr().out
+
+
+def test_an_ms_ssim_comparison_finds_its_reference_curves(tmp_path: Path, monkeypatch) -> None:
+    # evaluate.py names the curves of MS-SSIM-trained runs OPTIMIZER-msssim; compare.reference
+    # names the optimizer (adam), as with MSE runs.
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    for s in (0, 1):
+        write(ev / f"adam-msssim_seed{s}.json", per_image_curve("adam-msssim", s))
+        write(ev / f"balanced-msssim_seed{s}.json", per_image_curve("balanced-msssim", s, 0.9))
+    monkeypatch.setattr(compare.evaluate, "main", lambda argv: 0)  # the curves are made above
+    settings = OmegaConf.create(
+        {"dataset": "/none", "reference": "adam", "metrics": ["psnr"], "bootstrap": 0}
+    )
+    assert compare.evaluate_and_report(tmp_path, settings, None, "ms-ssim") == 0
+    table = (tmp_path / "report" / "bdrate_psnr.csv").read_text()
+    assert "balanced-msssim,mean,4,adam-msssim" in table
+    assert compare.reference_curve("adam", "mse") == "adam"
+    assert compare.reference_curve("adam-msssim", "ms-ssim") == "adam-msssim"
 
 
 def test_a_mean_without_every_seed_says_how_many_lack_a_value(tmp_path: Path, capsys) -> None:

@@ -19,13 +19,27 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from hpcm.eval import evaluate, report, trade_off
+from hpcm.eval.plots import MSSSIM_GROUP_SUFFIX
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_and_report(sweep_dir: Path, settings: DictConfig, device: str | None) -> int:
-    """Evaluate ``sweep_dir`` into ``sweep_dir/eval`` and report into ``sweep_dir/report``;
-    returns the exit status of the step that failed (0: both ran)."""
+def reference_curve(reference: str, metric: str) -> str:
+    """The curve name of the reference optimizer's runs in ``SWEEP/eval``: ``compare.reference``
+    names an optimizer, and evaluate.py names the curves of MS-SSIM-trained runs OPTIMIZER-msssim
+    (``metric``: the sweep's training metric, ``mse`` or ``ms-ssim``)."""
+    if metric == "ms-ssim" and not reference.endswith(MSSSIM_GROUP_SUFFIX):
+        return reference + MSSSIM_GROUP_SUFFIX
+    return reference
+
+
+def evaluate_and_report(
+    sweep_dir: Path, settings: DictConfig, device: str | None, trained_for: str = "mse"
+) -> int:
+    """Evaluate ``sweep_dir`` into ``sweep_dir/eval`` and report into ``sweep_dir/report``
+    (``trained_for``: the runs' training metric); returns the exit status of the step that
+    failed (0: both ran)."""
+    reference = reference_curve(str(settings.reference), trained_for)
     eval_dir, report_dir = sweep_dir / "eval", sweep_dir / "report"
     argv = [str(sweep_dir), "--dataset", str(settings.dataset), "--out", str(eval_dir)]
     if settings.get("limit"):
@@ -40,7 +54,7 @@ def evaluate_and_report(sweep_dir: Path, settings: DictConfig, device: str | Non
             [
                 str(eval_dir),
                 "--reference",
-                str(settings.reference),
+                reference,
                 "--metric",
                 str(metric),
                 "--bootstrap",
@@ -65,7 +79,9 @@ class CompareReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         log.info("all runs done; evaluating %s with real bitstreams", sweep_dir)
-        status = evaluate_and_report(sweep_dir, config.compare, str(config.trainer.device))
+        status = evaluate_and_report(
+            sweep_dir, config.compare, str(config.trainer.device), str(config.metric)
+        )
         if status:
             log.error("the comparison report was not written (status %d, see above)", status)
             return

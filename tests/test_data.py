@@ -27,7 +27,6 @@ from hpcm.train.data import (
 )
 from hpcm.train.prepare import main as prepare_main
 
-KODAK = Path("/work/shared/data/kodak")
 CROP = 64
 
 
@@ -118,9 +117,8 @@ def test_undecodable_file_after_cheap_verify_names_the_file(tmp_path: Path) -> N
         dataset[0]
 
 
-@pytest.mark.skipif(not KODAK.is_dir(), reason="Kodak test images not available")
-def test_kodak_loads_24_images() -> None:
-    dataset = ImageFolder(KODAK, train=False)
+def test_kodak_loads_24_images(kodak: Path) -> None:
+    dataset = ImageFolder(kodak, train=False)
     assert len(dataset) == 24
     assert dataset.paths[0].name == "kodim01.png"
     assert {tuple(dataset[i].shape) for i in (0, 3)} <= {(3, 512, 768), (3, 768, 512)}
@@ -218,15 +216,14 @@ def test_seeded_sampler_epochs_and_ranks() -> None:
     assert {i for s in shards for i, _ in s} == set(range(10))
 
 
-@pytest.mark.skipif(not KODAK.is_dir(), reason="Kodak test images not available")
-def test_folder_loaders_and_bad_names() -> None:
+def test_folder_loaders_and_bad_names(kodak: Path) -> None:
     loaders = build_dataloaders(
-        "folder", train_dir=KODAK, test_dir=KODAK, crop_size=64, test_crop_size=256, batch_size=8
+        "folder", train_dir=kodak, test_dir=kodak, crop_size=64, test_crop_size=256, batch_size=8
     )
     assert next(iter(loaders.train)).shape == (8, 3, 64, 64)
     assert next(iter(loaders.test)).shape == (1, 3, 256, 256)
     with pytest.raises(DataError, match="train_dir and test_dir"):
-        build_dataloaders("folder", train_dir=KODAK)
+        build_dataloaders("folder", train_dir=kodak)
     with pytest.raises(ValueError, match="embedded, folder"):
         build_dataloaders("imagenet")
 

@@ -4,6 +4,7 @@ non-finite batches, resume equality, outputs, logging and one-line errors."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -
         balanced = option.startswith("balanced")
         assert isinstance(optimizer, CautiousAdam) == balanced
         assert isinstance(balancer, PlainBalancer) != balanced
-        assert cfg.optimizer.clip_max_norm == 1.0 and cfg.optimizer.lr == 1e-4
+        assert cfg.optimizer.clip_max_norm == 1.0 and cfg.optimizer.lr == 2e-3
     elif group == "lambda":
         value = float(option.removeprefix("msssim_"))
         assert cfg.lmbda == value
@@ -105,6 +106,7 @@ def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -
         assert cfg.optimizer.lr < 1e-4 and cfg.trainer.epochs < 3001
     else:
         schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
+        assert schedule.factor(0) == 1.0  # the run starts at optimizer.lr
         assert schedule.factor(cfg.trainer.epochs - 1) < schedule.factor(0)  # it decays
 
 
@@ -155,10 +157,11 @@ def test_lr_schedule_follows_the_official_milestones_scaled_to_the_run() -> None
     assert fixed.milestones == (2750, 2850, 2950)
 
 
-def test_the_short_default_run_trains_at_20x_then_decays_as_the_official_one() -> None:
+def test_the_default_run_starts_at_optimizer_lr_then_decays_as_the_official_one() -> None:
     cfg = make_cfg(None, short=False)
     schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
     lr = float(cfg.optimizer.lr)
+    assert lr == 2e-3
     assert [round(lr * schedule.factor(e), 8) for e in (0, 26, 27, 28, 29)] == [
         2e-3,
         2e-3,
@@ -170,6 +173,36 @@ def test_the_short_default_run_trains_at_20x_then_decays_as_the_official_one() -
         "0.002 from epoch 0, 0.0006 from epoch 27, 0.0002 from epoch 28, 2e-05 from epoch 29"
     )
     assert LRSchedule((5,), (0.1,)).describe(1e-4, 5) == "0.0001 from epoch 0"  # 5 is never reached
+
+
+OFFICIAL_RATES = [(1e-4, 0), (3e-5, 2750), (1e-5, 2850), (1e-6, 2950)]  # trainer=hpcm
+DEFAULT_RATES = [(2e-3, 0), (6e-4, 27), (2e-4, 28), (2e-5, 29)]  # the default trainer's 30 epochs
+
+
+@pytest.mark.parametrize(
+    ("overrides", "rates"),
+    [
+        (["trainer=hpcm"], OFFICIAL_RATES),
+        (["trainer=hpcm", "optimizer=balanced"], OFFICIAL_RATES),
+        (["trainer=ddp", "optimizer=balanced_qp"], DEFAULT_RATES),
+        (["trainer=fsdp"], DEFAULT_RATES),
+        (["trainer=hpcm", "experiment=finetune"], [(5e-5, 0), (5e-6, 40)]),
+        (["experiment=compare_cpu", *FOLDERS], [(5e-4, 0), (5e-5, 4)]),
+        (
+            ["trainer=hpcm", "optimizer.lr=3e-4"],
+            [(3e-4, 0), (9e-5, 2750), (3e-5, 2850), (3e-6, 2950)],
+        ),
+    ],
+)
+def test_every_preset_starts_at_optimizer_lr(overrides: list[str], rates: list) -> None:
+    """The learning rates each preset trains with, from which epoch on: the first is always
+    optimizer.lr, from epoch 0."""
+    cfg = make_cfg(None, *overrides, short=False)
+    schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
+    lr = float(cfg.optimizer.lr)
+    starts = (0, *(m for m in schedule.milestones if m < cfg.trainer.epochs))
+    assert [(round(lr * schedule.factor(e), 12), e) for e in starts] == rates
+    assert rates[0] == (lr, 0)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -274,7 +307,7 @@ def test_a_skipped_batch_is_counted_and_logged(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- whole runs
-def test_default_run_shortened(tmp_path: Path) -> None:
+def test_default_run_shortened(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # `python train.py` with no arguments, cut to one step; wandb runs offline into the run dir.
     cfg = make_cfg(
         tmp_path,
@@ -284,7 +317,10 @@ def test_default_run_shortened(tmp_path: Path) -> None:
         short=False,
     )
     assert cfg.logger.name == "wandb"
-    loss = train(cfg)
+    with caplog.at_level(logging.INFO):
+        loss = train(cfg)
+    # The start-of-run line names the learning rates; the first is optimizer.lr.
+    assert "learning rate 0.002 from epoch 0 (optimizer.lr x trainer.lr_schedule)" in caplog.text
     files = {p.name for p in tmp_path.iterdir()}
     assert {"epoch_best.pth.tar", "epoch_0.pth.tar", "last.pth.tar", "config.yaml"} <= files
     assert list((tmp_path / "wandb").glob("offline-run-*"))
@@ -295,6 +331,7 @@ def test_default_run_shortened(tmp_path: Path) -> None:
     train_keys = {"train/loss", "train/distortion", "train/bpp_loss", "train/psnr"}
     test_keys = {"test/loss", "test/distortion", "test/bpp_loss", "test/psnr"}
     assert train_keys <= set(records[0]) and test_keys <= set(records[-1])
+    assert records[0]["train/lr"] == cfg.optimizer.lr == 2e-3
     assert loss == pytest.approx(records[-1]["test/loss"]) and math.isfinite(loss)
     resolved = OmegaConf.load(tmp_path / "config.yaml")
     assert resolved.paths.run_dir == str(tmp_path) and resolved.lmbda == 0.013

@@ -132,6 +132,11 @@ def _check_lr_schedule(schedule: DictConfig) -> None:
         raise ConfigError(f"{name}: milestones and factors differ in length")
     if milestones != sorted(milestones):
         raise ConfigError(f"{name}.milestones must be increasing, got {milestones}")
+    if milestones and milestones[0] == 0 and float(schedule.factors[0]) != 1:
+        raise ConfigError(
+            f"{name}: the run starts at optimizer.lr, so a milestone at epoch 0 has factor 1, "
+            f"got {schedule.factors[0]} (set optimizer.lr instead)"
+        )
     if schedule.scale_to_run:
         _number(schedule.reference_epochs, f"{name}.reference_epochs", 1)
 

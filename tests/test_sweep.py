@@ -28,7 +28,7 @@ from hpcm.eval import evaluate as evaluation
 from hpcm.train.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "hpcm" / "conf"
+CONF_DIR = ROOT / "conf"
 SEARCH = ["-m", "hparams_search=balanced_optuna", "lambda=0.013"]
 STUDY = "balanced_tiny_mse_0.013"  # balanced_MODEL_METRIC_LAMBDA
 # Each run: the tiny model, one epoch of one step on a 256x256 crop, one 256x256 test image.

@@ -30,7 +30,7 @@ from hpcm.train.post_step import replay_rng, rng_state
 from hpcm.train.tracking import LOGGERS, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "hpcm" / "conf"
+CONF_DIR = ROOT / "conf"
 GROUPS = ("model", "optimizer", "lambda", "data", "logger", "trainer", "experiment")
 # Extra overrides an option needs to resolve (mandatory paths).
 FOLDERS = ["data.train_dir=/tmp/train", "data.test_dir=/tmp/test"]

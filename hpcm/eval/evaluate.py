@@ -111,7 +111,7 @@ def optimizer_of(config: dict) -> str | None:
 
 
 def lambda_of(config: dict) -> float | None:
-    value = config.get("lmbda", config.get("lambda"))  # hpcm/conf/lambda/*.yaml set ``lmbda``
+    value = config.get("lmbda", config.get("lambda"))  # conf/lambda/*.yaml set ``lmbda``
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -121,7 +121,7 @@ def lambda_of(config: dict) -> float | None:
 
 
 def _metric(config: dict) -> str | None:
-    value = config.get("metric")  # hpcm/conf/lambda: "mse" or "ms-ssim"
+    value = config.get("metric")  # conf/lambda: "mse" or "ms-ssim"
     if not isinstance(value, str):
         return None
     value = re.sub(r"[^a-z]", "", value.lower())

@@ -1,6 +1,6 @@
 """From the composed Hydra config to a ready :class:`hpcm.train.loop.Trainer`, and the run itself.
 
-``build_trainer`` turns ``hpcm/conf/train.yaml`` into a trainer (model, loss, optimizer, balancer,
+``build_trainer`` turns ``conf/train.yaml`` into a trainer (model, loss, optimizer, balancer,
 data, DDP context, speed options); ``train`` is what ``python train.py`` runs. Values the model
 constrains are checked here, before any data is loaded, so that a bad value is a one-line
 :class:`ConfigError` rather than a traceback at the first step.

@@ -57,7 +57,7 @@ SKIP_WARNINGS, SKIP_REPORT_EVERY = 10, 100
 
 
 class Trainer:
-    """Trains ``model`` on ``loaders`` as configured by ``cfg`` (the composed ``hpcm/conf/train.yaml``).
+    """Trains ``model`` on ``loaders`` as configured by ``cfg`` (the composed ``conf/train.yaml``).
 
     Build one with :func:`hpcm.train.build.build_trainer`; :meth:`train_step` runs one batch,
     :meth:`fit` the whole run, :meth:`resume` restores a checkpoint first.

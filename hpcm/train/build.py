@@ -64,6 +64,15 @@ def resume_mode(resume: Any, multirun: bool) -> Any:
     return resume
 
 
+def showcase_wanted(showcase: Any, multirun: bool) -> bool:
+    """``trainer.showcase`` with its default (null) made explicit: on for a single run, off in
+    a multirun (each trial of a sweep or search would code the test images and a JPEG ladder
+    that nobody asked for there); true or false force it either way."""
+    if showcase is None:
+        return not multirun
+    return bool(showcase)
+
+
 def _find_resume(resume: Any, run_dir: Path) -> Path | None:
     if resume is False:
         return None
@@ -317,7 +326,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> float:
             trainer.close()
         if dist.is_main:
             mark_finished(run_dir, trainer.epochs, best)
-            if cfg.trainer.showcase:
+            if showcase_wanted(cfg.trainer.showcase, multirun):
                 show_run(cfg, run_dir, trainer.loaders.test)
         return best
     finally:

@@ -276,6 +276,7 @@ def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> 
             num_workers=int(d.num_workers),
             seed=int(cfg.seed),
             samples_per_epoch=d.get("samples_per_epoch"),
+            skip_bad_images=bool(d.get("skip_bad_images", False)),
             pin_memory=device.type == "cuda",
             # A compiled step would recompile for a smaller last batch.
             drop_last=bool(d.drop_last) or bool(cfg.trainer.compile),

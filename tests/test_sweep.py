@@ -230,8 +230,11 @@ def test_lambda_sweep_trains_every_lambda_with_both_optimizers(sweep: str, metri
 
 def test_lambda_sweep_writes_runs_that_evaluate_reads(workdir: Path) -> None:
     # `lambda=0.013` on the command line narrows the sweep to one lambda: two runs.
-    train(workdir, "-m", "sweep=lambdas_mse", "lambda=0.013", *ONE_EPOCH)
+    # trainer.showcase left at its default: off in a multirun.
+    default_showcase = [a for a in ONE_EPOCH if not a.startswith("trainer.showcase=")]
+    train(workdir, "-m", "sweep=lambdas_mse", "lambda=0.013", *default_showcase)
     (sweep,) = sweep_dirs(workdir / "multirun" / "lambdas_mse_tiny")
+    assert not list(sweep.rglob("showcase.png")) and not list(sweep.rglob("rd_vs_jpeg.png"))
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
         "0_tiny_adam_mse_0.013",
         "1_tiny_balanced_mse_0.013",

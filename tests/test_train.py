@@ -24,7 +24,7 @@ from hpcm.optim import CautiousAdam, PlainBalancer
 from hpcm.train import loop as engine
 from hpcm.train.build import ConfigError, build_balancer, build_optimizer, build_trainer, train
 from hpcm.train.cli import prepare_overrides
-from hpcm.train.data import DataError, to_float
+from hpcm.train.data import DataError, DataWarning, to_float
 from hpcm.train.lr_schedule import LRSchedule
 from hpcm.train.post_step import replay_rng, rng_state
 from hpcm.train.tracking import LOGGERS, read_metrics
@@ -408,18 +408,21 @@ def test_folder_data_with_test_images_of_any_size(tmp_path: Path) -> None:
     for i in range(2):
         save_image(tmp_path / "train" / f"{i}.png", 260, 270, seed=i)
     save_image(tmp_path / "test" / "odd.png", 300, 200, seed=5)  # padded to 512x256 for the model
+    (tmp_path / "train" / "broken.jpg").write_bytes(b"not a jpeg")
     short = [o for o in SHORT if not o.startswith("data.")]
-    cfg = make_cfg(
-        tmp_path / "run",
-        *short,
+    folders = [
         "data=folder",
         f"data.train_dir={tmp_path / 'train'}",
         f"data.test_dir={tmp_path / 'test'}",
         "data.batch_size=2",
         "data.num_workers=0",
-        short=False,
-    )
-    assert math.isfinite(train(cfg))
+    ]
+    cfg = make_cfg(tmp_path / "run", *short, *folders, short=False)
+    with pytest.raises(DataError, match=r"^cannot read image .*broken\.jpg: "):
+        train(cfg)  # before any training
+    cfg = make_cfg(tmp_path / "run", *short, *folders, "data.skip_bad_images=true", short=False)
+    with pytest.warns(DataWarning, match=r"skipped 1 unreadable .*broken\.jpg"):
+        assert math.isfinite(train(cfg))
     test = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
     assert test["test/bpp_loss"] > 0 and math.isfinite(test["test/psnr"])
 

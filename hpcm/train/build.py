@@ -64,6 +64,15 @@ def resume_mode(resume: Any, multirun: bool) -> Any:
     return resume
 
 
+def showcase_wanted(showcase: Any, multirun: bool) -> bool:
+    """``trainer.showcase`` with its default (null) made explicit: on for a single run, off in
+    a multirun (each trial of a sweep or search would code the test images and a JPEG ladder
+    that nobody asked for there); true or false force it either way."""
+    if showcase is None:
+        return not multirun
+    return bool(showcase)
+
+
 def _find_resume(resume: Any, run_dir: Path) -> Path | None:
     if resume is False:
         return None
@@ -272,6 +281,7 @@ def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> 
             num_workers=int(d.num_workers),
             seed=int(cfg.seed),
             samples_per_epoch=d.get("samples_per_epoch"),
+            skip_bad_images=bool(d.get("skip_bad_images", False)),
             pin_memory=device.type == "cuda",
             # A compiled step would recompile for a smaller last batch.
             drop_last=bool(d.drop_last) or bool(cfg.trainer.compile),
@@ -322,7 +332,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> float:
             trainer.close()
         if dist.is_main:
             mark_finished(run_dir, trainer.epochs, best)
-            if cfg.trainer.showcase:
+            if showcase_wanted(cfg.trainer.showcase, multirun):
                 show_run(cfg, run_dir, trainer.loaders.test)
         return best
     finally:

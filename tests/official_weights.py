@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 import hpcm
-from hpcm.codec.checkpoint import convert_official_state_dict
+from hpcm.codec.state_dict import convert_official_state_dict
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
 VECTORS = SPEC / "vectors"

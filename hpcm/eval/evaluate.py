@@ -30,17 +30,11 @@ from tqdm import tqdm
 
 from hpcm import codec
 from hpcm.codec.bitstream import CodecError
-from hpcm.codec.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CheckpointError,
-    is_hpcm_state_dict,
-    load_model,
-    read_checkpoint,
-    unwrap_state_dict,
-)
+from hpcm.codec.checkpoint import CheckpointError, load_model, read_checkpoint
 from hpcm.codec.images import ImageError, find_images, read_image
 from hpcm.codec.model import HPCM, MODEL_CONFIGS
 from hpcm.codec.numerics import coding_numerics
+from hpcm.codec.state_dict import CHECKPOINT_FORMAT, is_hpcm_state_dict, unwrap_state_dict
 from hpcm.device import DeviceError, resolve_device
 from hpcm.eval.plots import MSSSIM_GROUP_SUFFIX, write_rd_plots
 from hpcm.eval.report import training_seed
@@ -202,7 +196,7 @@ def inspect_checkpoint(path: Path, model_name: str | None = None) -> RunInfo:
     """Check that ``path`` loads into a model and say what it is (model, optimizer, lambda).
 
     The model of an official state dict is ``model_name`` or the one its keys show
-    (:func:`hpcm.codec.checkpoint.official_model_name`: base, large, phi-context or 1B)."""
+    (:func:`hpcm.codec.state_dict.official_model_name`: base, large, phi-context or 1B)."""
     data = read_checkpoint(path)
     if not _is_project(data) and not is_hpcm_state_dict(unwrap_state_dict(data)):
         raise EvaluationError(f"{path}: neither a project checkpoint nor an HPCM state dict")

@@ -20,14 +20,13 @@ import torch
 from omegaconf import OmegaConf
 
 from hpcm.codec.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CheckpointError,
     atomic_torch_save,
     check_same_model,
     model_checkpoint,
     read_checkpoint,
 )
 from hpcm.codec.model import HPCMConfig
+from hpcm.codec.state_dict import CHECKPOINT_FORMAT, CheckpointError
 from hpcm.files import atomic_write
 from hpcm.train.distributed import full_state, is_sharded, load_full_state
 from hpcm.train.post_step import rng_state

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hpcm
-from hpcm.train import showcase
+from hpcm.eval import showcase
 
 
 def test_jpeg_points_rise_with_quality() -> None:

@@ -19,14 +19,16 @@ from PIL import Image
 
 import hpcm
 from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
+from hpcm.eval.showcase import show_run
 from hpcm.optim import CautiousAdam, PlainBalancer
+from hpcm.run_layout import read_metrics
 from hpcm.train import loop as engine
 from hpcm.train.build import ConfigError, build_balancer, build_optimizer, build_trainer, train
 from hpcm.train.cli import prepare_overrides
 from hpcm.train.data import DataError, to_float
 from hpcm.train.lr_schedule import LRSchedule
 from hpcm.train.post_step import replay_rng, rng_state
-from hpcm.train.tracking import LOGGERS, read_metrics
+from hpcm.train.tracking import LOGGERS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "hpcm" / "conf"
@@ -284,7 +286,7 @@ def test_default_run_shortened(tmp_path: Path) -> None:
         short=False,
     )
     assert cfg.logger.name == "wandb"
-    loss = train(cfg)
+    loss = train(cfg, show=show_run)  # as the command runs it
     files = {p.name for p in tmp_path.iterdir()}
     assert {"epoch_best.pth.tar", "epoch_0.pth.tar", "last.pth.tar", "config.yaml"} <= files
     assert list((tmp_path / "wandb").glob("offline-run-*"))

@@ -40,7 +40,7 @@ from hpcm.eval.plots import MSSSIM_GROUP_SUFFIX, write_rd_plots
 from hpcm.eval.report import training_seed
 from hpcm.files import atomic_write
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
-from hpcm.train.state import RUN_CHECKPOINTS, run_checkpoint
+from hpcm.run_layout import RUN_CHECKPOINTS, RUN_MARKERS, run_checkpoint
 
 # CompressAI's eval_model rounds the reconstruction to 8 bit before MS-SSIM; we keep the official
 # HPCM protocol (and its published points) and say so in every JSON (docs/evaluation.md).
@@ -48,7 +48,6 @@ MSSSIM_PROTOCOL = (
     "PSNR on 8-bit images; MS-SSIM on the float reconstruction (official HPCM test.py)"
 )
 
-RUN_MARKERS = ("config.yaml", ".hydra")  # the trainer's resolved config, Hydra's own folder
 CSV_NAME = "per_image.csv"
 CSV_FIELDS = (
     "group",

@@ -126,14 +126,14 @@ def write_study_plots(
 
 def importance_plot(study: optuna.Study) -> Any:
     """Horizontal bars of the parameters' importances for the study's objective (the axes)."""
+    import matplotlib.pyplot as plt
     from optuna.importance import MeanDecreaseImpurityImportanceEvaluator
-
-    from hpcm.eval.plots import agg_figure
 
     evaluator = MeanDecreaseImpurityImportanceEvaluator(seed=0)
     importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
     names = list(importances)[::-1]  # the most important on top
-    ax = agg_figure((6.4, 1.2 + 0.45 * len(names))).subplots()
+    # A pyplot figure, as optuna's own plots: write_study_plots closes them all alike.
+    _, ax = plt.subplots(figsize=(6.4, 1.2 + 0.45 * len(names)))
     ax.barh(names, [importances[name] for name in names], color="C0")
     ax.set_xlabel("importance (mean decrease in impurity of a random forest)")
     ax.set_title("Hyperparameter importances")

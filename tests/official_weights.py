@@ -15,7 +15,7 @@ import skimage.data
 import torch
 
 import hpcm
-from hpcm.codec.checkpoint import convert_official_state_dict
+from hpcm.codec.state_dict import convert_official_state_dict
 
 DATA = Path(__file__).resolve().parent / "data"
 SHARED = Path(os.environ.get("HPCM_SHARED") or Path(__file__).resolve().parents[2] / "shared")

@@ -192,8 +192,8 @@ class FixedWeights:
 def test_a_new_balancer_is_one_class_and_one_config(tmp_path):
     from test_train import make_cfg
 
+    from hpcm.run_layout import read_metrics
     from hpcm.train.build import build_trainer
-    from hpcm.train.tracking import read_metrics
 
     plugin = [
         "optimizer.balancer._target_=test_balancing.FixedWeights",

@@ -30,12 +30,8 @@ from hpcm.codec import (
     read_image,
 )
 from hpcm.codec.__main__ import main
-from hpcm.codec.checkpoint import (
-    atomic_torch_save,
-    convert_official_state_dict,
-    model_checkpoint,
-    official_model_name,
-)
+from hpcm.codec.checkpoint import atomic_torch_save, model_checkpoint
+from hpcm.codec.state_dict import convert_official_state_dict, official_model_name
 
 
 @pytest.fixture(scope="module")

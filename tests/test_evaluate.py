@@ -20,8 +20,8 @@ from hpcm.eval import evaluate as evaluation
 from hpcm.eval import report
 from hpcm.eval.evaluate import RunInfo, assign_groups, find_checkpoints, main, read_run_info
 from hpcm.metrics import psnr_8bit
+from hpcm.run_layout import BEST_CHECKPOINT, LAST_CHECKPOINT
 from hpcm.train.export import export
-from hpcm.train.state import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 # (run dir, optimizer, lambda, gain of g_a's last conv): gains of 3 to 4 give the random tiny
 # model 0.2-0.45 bpp with latents its entropy model predicts well (estimate within ~2%).

@@ -16,11 +16,11 @@ import torch
 from test_train import ROOT, make_cfg
 
 from hpcm.codec.checkpoint import atomic_torch_save, safe_torch_load
+from hpcm.run_layout import read_metrics
 from hpcm.train import loop as engine
 from hpcm.train.build import train
 from hpcm.train.data import SeededSampler
 from hpcm.train.interrupt import TrainingInterrupted
-from hpcm.train.tracking import read_metrics
 
 # 3 steps per epoch, a logging window that is open when the signal comes (step 5). Adam: the
 # balancers' states resume exactly too (test_train.py::test_resume_gives_bit_identical_weights).
@@ -164,7 +164,7 @@ def test_sigterm_through_the_command_line_exits_143_with_a_checkpoint(tmp_path: 
         args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.monotonic() + 180
-    while not (run / "metrics.jsonl").is_file() or not read_metrics(run / "metrics.jsonl"):
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)

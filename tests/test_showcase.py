@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hpcm
-from hpcm.train import showcase
+from hpcm.eval import showcase
 from hpcm.train.build import showcase_wanted
 
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from hpcm.eval import evaluate as evaluation
-from hpcm.train.tracking import read_metrics
+from hpcm.run_layout import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

@@ -20,14 +20,16 @@ from PIL import Image
 
 import hpcm
 from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
+from hpcm.eval.showcase import show_run
 from hpcm.optim import CautiousAdam, PlainBalancer
+from hpcm.run_layout import read_metrics
 from hpcm.train import loop as engine
 from hpcm.train.build import ConfigError, build_balancer, build_optimizer, build_trainer, train
 from hpcm.train.cli import prepare_overrides
 from hpcm.train.data import DataError, DataWarning, to_float
 from hpcm.train.lr_schedule import LRSchedule
 from hpcm.train.post_step import replay_rng, rng_state
-from hpcm.train.tracking import LOGGERS, read_metrics
+from hpcm.train.tracking import LOGGERS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -318,7 +320,7 @@ def test_default_run_shortened(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     )
     assert cfg.logger.name == "wandb"
     with caplog.at_level(logging.INFO):
-        loss = train(cfg)
+        loss = train(cfg, show=show_run)  # as the command runs it
     # The start-of-run line names the learning rates; the first is optimizer.lr.
     assert "learning rate 0.002 from epoch 0 (optimizer.lr x trainer.lr_schedule)" in caplog.text
     files = {p.name for p in tmp_path.iterdir()}

@@ -30,23 +30,17 @@ from tqdm import tqdm
 
 from hpcm import codec
 from hpcm.codec.bitstream import CodecError
-from hpcm.codec.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CheckpointError,
-    is_hpcm_state_dict,
-    load_model,
-    read_checkpoint,
-    unwrap_state_dict,
-)
+from hpcm.codec.checkpoint import CheckpointError, load_model, read_checkpoint
 from hpcm.codec.images import ImageError, find_images, read_image
 from hpcm.codec.model import HPCM, MODEL_CONFIGS
 from hpcm.codec.numerics import coding_numerics
+from hpcm.codec.state_dict import CHECKPOINT_FORMAT, is_hpcm_state_dict, unwrap_state_dict
 from hpcm.device import DeviceError, resolve_device
 from hpcm.eval.plots import MSSSIM_GROUP_SUFFIX, write_rd_plots
 from hpcm.eval.report import training_seed
 from hpcm.files import atomic_write
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
-from hpcm.train.state import RUN_CHECKPOINTS, run_checkpoint
+from hpcm.run_layout import RUN_CHECKPOINTS, RUN_MARKERS, run_checkpoint
 
 # CompressAI's eval_model rounds the reconstruction to 8 bit before MS-SSIM; we keep the official
 # HPCM protocol (and its published points) and say so in every JSON (docs/evaluation.md).
@@ -54,7 +48,6 @@ MSSSIM_PROTOCOL = (
     "PSNR on 8-bit images; MS-SSIM on the float reconstruction (official HPCM test.py)"
 )
 
-RUN_MARKERS = ("config.yaml", ".hydra")  # the trainer's resolved config, Hydra's own folder
 CSV_NAME = "per_image.csv"
 CSV_FIELDS = (
     "group",
@@ -202,7 +195,7 @@ def inspect_checkpoint(path: Path, model_name: str | None = None) -> RunInfo:
     """Check that ``path`` loads into a model and say what it is (model, optimizer, lambda).
 
     The model of an official state dict is ``model_name`` or the one its keys show
-    (:func:`hpcm.codec.checkpoint.official_model_name`: base, large, phi-context or 1B)."""
+    (:func:`hpcm.codec.state_dict.official_model_name`: base, large, phi-context or 1B)."""
     data = read_checkpoint(path)
     if not _is_project(data) and not is_hpcm_state_dict(unwrap_state_dict(data)):
         raise EvaluationError(f"{path}: neither a project checkpoint nor an HPCM state dict")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from hpcm.codec.model import SIZE_MULTIPLE
 from hpcm.device import DeviceError, resolve_device
 from hpcm.optim import build_base_optimizer
 from hpcm.optim.balancer import Balancer
+from hpcm.run_layout import CONFIG, LAST_CHECKPOINT, finished_result, mark_finished
 from hpcm.train.data import DataError, as_size, build_dataloaders
 from hpcm.train.distributed import (
     DistContext,
@@ -37,18 +39,18 @@ from hpcm.train.distributed import (
 from hpcm.train.loop import Trainer
 from hpcm.train.losses import RateDistortionLoss, task_names
 from hpcm.train.memory import estimate_memory
-from hpcm.train.showcase import write_showcase
 from hpcm.train.speed import SpeedOptions, apply_global_settings
-from hpcm.train.state import BEST_CHECKPOINT, LAST_CHECKPOINT, finished_result, mark_finished
 
 log = logging.getLogger(__name__)
-
-RESOLVED_CONFIG = "config.yaml"
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be run (unknown name, missing value, bad resume target)."""
 
+
+# What a finished run shows (trainer.showcase): called with the config, the run directory and
+# the test images.
+Showcase = Callable[[DictConfig, Path, Iterable[torch.Tensor]], None]
 
 # Errors caused by what the user typed or pointed at: reported in one line by the entrypoint.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, DeviceError, OmegaConfBaseException)
@@ -294,11 +296,13 @@ def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> 
         raise ConfigError(f"data: {error}") from None
 
 
-def train(cfg: DictConfig, multirun: bool = False) -> float:
+def train(cfg: DictConfig, multirun: bool = False, show: Showcase | None = None) -> float:
     """The whole run of ``python train.py``: returns the best validation RD loss (what the
     Optuna sweeper minimises; NaN for a run that never gave a finite one). ``multirun``: a job
     of ``-m`` (``resume`` then defaults to ``auto``). With ``resume=auto`` a run that finished
-    all its epochs is skipped (its best loss is returned)."""
+    all its epochs is skipped (its best loss is returned). ``show``: what a run that trained all
+    its epochs shows when ``trainer.showcase`` is on, called with the config, the run directory
+    and the test images (the command passes :func:`hpcm.eval.showcase.show_run`)."""
     try:
         run_dir = Path(str(cfg.paths.run_dir))
     except OmegaConfBaseException:
@@ -319,7 +323,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> float:
             return done
         resume_path = _find_resume(mode, run_dir)
         if dist.is_main:
-            (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            (run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         trainer = build_trainer(cfg, run_dir, dist, report_memory=True)
         if resume_path is not None:
             trainer.resume(resume_path)
@@ -332,27 +336,8 @@ def train(cfg: DictConfig, multirun: bool = False) -> float:
             trainer.close()
         if dist.is_main:
             mark_finished(run_dir, trainer.epochs, best)
-            if showcase_wanted(cfg.trainer.showcase, multirun):
-                show_run(cfg, run_dir, trainer.loaders.test)
+            if show is not None and showcase_wanted(cfg.trainer.showcase, multirun):
+                show(cfg, run_dir, trainer.loaders.test)
         return best
     finally:
         cleanup()
-
-
-def show_run(cfg: DictConfig, run_dir: Path, test_images: Any) -> None:
-    """``trainer.showcase``: the best checkpoint's picture and R-D plot against JPEG, and where
-    they are (a diverged run, with no best checkpoint, shows nothing)."""
-    if not (run_dir / BEST_CHECKPOINT).is_file():
-        return
-    model = load_model(run_dir / BEST_CHECKPOINT, device="cpu")  # coding as evaluate.py on CPU
-    label = f"{cfg.model.name} {cfg.optimizer.name}, lambda {cfg.lmbda}"
-    shown = write_showcase(model, test_images, run_dir, label)
-    log.info(
-        "best checkpoint on the %d test images (real bitstreams): %.3f bpp, %.2f dB PSNR; "
-        "reconstruction: %s; R-D against JPEG: %s",
-        shown.images,
-        shown.bpp,
-        shown.psnr,
-        shown.picture,
-        shown.rd_plot,
-    )

@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hpcm.eval.showcase import show_run
 from hpcm.train.build import USER_ERRORS, ConfigError, train
 from hpcm.train.interrupt import TrainingInterrupted
 
@@ -85,7 +86,7 @@ def _option_name(group: str, value: str) -> str:
 def _app(cfg: DictConfig) -> float:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        loss = train(cfg, multirun=multirun)
+        loss = train(cfg, multirun=multirun, show=show_run)
     except USER_ERRORS as error:
         if multirun:
             raise  # a sweep records the failed trial and goes on

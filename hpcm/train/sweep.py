@@ -128,14 +128,14 @@ def write_study_plots(
 
 def importance_plot(study: optuna.Study) -> Any:
     """Horizontal bars of the parameters' importances for the study's objective (the axes)."""
+    import matplotlib.pyplot as plt
     from optuna.importance import MeanDecreaseImpurityImportanceEvaluator
-
-    from hpcm.eval.plots import agg_figure
 
     evaluator = MeanDecreaseImpurityImportanceEvaluator(seed=0)
     importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
     names = list(importances)[::-1]  # the most important on top
-    ax = agg_figure((6.4, 1.2 + 0.45 * len(names))).subplots()
+    # A pyplot figure, as optuna's own plots: write_study_plots closes them all alike.
+    _, ax = plt.subplots(figsize=(6.4, 1.2 + 0.45 * len(names)))
     ax.barh(names, [importances[name] for name in names], color="C0")
     ax.set_xlabel("importance (mean decrease in impurity of a random forest)")
     ax.set_title("Hyperparameter importances")
@@ -159,9 +159,8 @@ def contour_plot(study: optuna.Study, params: Sequence[str] = CONTOUR_PARAMS) ->
     the trials as points coloured by their value, with contours interpolated between them
     (linearly over a Delaunay triangulation in the axes' scales) once three of them span an area.
     A parameter searched on a log scale gets a log axis; both axes cover the trials' range."""
+    import matplotlib.pyplot as plt
     from matplotlib.tri import Triangulation
-
-    from hpcm.eval.plots import agg_figure
 
     x_name, y_name = params
     trials = [
@@ -176,8 +175,8 @@ def contour_plot(study: optuna.Study, params: Sequence[str] = CONTOUR_PARAMS) ->
         for v in zip(*((t.params[x_name], t.params[y_name], t.value) for t in trials), strict=True)
     )
     log_x, log_y = (_is_log(trials[0].distributions[name]) for name in params)
-    fig = agg_figure((6.4, 4.8))
-    ax = fig.subplots()
+    # A pyplot figure, as optuna's own plots: write_study_plots closes them all alike.
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ax.set_xscale("log" if log_x else "linear")
     ax.set_yscale("log" if log_y else "linear")
     u, v = (np.log10(x) if log_x else x), (np.log10(y) if log_y else y)

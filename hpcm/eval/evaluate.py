@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -527,7 +528,7 @@ def evaluate_items(
         finally:
             torch.set_num_threads(saved)
         return
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
+    context = _process_context()
     tasks, results = context.Queue(), context.Queue()
     for item in items:
         tasks.put(item)
@@ -537,11 +538,10 @@ def evaluate_items(
         context.Process(target=_worker, args=(n, evaluator, threads, tasks, results), daemon=True)
         for n in range(jobs)
     ]
-    with _sigint_ignored():  # inherited: Ctrl-C reaches this process only, which stops them
-        for worker in workers:
-            worker.start()
     current: dict[int, Item] = {}  # the item each worker is on
     try:
+        for worker in workers:
+            worker.start()
         for _ in items:
             while True:
                 try:
@@ -558,6 +558,8 @@ def evaluate_items(
                 break
     finally:  # every item done, or stopped: a worker still running has nothing left to do
         for worker in workers:
+            if worker.pid is None:  # interrupted before it started
+                continue
             if worker.is_alive():
                 worker.terminate()
             worker.join()
@@ -569,6 +571,7 @@ def evaluate_items(
 def _worker(n: int, evaluator: Evaluator, threads: int, tasks, results) -> None:
     """Evaluation process ``n``: measures items until the stop sign; says which item it starts
     (to name it if the process dies) and sends each result or a one-line error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the workers
     torch.set_num_threads(threads)
     for item in iter(tasks.get, None):
         results.put(("start", n, item, None))
@@ -600,7 +603,8 @@ def _check_alive(workers: Sequence, current: dict[int, Item], evaluator: Evaluat
 
 @contextmanager
 def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored for the block (only the main thread may change signal handlers)."""
+    """SIGINT ignored for the block, and so in the processes started in it (only the main
+    thread may change signal handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -609,6 +613,19 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _process_context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a server process that imported this module once (POSIX), which
+    starts them in a fraction of a second and stays up for later evaluations in this process;
+    elsewhere fresh interpreters. Never a fork of this process and its torch threads."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # no effect once the server runs
+    with _sigint_ignored():  # inherited: Ctrl-C does not break the server's imports
+        forkserver.ensure_running()
+    return context
 
 
 def _note_repeated_lambdas(infos: Sequence[RunInfo]) -> None:

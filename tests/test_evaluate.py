@@ -68,7 +68,7 @@ def evaluated(tmp_path_factory, kodak) -> dict:
     root = tmp_path_factory.mktemp("eval")
     sweep = make_sweep(root / "sweep")
     out = {"sweep": sweep, "real": root / "real", "est": root / "est"}
-    base = [str(sweep), "--dataset", str(kodak), "--limit", "2", "--device", "cpu"]
+    base = [str(sweep), "--dataset", str(kodak), "--limit", "2", "--device", "cpu", "--jobs", "1"]
     assert main([*base, "--out", str(out["real"])]) == 0
     assert main([*base, "--out", str(out["est"]), "--entropy-estimation"]) == 0
     return out
@@ -139,7 +139,8 @@ def test_entropy_estimate_is_close_to_the_real_rate(evaluated) -> None:
 def test_forced_group_and_single_files(evaluated, kodak, tmp_path, capsys) -> None:
     sweep = evaluated["sweep"]
     files = [str(sweep / run / "epoch_best.pth.tar") for run in ("2", "0")]
-    argv = [*files, files[0], "--dataset", str(kodak), "--limit", "1", "--out", str(tmp_path)]
+    argv = [*files, files[0], "--dataset", str(kodak), "--limit", "1", "--jobs", "1"]
+    argv += ["--out", str(tmp_path)]
     assert main([*argv, "--group", "mine"]) == 0
     assert [p.name for p in tmp_path.glob("*.json")] == ["mine.json"]
     mine = json.loads((tmp_path / "mine.json").read_text())
@@ -170,6 +171,44 @@ def test_small_padded_image_counts_original_pixels(tmp_path, kodak, capsys) -> N
     assert main([*argv, str(tmp_path / "est"), "--entropy-estimation"]) == 0
     est = json.loads((tmp_path / "est" / "adam.json").read_text())["results"]["bpp"][0]
     assert est == pytest.approx(results["bpp"][0], rel=0.05)
+
+
+def test_parallel_jobs_give_the_results_of_one(kodak, tmp_path) -> None:
+    """--jobs 2 codes the (checkpoint, image) items in two processes: bpp, PSNR and MS-SSIM of
+    every image, the CSV's row order and the JSON curves are those of --jobs 1."""
+    data = tmp_path / "crops"
+    data.mkdir()
+    for n, box in enumerate([(0, 0, 256, 192), (300, 100, 492, 356), (500, 200, 756, 456)]):
+        Image.open(kodak / f"kodim0{n + 1}.png").crop(box).save(data / f"crop{n}.png")
+    for run, gain in (("a", 3.0), ("b", 4.0)):
+        ckpt = tiny_checkpoint(gain, {"optimizer": {"name": "adam"}, "lmbda": gain / 100})
+        atomic_torch_save(ckpt, tmp_path / "sweep" / run / "epoch_best.pth.tar")
+    argv = [str(tmp_path / "sweep"), "--dataset", str(data), "--device", "cpu", "--out"]
+    assert main([*argv, str(tmp_path / "one"), "--jobs", "1"]) == 0
+    assert main([*argv, str(tmp_path / "two"), "--jobs", "2"]) == 0
+    one, two = (read_csv(tmp_path / out / evaluation.CSV_NAME) for out in ("one", "two"))
+    timed = ("enc_time", "dec_time")
+    assert len(one) == 6 and all(float(row["ms_ssim"]) > 0 for row in one)
+    assert [{k: v for k, v in r.items() if k not in timed} for r in two] == [
+        {k: v for k, v in r.items() if k not in timed} for r in one
+    ]
+    curves = [json.loads((tmp_path / out / "adam.json").read_text()) for out in ("one", "two")]
+    for curve in curves:
+        for key in ("encoding_time", "decoding_time"):
+            del curve["results"][key]
+    assert curves[0] == curves[1]
+
+
+def test_an_error_in_an_evaluation_process_is_one_line(tmp_path) -> None:
+    atomic_torch_save(tiny_checkpoint(3.0), tmp_path / "tiny.pth.tar")
+    info = RunInfo(tmp_path / "tiny.pth.tar", "tiny", official=False)
+    images = [tmp_path / "gone.png", tmp_path / "lost.png"]  # deleted after the check
+    evaluator = evaluation.Evaluator([info], images, torch.device("cpu"), evaluation.code_image)
+    with pytest.raises(evaluation.EvaluationError) as error:
+        evaluation.evaluate_items(evaluator, [(0, 0), (0, 1)], 2, 1, lambda item, r: None)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'tiny.pth.tar'} on ") and "\n" not in message
+    assert "gone.png" in message or "lost.png" in message
 
 
 @pytest.mark.slow

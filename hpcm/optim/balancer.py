@@ -50,13 +50,15 @@ ReduceFn = Callable[[Tensor], Tensor]
 class StepProbe(Protocol):
     """Post-step re-evaluations of the batch just trained on (``hpcm.train.post_step``)."""
 
-    def losses_after(self) -> Tensor:
-        """Task losses of the batch with the updated parameters and the step's own noise."""
+    def losses_after(self, fresh: bool = False) -> Tensor:
+        """Task losses of the batch with the updated parameters and the step's own quantization
+        noise (``fresh``: new noise)."""
         ...
 
-    def subbatch_losses(self, count: int) -> tuple[Tensor, Tensor]:
+    def subbatch_losses(self, count: int, fresh: bool = False) -> tuple[Tensor, Tensor]:
         """``(before, after)``: mean task losses of the first ``count`` images with the
-        parameters before and after the step, each image with its noise of the step."""
+        parameters before and after the step, each image with its noise of the step (after the
+        step, ``fresh``: new noise)."""
         ...
 
 
@@ -155,7 +157,8 @@ class FAMOBalancer:
     The model step follows ``sum_i z_i log(L_i - b_i) / c`` (:meth:`FAMOWeighting.combine`);
     after the optimizer step the logits move by the log-loss decrease of each task, measured as
     ``update_mode`` says (:mod:`hpcm.optim.famo_updates`: ``exact``, ``subbatch``,
-    ``next_batch``). ``reduce_fn`` averages the losses over data-parallel ranks, so that every
+    ``next_batch``) with the noise ``post_step_noise`` says (``fresh`` or ``replay``).
+    ``reduce_fn`` averages the losses over data-parallel ranks, so that every
     rank holds the same weights.
     """
 
@@ -170,6 +173,7 @@ class FAMOBalancer:
         subbatch_size: int,
         ema_decay: float,
         exact_warmup_steps: int,
+        post_step_noise: str = "fresh",
         reduce_fn: ReduceFn | None = None,
     ) -> None:
         self.task_names = tuple(task_names)
@@ -181,7 +185,9 @@ class FAMOBalancer:
             min_losses=[float(b) for b in min_losses],
             reduce_fn=reduce_fn,
         )
-        self.update = build_famo_update(update_mode, subbatch_size, ema_decay, exact_warmup_steps)
+        self.update = build_famo_update(
+            update_mode, subbatch_size, ema_decay, exact_warmup_steps, post_step_noise
+        )
         self._report = _WeightReport(
             self.task_names,
             warn_weight_above,

@@ -148,6 +148,7 @@ class Trainer:
                 output,
                 noise,
                 self.device,
+                fresh_seed=self._fresh_seed(),
             )
         )
         values = [losses[name].detach() for name in self.metric_names]
@@ -156,6 +157,12 @@ class Trainer:
         )
         extras = [norm.detach(), trade_off.detach()]
         return torch.stack([*values, *(v.to(values[0].dtype) for v in extras)])
+
+    def _fresh_seed(self) -> int:
+        """Seed of a post-step re-evaluation's fresh noise: a function of the run's seed, the
+        step and the rank (resumable, independent of the training noise stream)."""
+        seed = int(self.cfg.get("seed") or 0)
+        return (seed * 1_000_003 + self.progress.global_step) * 64 + self.dist.rank
 
     def _report_skip(self) -> None:
         self.progress.skipped_batches += 1

@@ -24,6 +24,9 @@ vector (``task_names`` says which), and after the optimizer step it may ask the 
   2502.20161), with its post-step update from :mod:`hpcm.optim.famo_updates`;
 - :class:`QPBalancer`: the closed-form two-task QP, Balanced R-D solution 2.
 
+:class:`hpcm.optim.lambda_replay.LambdaReplayBalancer` (the plain step on another run's logged
+effective-lambda trajectory, the control twin of an adaptive run) lives in its own module.
+
 A new method is one new class with these methods plus one config file naming it with
 ``_target_`` (``hpcm/conf/optimizer/``); its constructor receives ``task_names`` and ``reduce_fn``
 (a mean over data-parallel ranks, or None) besides its own keys.

@@ -237,8 +237,13 @@ class QPBalancer:
     weights (:func:`hpcm.optim.qp.combine_gradients_qp`: both log-losses get the same
     first-order decrease) and divides by ``c = sum_i w_i / D_i`` (``D_i = L_i - b_i``), the
     renormalisation that turns log-gradients back into loss-gradient units as FAMO does; ``c`` is
-    skipped when it is not positive (weights of opposite sign). Single-process only: under DDP
-    the two backward passes would each all-reduce.
+    skipped when it is not positive (``affine`` weights of opposite sign). Single-process only:
+    under DDP the two backward passes would each all-reduce.
+
+    ``constraint``: ``simplex`` (``w >= 0``, the min-norm point of the two gradients' convex
+    hull: no parameter that one task alone touches is stepped up that task's loss) or
+    ``affine`` (``w_D + w_R = 1`` alone, as the notes on the paper write it; a negative weight
+    steps the parameters of that task alone up its loss). See :mod:`hpcm.optim.qp`.
     """
 
     def __init__(
@@ -246,10 +251,16 @@ class QPBalancer:
         task_names: Sequence[str],
         min_losses: Sequence[float],
         warn_weight_above: float | None,
+        constraint: str = "simplex",
         eps: float = 1e-8,
         reduce_fn: ReduceFn | None = None,
     ) -> None:
         self.task_names = tuple(task_names)
+        if constraint not in ("simplex", "affine"):
+            raise ValueError(
+                f"unknown optimizer.balancer.constraint {constraint!r}; choose simplex or affine"
+            )
+        self.simplex = constraint == "simplex"
         if len(self.task_names) != 2:
             raise ValueError("the QP balancer balances two tasks: use optimizer.tasks=rd")
         if reduce_fn is not None:
@@ -278,7 +289,7 @@ class QPBalancer:
         logs[1].backward(retain_graph=True)  # rate first: its snapshot is the extra buffer
         rate_grads = snapshot_grads(params)
         logs[0].backward()
-        w_rate, w_dist = combine_gradients_qp(params, rate_grads)
+        w_rate, w_dist = combine_gradients_qp(params, rate_grads, simplex=self.simplex)
         self._weights = torch.stack([w_dist, w_rate]).detach().float()
         # d(log D_i) = grad L_i / D_i: the step applies (w_i / D_i) * scale to grad L_i.
         per_task = self._weights / shifted.detach().float()

@@ -35,6 +35,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hpcm.optim.balancer import Balancer
+from hpcm.optim.grad_diagnostics import NAMES as GRAD_DIAGNOSTICS
+from hpcm.optim.grad_diagnostics import gradient_diagnostics
 from hpcm.train import state
 from hpcm.train.data import DataLoaders
 from hpcm.train.distributed import DistContext, is_sharded, wrap_ddp
@@ -99,6 +101,11 @@ class Trainer:
         self.last_test: dict[str, float] = {}
         self.resume_rng: dict[str, Tensor | None] | None = None
         self.resume_run_id: str | None = None
+        self.grad_diagnostics_every = int(t.get("grad_diagnostics_every") or 0)
+        if self.grad_diagnostics_every and dist.enabled:
+            log.warning("trainer.grad_diagnostics_every is single-process only: not logged")
+            self.grad_diagnostics_every = 0
+        self.grad_diagnostics: Tensor | None = None  # the latest, logged with the next window
         self.plain_forward = speed.compiled(model)
         wrapped = wrap_ddp(model, dist, device)
         self.train_model = self.plain_forward if wrapped is model else speed.compiled(wrapped)
@@ -119,6 +126,9 @@ class Trainer:
         output = self._forward(self.train_model, x)
         losses = self.criterion(output, x)
         task_losses = self.criterion.task_losses(losses, output, self.tasks)
+        every = self.grad_diagnostics_every
+        if every and (self.progress.global_step + 1) % every == 0:
+            self.grad_diagnostics = gradient_diagnostics(task_losses, self.params)
         self.optimizer.zero_grad(set_to_none=True)
         objective = self.balancer.backward(task_losses, self.params)
         if self.clip_max_norm is not None:  # the only clip, the same for every optimizer
@@ -224,6 +234,10 @@ class Trainer:
         record["train/lr"] = self.optimizer.param_groups[0]["lr"]
         record["train/skipped_batches"] = float(self.progress.skipped_batches)
         record.update({f"train/{k}": v for k, v in self.balancer.report().items()})
+        if self.grad_diagnostics is not None:
+            values = self.grad_diagnostics.tolist()
+            record.update({f"train/{k}": v for k, v in zip(GRAD_DIAGNOSTICS, values, strict=True)})
+            self.grad_diagnostics = None
         if self.tracker is not None:
             self.tracker.log(record, self.progress.global_step, epoch)
         if bar is not None and "train/loss" in record:

@@ -62,3 +62,33 @@ def test_a_run_logs_the_diagnostics_every_n_steps(tmp_path):
     assert math.isfinite(loss)
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "train/lr" in r]
     assert [all(f"train/{n}" in r for n in NAMES) for r in records] == [False, True]
+
+
+def test_the_trade_off_report_plots_the_diagnostics(tmp_path, monkeypatch):
+    import json
+
+    from test_compare import write_trade_off_run
+
+    from hpcm.eval import plots, trade_off
+
+    figures, agg_figure = [], plots.agg_figure
+    monkeypatch.setattr(
+        trade_off, "agg_figure", lambda size: figures.append(agg_figure(size)) or figures[-1]
+    )
+    write_trade_off_run(tmp_path / "adam_seed0", "adam", 0.004, 0, 1.0)
+    write_trade_off_run(tmp_path / "qp_seed0", "balanced_qp", 0.004, 0, 0.3)
+    trade_off.write_report(tmp_path, tmp_path / "plain")
+    assert len(figures[-1].axes) == 2  # nothing logged: the plot is as before
+    with (tmp_path / "qp_seed0" / "metrics.jsonl").open("a") as f:
+        for step, ratio, cosine in [(50, 30.0, -0.05), (100, 25.0, -0.02)]:
+            record = {"step": step, "train/grad_norm_ratio": ratio, "train/grad_cosine": cosine}
+            f.write(json.dumps(record) + "\n")
+    runs = trade_off.read_sweep(tmp_path)
+    qp = next(r for r in runs if r.optimizer == "balanced_qp")
+    assert qp.diagnostics["train/grad_norm_ratio"] == ([50, 100], [30.0, 25.0])
+    assert qp.diagnostics["train/grad_cosine"] == ([50, 100], [-0.05, -0.02])
+    trade_off.write_report(tmp_path, tmp_path / "report")
+    axes = figures[-1].axes
+    assert len(axes) == 4
+    assert [line.get_ydata().tolist() for line in axes[2].lines] == [[30.0, 25.0]]
+    assert axes[3].get_ylabel() == "cos(g_D, g_R)"

@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hpcm.train.build import USER_ERRORS, ConfigError, train
+from hpcm.train.curve_search import CurveError, train_curve
 from hpcm.train.interrupt import TrainingInterrupted
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,11 @@ def _option_name(group: str, value: str) -> str:
 def _app(cfg: DictConfig) -> float:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        loss = train(cfg, multirun=multirun)
-    except USER_ERRORS as error:
+        if "curve" in cfg:  # hparams_search=balanced_bdrate: a lambda curve, its BD-rate
+            loss = train_curve(cfg, multirun=multirun)
+        else:
+            loss = train(cfg, multirun=multirun)
+    except (*USER_ERRORS, CurveError) as error:
         if multirun:
             raise  # a sweep records the failed trial and goes on
         print(f"error: {error}", file=sys.stderr)

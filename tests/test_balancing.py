@@ -5,7 +5,7 @@ import torch
 
 import hpcm
 from hpcm.optim.balancer import QPBalancer, check_lower_bounds, weight_metric_name
-from hpcm.train.losses import RateDistortionLoss, task_names
+from hpcm.train.losses import RateDistortionLoss, effective_lambda, task_names
 
 
 def _losses(model, x):
@@ -218,3 +218,78 @@ def test_a_new_balancer_is_one_class_and_one_config(tmp_path):
     resumed = build_trainer(cfg)
     resumed.resume(tmp_path / "last.pth.tar")
     assert torch.equal(resumed.balancer.after, after)
+
+
+# ----------------------------------------------------------------------------- lambda replay
+def _write_series(path, records):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_lambda_replay_reproduces_a_logged_trajectory(tmp_path):
+    from hpcm.optim.lambda_replay import LambdaReplayBalancer
+
+    # Windows of 4 steps logged at steps 4, 8, 12: means placed at 1.5, 5.5, 9.5; a test
+    # record and a record logged again after a resume (step 8) must not confuse it.
+    _write_series(
+        tmp_path / "metrics.jsonl",
+        [
+            {"step": 4, "epoch": 0, "train/effective_lambda": 0.01},
+            {"step": 8, "epoch": 0, "train/effective_lambda": 0.5},
+            {"step": 4, "epoch": 0, "test/loss": 3.0},
+            {"step": 8, "epoch": 0, "train/effective_lambda": 0.04},
+            {"step": 12, "epoch": 1, "train/effective_lambda": 0.04},
+        ],
+    )
+    replay = LambdaReplayBalancer(["distortion", "bpp_loss"], str(tmp_path), lmbda=0.02)
+    p = torch.zeros(2, requires_grad=True)
+    got = []
+    for _ in range(12):
+        losses = torch.stack([p[0] + 1.0, p[1] + 2.0])  # d/dp = the applied weights
+        p.grad = None
+        replay.backward(losses, [p])
+        lam = effective_lambda(0.02, replay.applied_weights, losses.detach())
+        assert p.grad.tolist() == pytest.approx([lam.item() / 0.02, 1.0], rel=1e-6)
+        got.append(lam.item())
+    # log-linear between (1.5, 0.01), (5.5, 0.04), then flat
+    at = [0.01 * 4 ** min(max((s - 1.5) / 4, 0.0), 1.0) for s in range(12)]
+    assert got == pytest.approx(at, rel=1e-6)
+    assert got[:2] == pytest.approx([0.01, 0.01]) and got[6:] == pytest.approx([0.04] * 6)
+    state = replay.state_dict()
+    with pytest.raises(ValueError, match="logged 12 steps, this run needs step 13"):
+        replay.backward(torch.stack([p[0] + 1.0, p[1] + 2.0]), [p])
+    again = LambdaReplayBalancer(["distortion", "bpp_loss"], str(tmp_path), lmbda=0.02)
+    again.load_state_dict(state)
+    assert again.step == 12
+    _write_series(tmp_path / "metrics.jsonl", [{"step": 4, "test/loss": 3.0}])
+    with pytest.raises(ValueError, match="logs no train/effective_lambda series"):
+        LambdaReplayBalancer(["distortion", "bpp_loss"], str(tmp_path), lmbda=0.02)
+
+
+def test_a_replay_twin_trains_on_its_famo_runs_trade_off(tmp_path):
+    from hpcm.train.build import ConfigError
+    from hpcm.train.tracking import read_metrics
+
+    def series(run):
+        records = read_metrics(run / "metrics.jsonl")
+        return [r["train/effective_lambda"] for r in records if "train/effective_lambda" in r]
+
+    every = "trainer.log_every_n_steps=1"
+    _run(tmp_path / "famo", "optimizer=balanced", every)
+    famo = series(tmp_path / "famo")
+    assert len(famo) == 2 and famo[1] != pytest.approx(0.013, rel=1e-4)  # FAMO moved it
+    twin = f"optimizer.balancer.source={tmp_path / 'famo'}"
+    _, loss = _run(tmp_path / "twin", "optimizer=lambda_replay", twin, every)
+    assert math.isfinite(loss)
+    assert series(tmp_path / "twin") == pytest.approx(famo, rel=1e-6)
+    with pytest.raises(ValueError, match="logged 2 steps, this run needs step 3"):
+        _run(
+            tmp_path / "long",
+            "optimizer=lambda_replay",
+            twin,
+            "trainer.max_steps_per_epoch=3",
+            "data.samples_per_epoch=6",
+        )
+    with pytest.raises(ConfigError, match="needs optimizer.balancer.source"):
+        _run(tmp_path / "none", "optimizer=lambda_replay")

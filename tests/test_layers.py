@@ -13,8 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Units and their layer; a module may import its own unit or a lower layer, nothing else.
 LAYERS = {"leaf": 0, "codec": 1, "optim": 1, "train": 2, "eval": 2, "entry": 3}
-LEAVES = ("hpcm", "hpcm.files", "hpcm.metrics", "hpcm.device", "hpcm.run_layout")
-ENTRYPOINTS = ("train", "evaluate", "bdrate", "hpcm.plot", "hpcm.train.cli")
+LEAVES = ("hpcm", "hpcm.configs", "hpcm.files", "hpcm.metrics", "hpcm.device", "hpcm.run_layout")
+# hpcm.train.curve_search is the train command's lambda-curve trial: runs scored by BD-rate.
+ENTRYPOINTS = (
+    "train",
+    "evaluate",
+    "bdrate",
+    "hpcm.plot",
+    "hpcm.train.cli",
+    "hpcm.train.curve_search",
+)
 
 
 def unit_of(module: str) -> str:

@@ -82,10 +82,15 @@ def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -
     elif group == "optimizer":
         model = torch.nn.Linear(2, 2)
         optimizer = build_optimizer(cfg.optimizer, model.parameters())
+        if option == "lambda_replay":  # it replays a run's logged trade-off: give it one
+            (tmp_path / "metrics.jsonl").write_text(
+                '{"step": 10, "train/effective_lambda": 0.01}\n'
+            )
+            cfg.optimizer.balancer.source = str(tmp_path)
         balancer = build_balancer(cfg.optimizer)
         balanced = option.startswith("balanced")
         assert isinstance(optimizer, CautiousAdam) == balanced
-        assert isinstance(balancer, PlainBalancer) != balanced
+        assert isinstance(balancer, PlainBalancer) != (balanced or option == "lambda_replay")
         assert cfg.optimizer.clip_max_norm == 1.0 and cfg.optimizer.lr == 2e-3
     elif group == "lambda":
         value = float(option.removeprefix("msssim_"))

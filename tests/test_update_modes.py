@@ -144,7 +144,12 @@ def test_bad_update_mode_settings_are_config_errors(tmp_path: Path) -> None:
 def test_subbatch_mode_balances_the_per_scale_tasks_too(tmp_path: Path) -> None:
     # Per-image task losses exist for every task set, so the hierarchical balancer can use
     # the cheap mode: with the whole batch re-evaluated it is the exact update.
-    common = ("optimizer=balanced_hier", "data.batch_size=2", "data.samples_per_epoch=4")
+    common = (
+        "optimizer=balanced_hier",
+        "optimizer.balancer.post_step_noise=replay",  # the step's noise: only the mode differs
+        "data.batch_size=2",
+        "data.samples_per_epoch=4",
+    )
     exact = build_trainer(make_cfg(tmp_path / "a", *common))
     sub = build_trainer(
         make_cfg(
@@ -165,10 +170,13 @@ def test_subbatch_mode_balances_the_per_scale_tasks_too(tmp_path: Path) -> None:
 
 
 def mode_trainer(tmp_path: Path, mode: str, *extra: str):
+    """A balanced trainer re-evaluating with the step's noise, so that modes differ in nothing
+    else (fresh noise would add its own scatter to every comparison)."""
     return build_trainer(
         make_cfg(
             tmp_path,
             "optimizer=balanced",
+            "optimizer.balancer.post_step_noise=replay",
             f"optimizer.balancer.update_mode={mode}",
             "data.batch_size=2",
             "data.samples_per_epoch=6",
@@ -322,3 +330,59 @@ def test_next_batch_weights_follow_the_exact_ones_on_synthetic_losses() -> None:
     settled = sum(exact[late]) / len(exact[late])
     assert settled < 0.45
     assert abs(sum(next_batch[late]) / len(next_batch[late]) - settled) < 0.03
+
+
+# ----------------------------------------------------------------------------- post-step noise
+def test_replayed_noise_is_the_steps_and_fresh_noise_is_new() -> None:
+    from hpcm.train.post_step import BatchProbe
+
+    model, x = tiny(), two_images()
+    criterion = RateDistortionLoss(0.013)
+    state = rng_state(CPU)
+    with torch.no_grad():
+        out = model(x)
+    step = criterion.task_losses(criterion(out, x), out, RD)
+    following = torch.rand(4)  # what the training stream draws next
+    torch.set_rng_state(state["cpu"])
+    with torch.no_grad():
+        model(x)
+
+    def probe(seed: int) -> BatchProbe:
+        return BatchProbe(model, model, criterion, RD, x, out, state, CPU, fresh_seed=seed)
+
+    # Parameters unchanged: the replayed re-evaluation is the step itself, bit for bit.
+    assert torch.equal(probe(1).losses_after(), step)
+    fresh = probe(1).losses_after(fresh=True)
+    assert not torch.allclose(fresh, step, rtol=1e-4, atol=0.0)  # other noise, other losses
+    assert torch.equal(probe(1).losses_after(fresh=True), fresh)  # seeded: resumable
+    assert not torch.equal(probe(2).losses_after(fresh=True), fresh)
+    before, after = probe(1).subbatch_losses(1, fresh=True)
+    assert not torch.allclose(before, after, rtol=1e-4, atol=0.0)
+    before, after = probe(1).subbatch_losses(1)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=0.0)
+    # Neither kind of re-evaluation consumed or changed the training noise stream.
+    assert torch.equal(torch.rand(4), following)
+
+
+def test_balanced_defaults_are_the_reference_codes(tmp_path: Path) -> None:
+    from hpcm.optim import CautiousAdam
+
+    trainer = build_trainer(make_cfg(tmp_path, "optimizer=balanced"))
+    assert isinstance(trainer.optimizer, CautiousAdam)
+    assert trainer.optimizer.defaults["max_scale"] == 10.0
+    assert trainer.balancer.update.fresh
+    other = build_trainer(
+        make_cfg(
+            tmp_path,
+            "optimizer=balanced",
+            "optimizer.max_scale=null",
+            "optimizer.balancer.post_step_noise=replay",
+        )
+    )
+    assert other.optimizer.defaults["max_scale"] is None and not other.balancer.update.fresh
+    ablation = build_trainer(make_cfg(tmp_path, "optimizer=balanced", "optimizer.base=adam"))
+    assert type(ablation.optimizer) is torch.optim.Adam  # the cap means nothing to plain Adam
+    with pytest.raises(ConfigError, match="unknown optimizer.balancer.post_step_noise 'old'"):
+        build_trainer(
+            make_cfg(tmp_path, "optimizer=balanced", "optimizer.balancer.post_step_noise=old")
+        )

@@ -41,6 +41,11 @@ from hpcm.run_layout import (
 )
 
 KEY = "train/effective_lambda"
+# Gradient diagnostics plotted beside the effective lambda, with their axis label and scale.
+DIAGNOSTICS = {
+    "train/grad_norm_ratio": ("|g_D| / |g_R|", "log"),
+    "train/grad_cosine": ("cos(g_D, g_R)", "linear"),
+}
 STEM = "effective_lambda"
 
 
@@ -58,6 +63,8 @@ class RunTradeOff:
     steps: list[int] = field(repr=False)
     values: list[float] = field(repr=False)
     weights: dict[str, float] = field(default_factory=dict)  # task -> mean over the tail
+    # logged gradient diagnostics: key -> (steps, values)
+    diagnostics: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
 
 
 def _tail_mean(steps: Sequence[int], values: Sequence[float], tail: float) -> float:
@@ -94,6 +101,7 @@ def read_run_trade_off(run_dir: Path, tail: float = 0.2) -> RunTradeOff | None:
         steps,
         values,
         weights,
+        {key: series(records, key) for key in DIAGNOSTICS if series(records, key)[0]},
     )
 
 
@@ -158,8 +166,10 @@ def markdown(runs: Sequence[RunTradeOff], tail: float) -> str:
 def plot(runs: Sequence[RunTradeOff], path: Path) -> Path:
     """Left: effective against nominal lambda; right: the effective lambda along training. Each
     optimizer in its colour of every figure (:func:`~hpcm.eval.plots.curve_colors`)."""
-    fig = agg_figure((11, 4.6))
-    left, right = fig.subplots(1, 2)
+    rows = 2 if any(r.diagnostics for r in runs) else 1
+    fig = agg_figure((11, 4.6 * rows))
+    axes = fig.subplots(rows, 2, squeeze=False)
+    left, right = axes[0]
     colors = curve_colors(r.optimizer for r in runs)
     lambdas = sorted({r.lmbda for r in runs})
     left.plot(lambdas, lambdas, "k--", linewidth=0.8, label="effective = nominal")
@@ -189,6 +199,17 @@ def plot(runs: Sequence[RunTradeOff], path: Path) -> Path:
     right.set_xlabel("step")
     right.set_ylabel("effective lambda")
     right.set_title("Along training: one line per run")
+    if rows == 2:
+        for ax, (key, (label, scale)) in zip(axes[1], DIAGNOSTICS.items(), strict=True):
+            for r in runs:
+                if key in r.diagnostics:
+                    steps, values = r.diagnostics[key]
+                    ax.plot(steps, values, color=colors[r.optimizer], linewidth=0.7, alpha=0.6)
+            ax.set_yscale(scale)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.set_xlabel("step")
+            ax.set_ylabel(label)
+            ax.set_title(f"Task gradients: {label}")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     return path

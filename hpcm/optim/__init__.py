@@ -29,15 +29,20 @@ def build_base_optimizer(
     name: str,
     params: Iterable[Tensor] | Iterable[dict[str, Any]],
     lr: float,
+    max_scale: float | None = None,
     **kwargs: Any,
 ) -> torch.optim.Optimizer:
     """Builds the model optimiser by name: ``"adam"`` (``torch.optim.Adam``) or
-    ``"cautious_adam"`` (:class:`CautiousAdam`); ``kwargs`` go to the constructor."""
+    ``"cautious_adam"`` (:class:`CautiousAdam`); ``kwargs`` go to the constructor.
+
+    ``max_scale`` caps cautious Adam's rescale (None: uncapped). Plain Adam masks nothing, so its
+    rescale is 1 and the cap does not apply: it is ignored there, which lets an ablation swap
+    ``base`` without touching the cap."""
     key = name.lower().replace("-", "_")
     if key == "adam":
         return torch.optim.Adam(params, lr=lr, **kwargs)
     if key == "cautious_adam":
-        return CautiousAdam(params, lr=lr, **kwargs)
+        return CautiousAdam(params, lr=lr, max_scale=max_scale, **kwargs)
     raise ValueError(f"unknown optimizer {name!r}; expected one of {BASE_OPTIMIZERS}")
 
 

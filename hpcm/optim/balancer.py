@@ -24,6 +24,9 @@ vector (``task_names`` says which), and after the optimizer step it may ask the 
   2502.20161), with its post-step update from :mod:`hpcm.optim.famo_updates`;
 - :class:`QPBalancer`: the closed-form two-task QP, Balanced R-D solution 2.
 
+:class:`hpcm.optim.lambda_replay.LambdaReplayBalancer` (the plain step on another run's logged
+effective-lambda trajectory, the control twin of an adaptive run) lives in its own module.
+
 A new method is one new class with these methods plus one config file naming it with
 ``_target_`` (``conf/optimizer/``); its constructor receives ``task_names`` and ``reduce_fn``
 (a mean over data-parallel ranks, or None) besides its own keys.
@@ -50,13 +53,15 @@ ReduceFn = Callable[[Tensor], Tensor]
 class StepProbe(Protocol):
     """Post-step re-evaluations of the batch just trained on (``hpcm.train.post_step``)."""
 
-    def losses_after(self) -> Tensor:
-        """Task losses of the batch with the updated parameters and the step's own noise."""
+    def losses_after(self, fresh: bool = False) -> Tensor:
+        """Task losses of the batch with the updated parameters and the step's own quantization
+        noise (``fresh``: new noise)."""
         ...
 
-    def subbatch_losses(self, count: int) -> tuple[Tensor, Tensor]:
+    def subbatch_losses(self, count: int, fresh: bool = False) -> tuple[Tensor, Tensor]:
         """``(before, after)``: mean task losses of the first ``count`` images with the
-        parameters before and after the step, each image with its noise of the step."""
+        parameters before and after the step, each image with its noise of the step (after the
+        step, ``fresh``: new noise)."""
         ...
 
 
@@ -155,7 +160,8 @@ class FAMOBalancer:
     The model step follows ``sum_i z_i log(L_i - b_i) / c`` (:meth:`FAMOWeighting.combine`);
     after the optimizer step the logits move by the log-loss decrease of each task, measured as
     ``update_mode`` says (:mod:`hpcm.optim.famo_updates`: ``exact``, ``subbatch``,
-    ``next_batch``). ``reduce_fn`` averages the losses over data-parallel ranks, so that every
+    ``next_batch``) with the noise ``post_step_noise`` says (``fresh`` or ``replay``).
+    ``reduce_fn`` averages the losses over data-parallel ranks, so that every
     rank holds the same weights.
     """
 
@@ -170,6 +176,7 @@ class FAMOBalancer:
         subbatch_size: int,
         ema_decay: float,
         exact_warmup_steps: int,
+        post_step_noise: str = "fresh",
         reduce_fn: ReduceFn | None = None,
     ) -> None:
         self.task_names = tuple(task_names)
@@ -181,7 +188,9 @@ class FAMOBalancer:
             min_losses=[float(b) for b in min_losses],
             reduce_fn=reduce_fn,
         )
-        self.update = build_famo_update(update_mode, subbatch_size, ema_decay, exact_warmup_steps)
+        self.update = build_famo_update(
+            update_mode, subbatch_size, ema_decay, exact_warmup_steps, post_step_noise
+        )
         self._report = _WeightReport(
             self.task_names,
             warn_weight_above,
@@ -228,8 +237,13 @@ class QPBalancer:
     weights (:func:`hpcm.optim.qp.combine_gradients_qp`: both log-losses get the same
     first-order decrease) and divides by ``c = sum_i w_i / D_i`` (``D_i = L_i - b_i``), the
     renormalisation that turns log-gradients back into loss-gradient units as FAMO does; ``c`` is
-    skipped when it is not positive (weights of opposite sign). Single-process only: under DDP
-    the two backward passes would each all-reduce.
+    skipped when it is not positive (``affine`` weights of opposite sign). Single-process only:
+    under DDP the two backward passes would each all-reduce.
+
+    ``constraint``: ``simplex`` (``w >= 0``, the min-norm point of the two gradients' convex
+    hull: no parameter that one task alone touches is stepped up that task's loss) or
+    ``affine`` (``w_D + w_R = 1`` alone, as the notes on the paper write it; a negative weight
+    steps the parameters of that task alone up its loss). See :mod:`hpcm.optim.qp`.
     """
 
     def __init__(
@@ -237,10 +251,16 @@ class QPBalancer:
         task_names: Sequence[str],
         min_losses: Sequence[float],
         warn_weight_above: float | None,
+        constraint: str = "simplex",
         eps: float = 1e-8,
         reduce_fn: ReduceFn | None = None,
     ) -> None:
         self.task_names = tuple(task_names)
+        if constraint not in ("simplex", "affine"):
+            raise ValueError(
+                f"unknown optimizer.balancer.constraint {constraint!r}; choose simplex or affine"
+            )
+        self.simplex = constraint == "simplex"
         if len(self.task_names) != 2:
             raise ValueError("the QP balancer balances two tasks: use optimizer.tasks=rd")
         if reduce_fn is not None:
@@ -269,7 +289,7 @@ class QPBalancer:
         logs[1].backward(retain_graph=True)  # rate first: its snapshot is the extra buffer
         rate_grads = snapshot_grads(params)
         logs[0].backward()
-        w_rate, w_dist = combine_gradients_qp(params, rate_grads)
+        w_rate, w_dist = combine_gradients_qp(params, rate_grads, simplex=self.simplex)
         self._weights = torch.stack([w_dist, w_rate]).detach().float()
         # d(log D_i) = grad L_i / D_i: the step applies (w_i / D_i) * scale to grad L_i.
         per_task = self._weights / shifted.detach().float()

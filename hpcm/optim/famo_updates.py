@@ -6,12 +6,11 @@ measure it, from the reference's to one that costs nothing; the re-evaluations t
 the training loop's (a :class:`hpcm.optim.balancer.StepProbe`), so nothing here runs a model:
 
 ``exact``
-    The same batch again under ``no_grad`` with the same quantization noise, as FAMO's official
-    trainers do: one extra forward per step.
+    The same batch again under ``no_grad``, as FAMO's official trainers do: one extra forward
+    per step.
 ``subbatch``
     The same, on the first ``subbatch_size`` images of the batch only, against the pre-step
-    losses of the same images; each image keeps its noise of the step. Cost: ``subbatch_size /
-    batch`` of a forward.
+    losses of the same images. Cost: ``subbatch_size / batch`` of a forward.
 ``next_batch``
     No extra forward: an exponential moving average ``m`` of the pre-step log-losses ``log D_i``
     of successive batches, and ``delta = m_{t-1} - m_t``. For a loss falling by ``r`` per step
@@ -21,6 +20,11 @@ the training loop's (a :class:`hpcm.optim.balancer.StepProbe`), so nothing here 
     one step late, and a fresh average needs about ``1 / (1 - decay)`` steps to settle, so the
     first ``exact_warmup_steps`` updates are exact ones (which also fill the average).
     ``tests/test_update_modes.py`` bounds its difference from ``exact``.
+
+The re-evaluations draw their quantization noise as ``post_step_noise`` says: ``fresh`` (new
+noise, as the Balanced R-D reference code's re-run in training mode does: ``delta`` then mixes
+the parameter update with the change of noise) or ``replay`` (the step's own noise: ``delta``
+measures the parameter update alone).
 
 Every mode hands its losses to the :class:`FAMOWeighting`, whose ``reduce_fn`` averages them
 over data-parallel ranks.
@@ -38,15 +42,17 @@ from torch import Tensor
 from hpcm.optim.famo import FAMOWeighting
 
 UPDATE_MODES = ("exact", "subbatch", "next_batch")
+POST_STEP_NOISE = ("fresh", "replay")
 
 
 class ExactUpdate:
-    """The same batch again with the same noise (the reference method)."""
+    """The same batch again (the reference method); ``fresh``: with new quantization noise."""
 
     name = "exact"
+    fresh = True
 
     def __call__(self, famo: FAMOWeighting, probe: Any) -> None:
-        famo.update(probe.losses_after())
+        famo.update(probe.losses_after(fresh=self.fresh))
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -66,7 +72,7 @@ class SubBatchUpdate(ExactUpdate):
         self.size = size
 
     def __call__(self, famo: FAMOWeighting, probe: Any) -> None:
-        before, after = probe.subbatch_losses(self.size)
+        before, after = probe.subbatch_losses(self.size, fresh=self.fresh)
         famo.update(after, losses_before=before)
 
 
@@ -121,15 +127,29 @@ class NextBatchUpdate(ExactUpdate):
 
 
 def build_famo_update(
-    mode: str, subbatch_size: int, ema_decay: float, exact_warmup_steps: int
+    mode: str,
+    subbatch_size: int,
+    ema_decay: float,
+    exact_warmup_steps: int,
+    post_step_noise: str = "fresh",
 ) -> ExactUpdate:
-    """The update of ``mode``; ``ValueError`` for an unknown mode or a bad value."""
+    """The update of ``mode`` whose re-evaluations draw ``post_step_noise``; ``ValueError`` for
+    an unknown mode or a bad value."""
+    if post_step_noise not in POST_STEP_NOISE:
+        raise ValueError(
+            f"unknown optimizer.balancer.post_step_noise {post_step_noise!r}; choose from "
+            f"{', '.join(POST_STEP_NOISE)}"
+        )
     if mode == "exact":
-        return ExactUpdate()
-    if mode == "subbatch":
-        return SubBatchUpdate(int(subbatch_size))
-    if mode == "next_batch":
-        return NextBatchUpdate(float(ema_decay), int(exact_warmup_steps))
-    raise ValueError(
-        f"unknown optimizer.balancer.update_mode {mode!r}; choose from {', '.join(UPDATE_MODES)}"
-    )
+        update = ExactUpdate()
+    elif mode == "subbatch":
+        update = SubBatchUpdate(int(subbatch_size))
+    elif mode == "next_batch":
+        update = NextBatchUpdate(float(ema_decay), int(exact_warmup_steps))
+    else:
+        raise ValueError(
+            f"unknown optimizer.balancer.update_mode {mode!r}; choose from "
+            f"{', '.join(UPDATE_MODES)}"
+        )
+    update.fresh = post_step_noise == "fresh"
+    return update

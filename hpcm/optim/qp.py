@@ -5,9 +5,19 @@ normalised objectives (e.g. ``log D_R`` and ``log D_D``) as ``d = w_0 g_0 + w_1 
 
     w = argmin 1/2 w^T Q w   s.t.  w_0 + w_1 = 1,     Q = G^T G (2x2 Gram matrix),
 
-whose closed form is ``w_0 = (|g_1|^2 - g_0.g_1) / |g_0 - g_1|^2``, ``w_1 = 1 - w_0``. Then
-``d . (g_0 - g_1) = 0``: both objectives get the same first-order decrease ``d.g_0 = d.g_1 =
-|d|^2``. The weights are not clipped to ``[0, 1]`` (clipping, as in MGDA, would break the balance).
+whose closed form is ``w_0 = (|g_1|^2 - g_0.g_1) / |g_0 - g_1|^2``, ``w_1 = 1 - w_0`` (the
+``affine`` solution). Then ``d . (g_0 - g_1) = 0``: both objectives get the same first-order
+decrease ``d.g_0 = d.g_1 = |d|^2``. That decrease can be negative for one task's own
+parameters: with ``g_0 = (1, 0)``, ``g_1 = (3, 1)``, ``w = (1.4, -0.4)`` and ``d = (0.2, -0.4)``
+steps the second parameter, which only task 1 touches, up task 1's loss.
+
+The ``simplex`` solution adds ``w >= 0``: the min-norm point of the convex hull of the two
+gradients, the dual of ``max_d min_i g_i.d - |d|^2 / 2`` (MGDA; FAMO, arXiv 2306.03072, solves
+the same max-min problem, its weights live on the simplex). For two tasks it is the affine
+solution clipped to ``[0, 1]``; where the clip is active, ``d`` is one task's own gradient, which
+decreases both losses at least as fast to first order as the affine point (``d.g_i >= |d|^2``).
+The secondary notes on Balanced R-D that this code follows (the paper text was not verified)
+write the equality constraint alone, without ``w >= 0``.
 
 :func:`combine_gradients_qp` works in place on ``.grad`` with a single extra buffer, the snapshot
 of the first task's gradient::
@@ -35,12 +45,14 @@ def qp_weights(
     g1_dot_g1: Tensor | float,
     g0_dot_g1: Tensor | float,
     tol: float = DEGENERATE_TOL,
+    simplex: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Closed-form ``(w_0, w_1)`` of ``min 1/2 w^T Q w`` s.t. ``w_0 + w_1 = 1`` (arXiv 2502.20161).
+    """Closed-form ``(w_0, w_1)`` of ``min 1/2 w^T Q w`` s.t. ``w_0 + w_1 = 1`` (arXiv 2502.20161),
+    and ``w >= 0`` with ``simplex``.
 
-    ``w_0 = (|g_1|^2 - g_0.g_1) / |g_0 - g_1|^2``. When ``|g_0 - g_1|^2 <= tol * (|g_0|^2 +
-    |g_1|^2)`` the two gradients coincide up to rounding and ``(0.5, 0.5)`` is returned. Works on
-    tensors without host syncs; returns 0-dim tensors.
+    ``w_0 = (|g_1|^2 - g_0.g_1) / |g_0 - g_1|^2`` (clipped to ``[0, 1]`` with ``simplex``). When
+    ``|g_0 - g_1|^2 <= tol * (|g_0|^2 + |g_1|^2)`` the two gradients coincide up to rounding and
+    ``(0.5, 0.5)`` is returned. Works on tensors without host syncs; returns 0-dim tensors.
     """
     aa = torch.as_tensor(g0_dot_g0)
     bb = torch.as_tensor(g1_dot_g1, device=aa.device)
@@ -49,6 +61,8 @@ def qp_weights(
     degenerate = diff_sq <= tol * (aa + bb)
     safe = torch.where(degenerate, torch.ones_like(diff_sq), diff_sq)
     w0 = torch.where(degenerate, torch.full_like(diff_sq, 0.5), (bb - ab) / safe)
+    if simplex:
+        w0 = w0.clamp(0.0, 1.0)
     return w0, 1.0 - w0
 
 
@@ -71,9 +85,13 @@ def _dot(first: list[Tensor], second: list[Tensor], device: torch.device) -> Ten
 
 @torch.no_grad()
 def combine_gradients_qp(
-    params: Iterable[Tensor], grads_first: list[Tensor], tol: float = DEGENERATE_TOL
+    params: Iterable[Tensor],
+    grads_first: list[Tensor],
+    tol: float = DEGENERATE_TOL,
+    simplex: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Replaces ``.grad = g_0 + g_1`` by the QP-balanced ``w_0 g_0 + w_1 g_1`` in place.
+    """Replaces ``.grad = g_0 + g_1`` by the QP-balanced ``w_0 g_0 + w_1 g_1`` in place
+    (:func:`qp_weights`, ``simplex``: ``w >= 0``).
 
     ``grads_first[i]`` is the snapshot of task 0's gradient for ``params[i]`` taken before task
     1's backward accumulated onto ``.grad`` (see :func:`snapshot_grads`). Parameters whose
@@ -98,7 +116,11 @@ def combine_gradients_qp(
 
     torch._foreach_sub_(grads, first)  # .grad now holds g1
     w0, w1 = qp_weights(
-        _sq_norm(first, device), _sq_norm(grads, device), _dot(first, grads, device), tol=tol
+        _sq_norm(first, device),
+        _sq_norm(grads, device),
+        _dot(first, grads, device),
+        tol=tol,
+        simplex=simplex,
     )
 
     # .grad <- w1 g1 + w0 g0. Not the lerp g1 + w0 (g0 - g1): when one gradient dominates, w0

@@ -182,12 +182,15 @@ def check_config(cfg: DictConfig) -> None:
 
 # ----------------------------------------------------------------------------- building
 def build_optimizer(cfg: DictConfig, params: Any) -> torch.optim.Optimizer:
-    """The model optimizer of an ``optimizer`` config group (``base`` and its ``kwargs``)."""
+    """The model optimizer of an ``optimizer`` config group (``base``, ``max_scale``, ``kwargs``)."""
     kwargs = OmegaConf.to_container(cfg.kwargs, resolve=True)
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
+    cap = cfg.get("max_scale")
     try:
-        return build_base_optimizer(cfg.base, params, float(cfg.lr), **kwargs)
+        return build_base_optimizer(
+            cfg.base, params, float(cfg.lr), None if cap is None else float(cap), **kwargs
+        )
     except (ValueError, TypeError) as error:
         raise ConfigError(f"optimizer: {error}") from None
 

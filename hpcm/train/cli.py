@@ -22,24 +22,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hpcm.configs import CONF_DIR
 from hpcm.eval.showcase import show_run
 from hpcm.train.build import USER_ERRORS, ConfigError, train
+from hpcm.train.curve_search import CurveError, train_curve
 from hpcm.train.interrupt import TrainingInterrupted
 
 log = logging.getLogger(__name__)
-
-
-def _config_dir() -> Path:
-    """The Hydra configs: ``hpcm/conf`` inside an installed wheel, else ``conf/`` beside the
-    package (a checkout, or an editable install of one)."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"the training configs (conf/train.yaml) are missing beside {package}")
-
-
-CONF_DIR = _config_dir()
 
 
 def prepare_overrides(args: Sequence[str], conf_dir: str | Path = CONF_DIR) -> list[str]:
@@ -86,8 +75,11 @@ def _option_name(group: str, value: str) -> str:
 def _app(cfg: DictConfig) -> float:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        loss = train(cfg, multirun=multirun, show=show_run)
-    except USER_ERRORS as error:
+        if "curve" in cfg:  # hparams_search=balanced_bdrate: a lambda curve, its BD-rate
+            loss = train_curve(cfg, multirun=multirun)
+        else:
+            loss = train(cfg, multirun=multirun, show=show_run)
+    except (*USER_ERRORS, CurveError) as error:
         if multirun:
             raise  # a sweep records the failed trial and goes on
         print(f"error: {error}", file=sys.stderr)

@@ -38,6 +38,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hpcm.codec.checkpoint import model_checkpoint
 from hpcm.optim.balancer import Balancer
+from hpcm.optim.grad_diagnostics import NAMES as GRAD_DIAGNOSTICS
+from hpcm.optim.grad_diagnostics import gradient_diagnostics
 from hpcm.run_layout import LAST_CHECKPOINT
 from hpcm.train import state
 from hpcm.train.data import DataLoaders
@@ -118,6 +120,11 @@ class Trainer:
         self.last_test: dict[str, float] = {}
         self.resume_rng: dict[str, Tensor | None] | None = None
         self.resume_run_id: str | None = None
+        self.grad_diagnostics_every = int(t.get("grad_diagnostics_every") or 0)
+        if self.grad_diagnostics_every and dist.enabled:
+            log.warning("trainer.grad_diagnostics_every is single-process only: not logged")
+            self.grad_diagnostics_every = 0
+        self.grad_diagnostics: Tensor | None = None  # the latest, logged with the next window
         self.plain_forward = speed.compiled(model)
         wrapped = wrap_ddp(model, dist, device)
         self.train_model = self.plain_forward if wrapped is model else speed.compiled(wrapped)
@@ -138,6 +145,9 @@ class Trainer:
         output = self._forward(self.train_model, x)
         losses = self.criterion(output, x)
         task_losses = self.criterion.task_losses(losses, output, self.tasks)
+        every = self.grad_diagnostics_every
+        if every and (self.progress.global_step + 1) % every == 0:
+            self.grad_diagnostics = gradient_diagnostics(task_losses, self.params)
         self.optimizer.zero_grad(set_to_none=True)
         objective = self.balancer.backward(task_losses, self.params)
         if self.clip_max_norm is not None:  # the only clip, the same for every optimizer
@@ -167,6 +177,7 @@ class Trainer:
                 output,
                 noise,
                 self.device,
+                fresh_seed=self._fresh_seed(),
             )
         )
         values = [losses[name].detach() for name in self.metric_names]
@@ -175,6 +186,12 @@ class Trainer:
         )
         extras = [norm.detach(), trade_off.detach()]
         return torch.stack([*values, *(v.to(values[0].dtype) for v in extras)])
+
+    def _fresh_seed(self) -> int:
+        """Seed of a post-step re-evaluation's fresh noise: a function of the run's seed, the
+        step and the rank (resumable, independent of the training noise stream)."""
+        seed = int(self.cfg.get("seed") or 0)
+        return (seed * 1_000_003 + self.progress.global_step) * 64 + self.dist.rank
 
     def _report_skip(self) -> None:
         self.progress.skipped_batches += 1
@@ -236,6 +253,10 @@ class Trainer:
         record["train/lr"] = self.optimizer.param_groups[0]["lr"]
         record["train/skipped_batches"] = float(self.progress.skipped_batches)
         record.update({f"train/{k}": v for k, v in self.balancer.report().items()})
+        if self.grad_diagnostics is not None:
+            values = self.grad_diagnostics.tolist()
+            record.update({f"train/{k}": v for k, v in zip(GRAD_DIAGNOSTICS, values, strict=True)})
+            self.grad_diagnostics = None
         if self.tracker is not None:
             self.tracker.log(record, self.progress.global_step, epoch)
         if bar is not None and "train/loss" in record:

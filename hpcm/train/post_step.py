@@ -3,9 +3,11 @@ training loop hands to its balancer after the optimizer step.
 
 A balancer that wants the losses after the step (FAMO's weight update, see
 :mod:`hpcm.optim.famo_updates`) asks this object; a balancer that does not ask costs nothing but
-the RNG state saved before the step's forward. The re-evaluations run under ``no_grad`` with the
-RNG replayed to that state, so the quantization noise is the step's own and the noise stream of
-the training steps is neither changed nor consumed.
+the RNG state saved before the step's forward. The re-evaluations run under ``no_grad`` with
+either the step's own quantization noise (the RNG replayed to that state) or fresh noise (the RNG
+seeded from the probe's ``fresh_seed``, a function of the run's seed and step, so a resumed run
+draws the same); either way the noise stream of the training steps is neither changed nor
+consumed.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class BatchProbe:
         task_names: the task losses the balancer weighs.
         x: the step's batch; ``output``: the step's model output (pre-step parameters).
         noise: the RNG state before the step's forward; ``device``: where the noise is drawn.
+        fresh_seed: the seed of the noise of a ``fresh=True`` re-evaluation.
     """
 
     def __init__(
@@ -87,23 +90,33 @@ class BatchProbe:
         output: Mapping[str, Any],
         noise: RngState,
         device: torch.device,
+        fresh_seed: int = 0,
     ) -> None:
         self.model, self.forward, self.criterion = model, forward, criterion
         self.task_names, self.x, self.output = task_names, x, output
-        self.noise, self.device = noise, device
+        self.noise, self.device, self.fresh_seed = noise, device, fresh_seed
+
+    @contextmanager
+    def _noise(self, fresh: bool) -> Iterator[None]:
+        """The step's noise, or (``fresh``) noise seeded from ``fresh_seed``; the training
+        stream continues afterwards as if nothing had been drawn."""
+        with replay_rng(self.noise, self.device):
+            if fresh:
+                torch.manual_seed(self.fresh_seed)
+            yield
 
     @torch.no_grad()
-    def losses_after(self) -> Tensor:
-        with replay_rng(self.noise, self.device):
+    def losses_after(self, fresh: bool = False) -> Tensor:
+        with self._noise(fresh):
             out = self.forward(self.x)
         return self.criterion.task_losses(self.criterion(out, self.x), out, self.task_names)
 
     @torch.no_grad()
-    def subbatch_losses(self, count: int) -> tuple[Tensor, Tensor]:
+    def subbatch_losses(self, count: int, fresh: bool = False) -> tuple[Tensor, Tensor]:
         count = min(count, self.x.shape[0])
         part = self.x[:count]
         tasks = self.criterion.per_image_task_losses
         before = tasks(head(self.output, count), part, self.task_names).mean(0)
-        with replay_rng(self.noise, self.device), self.model.noise.of_batch(self.x.shape[0]):
+        with self._noise(fresh), self.model.noise.of_batch(self.x.shape[0]):
             out = self.forward(part)
         return before, tasks(out, part, self.task_names).mean(0)

@@ -1,0 +1,129 @@
+"""The BD-rate objective of ``hparams_search=balanced_bdrate``: one trial trains a short lambda
+curve and scores it against a fixed reference curve.
+
+A balancer changes the trade-off a run trains at, so the best validation loss at the nominal
+lambda (``hparams_search=balanced_optuna``) rewards a run for staying at the nominal trade-off;
+a curve scored by its BD-rate against the plain optimizer's curve does not. With ``curve`` in
+the config (the preset sets it), ``train.py`` runs :func:`train_curve` instead of one run:
+
+- the trial's runs: one per ``curve.lambdas`` (at least 4, what a BD-rate fit needs), in ``RUN_DIR/lambda_<value>``;
+- the reference: the same config with ``optimizer=curve.reference`` (its config file as
+  shipped), trained once per configuration and cached in ``curve.cache_dir/<key>/`` with its
+  curve in ``curve.json``; the key is a hash of everything that defines the runs (model, data,
+  trainer, seed, initial weights, metric, the lambdas, the reference optimizer), so another
+  model or seed gets its own reference and a resumed search reuses it;
+- the score: the BD-rate (%) of the trial's curve against the reference's, from the last
+  validation of each run (estimated bpp from the likelihoods, PSNR); lower is better.
+
+Every run goes through :func:`hpcm.train.build.train`, so a killed trial resumes its runs (a
+sweep job resumes with ``resume=auto``). A curve whose quality range overlaps the reference's
+too little has no BD-rate: the trial fails (recorded as FAIL; the search goes on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hpcm.configs import CONF_DIR
+from hpcm.eval.report import MIN_POINTS, bd_delta
+from hpcm.run_layout import METRICS_FILE, read_metrics
+from hpcm.train.build import train
+
+log = logging.getLogger(__name__)
+
+CURVE_FILE = "curve.json"
+# Config keys that do not change what a run trains (where it writes, how it reports).
+NOT_DEFINING = ("paths", "logger", "curve", "resume")
+
+
+class CurveError(ValueError):
+    """A curve without a score; the message is one line."""
+
+
+def _point_config(cfg: DictConfig, lmbda: float, run_dir: Path) -> DictConfig:
+    point = cfg.copy()
+    with open_dict(point):
+        point.lmbda = float(lmbda)
+        point.paths.run_dir = str(run_dir)
+        del point["curve"]
+    return point
+
+
+def last_validation(run_dir: Path) -> tuple[float, float]:
+    """``(bpp, psnr)`` of a run's last logged validation."""
+    path = run_dir / METRICS_FILE
+    tests = [r for r in read_metrics(path) if "test/psnr" in r] if path.is_file() else []
+    if not tests:
+        raise CurveError(f"{run_dir}: no validation logged")
+    return float(tests[-1]["test/bpp_loss"]), float(tests[-1]["test/psnr"])
+
+
+def train_points(cfg: DictConfig, out: Path, multirun: bool) -> dict[str, list[float]]:
+    """Trains one run per ``curve.lambdas`` under ``out``; returns the curve sorted by bpp."""
+    points = []
+    for lmbda in cfg.curve.lambdas:
+        run_dir = out / f"lambda_{float(lmbda):g}"
+        train(_point_config(cfg, float(lmbda), run_dir), multirun=multirun)
+        points.append((*last_validation(run_dir), float(lmbda)))
+    points.sort()
+    return {k: [p[i] for p in points] for i, k in enumerate(("bpp", "psnr", "lambda"))}
+
+
+def reference_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the reference optimizer's shipped config in place of the trial's."""
+    name = str(cfg.curve.reference)
+    path = CONF_DIR / "optimizer" / f"{name}.yaml"
+    if not path.is_file():
+        raise CurveError(f"curve.reference: no optimizer config {name!r}")
+    ref = cfg.copy()
+    with open_dict(ref):
+        ref.optimizer = OmegaConf.load(path)
+    return ref
+
+
+def reference_key(ref: DictConfig) -> str:
+    """Hash of everything that defines the reference runs (not where they write or report)."""
+    defining = {
+        key: OmegaConf.to_container(ref[key], resolve=True) if OmegaConf.is_config(ref[key])
+        else ref[key]
+        for key in ref
+        if key not in NOT_DEFINING
+    }  # fmt: skip
+    defining["lambdas"] = [float(v) for v in ref.curve.lambdas]
+    text = json.dumps(defining, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reference_curve(cfg: DictConfig, multirun: bool) -> dict[str, list[float]]:
+    """The reference curve of ``cfg``, from the cache or trained (and cached) now."""
+    ref = reference_config(cfg)
+    folder = Path(str(cfg.curve.cache_dir)) / reference_key(ref)
+    cached = folder / CURVE_FILE
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    log.info("reference curve (%s): training it once into %s", cfg.curve.reference, folder)
+    curve = train_points(ref, folder, multirun)
+    cached.write_text(json.dumps(curve, indent=1))
+    return curve
+
+
+def train_curve(cfg: DictConfig, multirun: bool = False) -> float:
+    """Trains the trial's curve and returns its BD-rate (%) against the reference curve."""
+    if len(cfg.curve.lambdas) < MIN_POINTS:
+        raise CurveError(f"curve.lambdas needs at least {MIN_POINTS} values (a BD-rate's fit)")
+    reference = reference_curve(cfg, multirun)
+    out = Path(str(cfg.paths.run_dir))
+    curve = train_points(cfg, out, multirun)
+    result = bd_delta("rate", (reference["bpp"], reference["psnr"]), (curve["bpp"], curve["psnr"]))
+    record: dict[str, Any] = {"curve": curve, "reference": reference, "bd_rate": result.value}
+    (out / CURVE_FILE).write_text(json.dumps({**record, "note": result.note}, indent=1))
+    if result.value is None:
+        raise CurveError(f"no BD-rate against the reference: {result.note}")
+    log.info("BD-rate against %s: %+.2f%% %s", cfg.curve.reference, result.value, result.note)
+    return result.value

@@ -4,6 +4,7 @@ writes, finished runs skipped on a re-launch."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from hpcm.train import loop as engine
 from hpcm.train.build import train
 from hpcm.train.data import SeededSampler
 from hpcm.train.interrupt import TrainingInterrupted
+from hpcm.train.state import FINISHED
 from hpcm.train.tracking import read_metrics
 
 # 3 steps per epoch, a logging window that is open when the signal comes (step 5). Adam: the
@@ -173,3 +175,74 @@ def test_sigterm_through_the_command_line_exits_143_with_a_checkpoint(tmp_path: 
     assert "stopped by SIGTERM" in out and "Traceback" not in out
     saved = safe_torch_load(run / "last.pth.tar")
     assert saved["global_step"] >= 1
+
+
+def test_sigterm_in_the_last_validation_ends_the_run_saved_and_the_same_command_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = engine.Trainer.validate
+
+    def validate_with_signal(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # during the last epoch's validation
+        return original(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.Trainer, "validate", validate_with_signal)
+        with pytest.raises(TrainingInterrupted) as info:
+            train(make_cfg(tmp_path, *RUN, "trainer.val_every_n_epochs=2", "resume=auto"))
+    assert info.value.exit_code == 143
+    saved = safe_torch_load(tmp_path / "last.pth.tar")
+    assert (saved["epoch"], saved["epoch_batches"], saved["global_step"]) == (1, 0, 6)
+    assert (tmp_path / "epoch_best.pth.tar").is_file()  # the validation itself was kept
+    assert not (tmp_path / FINISHED).exists()  # not finished: the end-of-run steps did not run
+
+    best = train(make_cfg(tmp_path, *RUN, "trainer.val_every_n_epochs=2", "resume=auto"))
+    assert (tmp_path / FINISHED).is_file() and math.isfinite(best)
+    assert safe_torch_load(tmp_path / "last.pth.tar")["global_step"] == 6  # nothing retrained
+
+
+# A sweep of three tiny runs, two at a time in joblib's worker processes; each run is a few
+# seconds of training, long enough to be signalled while both of the first two train.
+SWEEP = ["-m", "model=tiny", "logger=none", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+         "lmbda=0.001,0.002,0.003", "trainer.epochs=4", "trainer.max_steps_per_epoch=2",
+         "trainer.num_threads=1", "trainer.progress_bar=false", "trainer.showcase=false",
+         "data.batch_size=1", "data.samples_per_epoch=2", "data.test_crop_size=256"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_joblib_sweep_saves_its_running_jobs_and_starts_no_other(
+    tmp_path: Path,
+) -> None:
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, str(ROOT / "train.py"), *SWEEP, f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Its own process group, which gets the signal as a terminal's Ctrl-C or SLURM's would.
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    first_two = [sweep / f"{n}_tiny_adam_mse_{lmbda}" for n, lmbda in ((0, 0.001), (1, 0.002))]
+    deadline = time.monotonic() + 300
+    while not all((run / "last.pth.tar").is_file() for run in first_two):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    assert out.rstrip().endswith("sweep stopped by SIGTERM: the same command continues it")
+    assert out.count("stopped by SIGTERM at step") == 2, out[-3000:]
+    for run in first_two:
+        assert not (run / FINISHED).exists()
+        assert safe_torch_load(run / "last.pth.tar")["global_step"] < 8
+    third = sweep / "2_tiny_adam_mse_0.003"
+    assert not (third / "last.pth.tar").exists() and not (third / "metrics.jsonl").exists()
+    assert "not started: the sweep was stopped by SIGTERM" in (third / "train.log").read_text()
+
+    done = subprocess.run(
+        args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (sweep / "STOP").exists()
+    for run in [*first_two, third]:
+        assert safe_torch_load(run / "last.pth.tar")["global_step"] == 8
+        assert (run / FINISHED).is_file()
+    for run in first_two:
+        assert "resume=auto: continuing from" in (run / "train.log").read_text()

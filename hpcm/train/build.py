@@ -34,6 +34,7 @@ from hpcm.train.distributed import (
     local_device,
     shard_fsdp,
 )
+from hpcm.train.interrupt import StopRequest
 from hpcm.train.loop import Trainer
 from hpcm.train.losses import RateDistortionLoss, task_names
 from hpcm.train.memory import estimate_memory
@@ -279,11 +280,12 @@ def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> 
         raise ConfigError(f"data: {error}") from None
 
 
-def train(cfg: DictConfig, multirun: bool = False) -> float:
+def train(cfg: DictConfig, multirun: bool = False, stop: StopRequest | None = None) -> float:
     """The whole run of ``python train.py``: returns the best validation RD loss (what the
     Optuna sweeper minimises; NaN for a run that never gave a finite one). ``multirun``: a job
     of ``-m`` (``resume`` then defaults to ``auto``). With ``resume=auto`` a run that finished
-    all its epochs is skipped (its best loss is returned)."""
+    all its epochs is skipped (its best loss is returned). ``stop``: the job's stop request
+    (:mod:`hpcm.train.interrupt`; by default the trainer's own, installed by its ``fit``)."""
     try:
         run_dir = Path(str(cfg.paths.run_dir))
     except OmegaConfBaseException:
@@ -306,6 +308,8 @@ def train(cfg: DictConfig, multirun: bool = False) -> float:
         if dist.is_main:
             (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         trainer = build_trainer(cfg, run_dir, dist, report_memory=True)
+        if stop is not None:
+            trainer.stop = stop
         if resume_path is not None:
             trainer.resume(resume_path)
         log.info("run directory: %s (device %s)", run_dir, trainer.device)

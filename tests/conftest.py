@@ -1,14 +1,18 @@
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from official_weights import KODAK
+
+from hpcm.train.cli import CONF_DIR, prepare_overrides
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +44,40 @@ def process_group_of_one(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
     finally:
         cleanup()
+
+
+# ----------------------------------------------------------------------------- training configs
+# `make_cfg(RUN_DIR, *OVERRIDES)`: the config `python train.py OVERRIDES` would get, with its
+# run directory in RUN_DIR and, unless short=False, shortened by SHORT_RUN to a few CPU steps of
+# the tiny model without logger or end-of-run showcase.
+SHORT_RUN = (
+    "model=tiny",
+    "logger=none",
+    "trainer.epochs=1",
+    "trainer.max_steps_per_epoch=2",
+    "trainer.progress_bar=false",
+    "trainer.showcase=false",
+    "data.batch_size=2",
+    "data.samples_per_epoch=4",
+    "data.test_crop_size=256",
+)
+
+
+def compose_train(run_dir: Path | None, *overrides: str, short: bool = True) -> DictConfig:
+    args = [*(SHORT_RUN if short else ()), *overrides]
+    if run_dir is not None:
+        args.append(f"paths.run_dir={run_dir}")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=prepare_overrides(args, CONF_DIR))
+
+
+@pytest.fixture
+def make_cfg() -> Callable[..., DictConfig]:
+    """The composing function above (``make_cfg(run_dir, *overrides, short=True)``)."""
+    return compose_train
+
+
+@pytest.fixture
+def short_run() -> list[str]:
+    """The overrides that shorten a run in ``make_cfg`` (to drop some of them)."""
+    return list(SHORT_RUN)

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import ROOT, make_cfg
 
 from hpcm.train.build import ConfigError, check_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BAD = [
     ("data.crop_size=128", "data.crop_size=128: HPCM trains on crops whose sides are multiples"),
@@ -39,13 +40,15 @@ BAD = [
 
 
 @pytest.mark.parametrize("override, message", BAD, ids=[o for o, _ in BAD])
-def test_bad_values_are_one_line_config_errors(tmp_path: Path, override: str, message: str):
+def test_bad_values_are_one_line_config_errors(
+    make_cfg, tmp_path: Path, override: str, message: str
+):
     with pytest.raises(ConfigError) as info:
         check_config(make_cfg(tmp_path, override))
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_the_defaults_and_null_values_pass(tmp_path: Path) -> None:
+def test_the_defaults_and_null_values_pass(make_cfg, tmp_path: Path) -> None:
     check_config(make_cfg(tmp_path, short=False))
     for clip in ("null", "0"):  # no clipping, as CompressAI's clip_max_norm=0
         check_config(

@@ -54,7 +54,7 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert plain["paths"]["run_dir"] == str(tmp_path)
     if group == "model":
-        assert get_method(cfg.model._target_) is hpcm.build_model
+        assert get_method(cfg.model._target_) is hpcm.build_model and cfg.model.name == option
         assert cfg.model.name in hpcm.MODEL_CONFIGS
     elif group == "optimizer":
         model = torch.nn.Linear(2, 2)
@@ -68,10 +68,10 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
         value = float(option.removeprefix("msssim_"))
         assert cfg.lmbda == value
         assert cfg.metric == ("ms-ssim" if option.startswith("msssim_") else "mse")
-    elif group == "data":
-        assert cfg.data.name in ("embedded", "folder")
+    elif group == "data":  # flickr2w is a folder layout under data.root
+        assert cfg.data.name == ("folder" if option == "flickr2w" else option)
     elif group == "logger":
-        assert cfg.logger.name in LOGGERS
+        assert cfg.logger.name == option and option in LOGGERS
     elif group == "experiment" and option.startswith("compare"):
         assert cfg.resume == "auto" and cfg.compare.dataset == "/tmp/test"
         overrides = prepare_overrides([f"experiment={option}", *NEEDS[(group, option)]])
@@ -84,6 +84,10 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
     elif group == "experiment":
         assert cfg.optimizer.lr < 1e-4 and cfg.trainer.epochs < 3001
     else:
+        expected = {"default": (False, False, 30), "ddp": (True, False, 30)}
+        expected |= {"fsdp": (True, True, 30), "hpcm": (False, False, 3001)}
+        t = cfg.trainer
+        assert (t.ddp, t.fsdp, t.epochs) == expected[option]
         schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
         assert schedule.factor(cfg.trainer.epochs - 1) < schedule.factor(0)  # it decays
 

@@ -5,7 +5,7 @@
     python train.py model=hpcm_base data=folder data.train_dir=DIR data.test_dir=DIR trainer=hpcm
     python train.py hydra.run.dir=runs/OLD_RUN resume=true     # continue an interrupted run
 
-Configuration: hpcm/conf/train.yaml and its groups (see docs/training.md). The application is
+Configuration: conf/train.yaml and its groups (see docs/training.md). The application is
 ``hpcm.train.cli.main``; it returns the best validation rate-distortion loss, which the Optuna
 sweeper minimises.
 """

@@ -57,10 +57,12 @@ def measure_folder(folder: Path, args: argparse.Namespace, scratch: Path) -> lis
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)  # small or odd files are simply not used
-        new = ImageFolder(folder, args.crop, train=True, verify=False)
+        new = ImageFolder(folder, args.crop, train=True, verify=False, skip_bad_images=True)
         prepared_dir = scratch / folder.name
         prepare_folder(folder, prepared_dir)
-        prepared = ImageFolder(prepared_dir, args.crop, train=True, verify=False)
+        prepared = ImageFolder(
+            prepared_dir, args.crop, train=True, verify=False, skip_bad_images=True
+        )
     by_name = {p.name: i for i, p in enumerate(prepared.paths)}
     generator = torch.Generator().manual_seed(0)
     picks = torch.randint(len(new), (args.samples,), generator=generator).tolist()

@@ -19,7 +19,7 @@ fp32 means IEEE fp32: ``--tf32 off`` (the default) turns TF32 off for CUDA matmu
 convolutions (PyTorch's default runs cuDNN convolutions in TF32); ``--tf32 on`` allows it.
 
 A variant is ``OPTIMIZER[:UPDATE_MODE][+OPTION...]``: ``adam`` or ``balanced`` (any
-``hpcm/conf/optimizer`` option), an ``optimizer.balancer.update_mode`` (``exact``, ``subbatch``,
+``conf/optimizer`` option), an ``optimizer.balancer.update_mode`` (``exact``, ``subbatch``,
 ``next_batch``), and speed options ``+bf16`` (trainer.autocast_bf16, CUDA only), ``+cl``
 (trainer.channels_last) and ``+compile`` (trainer.compile).
 """
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="tiny", help="hpcm/conf/model option (default tiny)")
+    parser.add_argument("--model", default="tiny", help="conf/model option (default tiny)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=256, help="training crop size (default 256)")
@@ -115,7 +115,7 @@ def compose(overrides: list[str]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "hpcm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose("train", overrides=overrides)
 
 

@@ -8,15 +8,13 @@ validation) and the task weights of balanced runs against the training step, int
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hpcm.eval.plots import agg_figure
-from hpcm.train.tracking import METRICS_FILE
+from hpcm.run_layout import WEIGHT_PREFIX, RunDirError, read_metrics, series
 
 # Panel title -> the metric names it shows (train and validation).
 PANELS = {
@@ -24,39 +22,6 @@ PANELS = {
     "bpp": ("train/bpp_loss", "test/bpp_loss"),
     "PSNR (dB)": ("train/psnr", "test/psnr"),
 }
-WEIGHT_PREFIX = "train/task_weight_"
-
-
-class PlotError(Exception):
-    """A run directory without readable metrics; the message is one line."""
-
-
-def read_run(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``run_dir/metrics.jsonl`` (a path to the file itself works too)."""
-    path = run_dir if run_dir.is_file() else run_dir / METRICS_FILE
-    if not path.is_file():
-        raise PlotError(f"{run_dir}: no {METRICS_FILE}")
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by an interruption
-            continue
-    if not records:
-        raise PlotError(f"{path}: no records")
-    return records
-
-
-def series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
-    """Steps and finite values of ``key`` (non-finite values are stored as strings), in step
-    order; a step logged twice (a run resumed from an earlier checkpoint) keeps its last value."""
-    points = {
-        r["step"]: float(r[key])
-        for r in records
-        if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
-    }
-    steps = sorted(points)
-    return steps, [points[s] for s in steps]
 
 
 def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
@@ -98,7 +63,7 @@ def read_runs(paths: Sequence[Path]) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for run in paths:
         label = run.name if run.is_dir() else run.parent.name
-        runs[label if label not in runs else str(run)] = read_run(run)
+        runs[label if label not in runs else str(run)] = read_metrics(run)
     return runs
 
 
@@ -108,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or (default if args.runs[0].is_dir() else Path("curves.png"))
     try:
         plot_runs(read_runs(args.runs), out)
-    except PlotError as error:
+    except RunDirError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:

@@ -23,7 +23,7 @@ def _seed():
 @pytest.fixture(scope="session")
 def kodak() -> Path:
     if not KODAK.is_dir():
-        pytest.skip("../shared/data/kodak is not available")
+        pytest.skip(f"needs the Kodak images: {KODAK} not found (set HPCM_SHARED)")
     return KODAK
 
 

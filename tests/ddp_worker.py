@@ -43,7 +43,7 @@ def _whole(value: torch.Tensor) -> torch.Tensor:
 def main(out_dir: Path, overrides: list[str]) -> None:
     rank = int(os.environ["RANK"])
     overrides = [*overrides, f"paths.run_dir={out_dir / f'run{rank}'}"]
-    with initialize_config_dir(config_dir=str(ROOT / "hpcm" / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
 
     first_losses: list[torch.Tensor] = []

@@ -1,21 +1,26 @@
-"""Formula-built weights in the official HPCM layout (../shared/spec/vectors/README.md)."""
+"""Formula-built weights in the official HPCM layout (tests/data/README.md), and where the tests
+find their data: the small facts in tests/data ship with the repository; the team's shared folder
+(images and the kodim23 vectors) is ``$HPCM_SHARED``, by default ``shared`` beside the clone."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import zlib
 from pathlib import Path
 
 import numpy as np
+import skimage.data
 import torch
 
 import hpcm
-from hpcm.codec.checkpoint import convert_official_state_dict
+from hpcm.codec.state_dict import convert_official_state_dict
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
-VECTORS = SPEC / "vectors"
-KODAK = SPEC.parent / "data" / "kodak"
+DATA = Path(__file__).resolve().parent / "data"
+SHARED = Path(os.environ.get("HPCM_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+VECTORS = SHARED / "spec" / "vectors"
+KODAK = SHARED / "data" / "kodak"
 
 _CONSTANTS = {
     "means_hyper": 0.0,
@@ -42,7 +47,19 @@ def _formula_value(key: str, shape, gain: float) -> torch.Tensor:
 
 
 def official_shapes(model: str) -> dict:
-    return json.loads((SPEC / "official-hpcm-state-dict.json").read_text())[model]
+    return json.loads((DATA / "official-hpcm-state-dict.json").read_text())[model]
+
+
+def official_vector(name: str) -> dict:
+    """An official test vector shipped in tests/data (sizes and hashes of the official output)."""
+    return json.loads((DATA / name).read_text())
+
+
+def astronaut() -> torch.Tensor:
+    """scikit-image's astronaut (512x512 RGB, shipped with the package) as the vectors read it:
+    float32 in [0, 1], shape (1, 3, 512, 512)."""
+    pixels = skimage.data.astronaut()
+    return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).float().div(255)
 
 
 def official_formula_state_dict(model: str = "HPCM_Base", gain: float = 0.7) -> dict:

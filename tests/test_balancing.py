@@ -193,8 +193,8 @@ class FixedWeights:
 
 def test_a_new_balancer_is_one_class_and_one_config(make_cfg, tmp_path):
 
+    from hpcm.run_layout import read_metrics
     from hpcm.train.build import build_trainer
-    from hpcm.train.tracking import read_metrics
 
     plugin = [
         "optimizer.balancer._target_=test_balancing.FixedWeights",

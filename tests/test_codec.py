@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from official_weights import SPEC, VECTORS, formula_model, official_formula_state_dict
+from official_weights import (
+    astronaut,
+    formula_model,
+    official_formula_state_dict,
+    official_shapes,
+    official_vector,
+)
 from PIL import Image
 
 import hpcm
@@ -25,12 +30,8 @@ from hpcm.codec import (
     read_image,
 )
 from hpcm.codec.__main__ import main
-from hpcm.codec.checkpoint import (
-    atomic_torch_save,
-    convert_official_state_dict,
-    model_checkpoint,
-    official_model_name,
-)
+from hpcm.codec.checkpoint import atomic_torch_save, model_checkpoint
+from hpcm.codec.state_dict import convert_official_state_dict, official_model_name
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_parameter_counts():
 
 @pytest.mark.parametrize("official", list(OFFICIAL_NAMES))
 def test_official_layout_maps_onto_every_parameter(official):
-    shapes = json.loads((SPEC / "official-hpcm-state-dict.json").read_text())[official]
+    shapes = official_shapes(official)
     state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
     assert official_model_name(state) == OFFICIAL_NAMES[official]
     converted = convert_official_state_dict(state)
@@ -91,7 +92,7 @@ def test_official_layout_maps_onto_every_parameter(official):
 
 
 def test_hpcm_1b_layout_is_refused_by_another_model_in_one_line():
-    shapes = json.loads((SPEC / "official-hpcm-state-dict.json").read_text())["HPCM_1B"]
+    shapes = official_shapes("HPCM_1B")
     state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}  # shapes only
     with pytest.raises(hpcm.CheckpointError, match="does not fit model 'hpcm_phi_context'") as e:
         hpcm.load_model(state, name="hpcm_phi_context", update=False)
@@ -142,12 +143,10 @@ def _official_round_trip(model, x):
         return out, model.decompress(out["strings"], out["shape"])["x_hat"]
 
 
-def _check_recon(x_hat, ref):
-    """The 8-bit reconstruction equals the official decoder's PNG pixel for pixel."""
+def _check_recon_sha(x_hat, ref):
+    """The 8-bit reconstruction (N, C, H, W bytes) hashes as the official decoder's."""
     recon = x_hat.mul(255).round().to(torch.uint8)
-    official = np.array(Image.open(VECTORS / ref["recon_png"]).convert("RGB"))
-    assert np.array_equal(recon[0].permute(1, 2, 0).numpy(), official)
-    return recon
+    assert hashlib.sha256(recon.numpy().tobytes()).hexdigest() == ref["x_hat_uint8_sha256"]
 
 
 def _check_streams(out, ref):
@@ -159,25 +158,39 @@ def _check_streams(out, ref):
 
 
 @pytest.mark.slow
-def test_phi_context_vector_byte_exact(kodak):
-    """HPCM_Base_PhiContext: the official streams and the one-thread reconstruction."""
-    ref = json.loads((VECTORS / "official-hpcm-phi-context-kodim23.json").read_text())
-    model = hpcm.load_model(official_formula_state_dict("HPCM_Base_PhiContext"))
-    out, x_hat = _official_round_trip(model, read_image(kodak / ref["image"]))
+def test_official_vectors_byte_exact():
+    """Formula-built official weights reproduce the official codec's streams byte for byte and,
+    on the official (oneDNN) path with one thread, its reconstruction pixel for pixel."""
+    ref = official_vector("official-hpcm-base-astronaut.json")
+    model = hpcm.load_model(official_formula_state_dict(), name="hpcm_base")
+    x = astronaut()
+    out, x_hat = _official_round_trip(model, x)
     _check_streams(out, ref)
-    recon = _check_recon(x_hat, ref)
-    assert hashlib.sha256(recon.numpy().tobytes()).hexdigest() == ref["x_hat_uint8_sha256"]
+    _check_recon_sha(x_hat, ref)
+    y, z = out["strings"][0][0], out["strings"][1][0]
+    bpp = (len(y) + len(z)) * 8 / (x.shape[2] * x.shape[3])
+    assert bpp == pytest.approx(ref["bpp"], abs=1e-12)
 
 
 @pytest.mark.slow
-def test_hpcm_1b_vector_byte_exact(kodak):
+def test_phi_context_vector_byte_exact():
+    """HPCM_Base_PhiContext: the official streams and the one-thread reconstruction."""
+    ref = official_vector("official-hpcm-phi-context-astronaut.json")
+    model = hpcm.load_model(official_formula_state_dict("HPCM_Base_PhiContext"))
+    out, x_hat = _official_round_trip(model, astronaut())
+    _check_streams(out, ref)
+    _check_recon_sha(x_hat, ref)
+
+
+@pytest.mark.slow
+def test_hpcm_1b_vector_byte_exact():
     """HPCM_1B (10^9 parameters, 4 GB, built once and freed at the end): the official streams
-    for the 512x256 crop of kodim23 (about half a minute per pass on one thread)."""
-    ref = json.loads((VECTORS / "official-hpcm-1b-kodim23-crop.json").read_text())
+    for the top 512x256 half of the astronaut (about half a minute on one thread)."""
+    ref = official_vector("official-hpcm-1b-astronaut-top.json")
     model = formula_model("HPCM_1B", "hpcm_1b")
     model.update()
     model.set_official_numerics(True)
-    x = read_image(kodak / "kodim23.png")[..., 128:384, 128:640]  # PIL box (128, 128, 640, 384)
+    x = astronaut()[..., :256, :]
     try:
         with one_thread():
             out = model.compress(x)
@@ -187,27 +200,12 @@ def test_hpcm_1b_vector_byte_exact(kodak):
 
 
 @pytest.mark.slow
-def test_official_vectors_byte_exact(kodak):
-    """Formula-built official weights reproduce the official codec's streams byte for byte and,
-    on the official (oneDNN) path with one thread, its reconstruction pixel for pixel."""
-    ref = json.loads((VECTORS / "official-hpcm-base-kodim23.json").read_text())
-    model = hpcm.load_model(official_formula_state_dict(), name="hpcm_base")
-    x = read_image(kodak / ref["image"])
-    out, x_hat = _official_round_trip(model, x)
-    _check_streams(out, ref)
-    _check_recon(x_hat, ref)
-    y, z = out["strings"][0][0], out["strings"][1][0]
-    bpp = (len(y) + len(z)) * 8 / (x.shape[2] * x.shape[3])
-    assert bpp == pytest.approx(ref["bpp"], abs=1e-12)
-
-
-@pytest.mark.slow
-def test_hpcm_base_round_trip_and_estimate(kodak):
+def test_hpcm_base_round_trip_and_estimate():
     """Thread-invariant path: the streams still match the official ones, decoding equals the
     eval forward bit-exactly, and the real rate is within 2% of the likelihood estimate."""
-    ref = json.loads((VECTORS / "official-hpcm-base-kodim23.json").read_text())
+    ref = official_vector("official-hpcm-base-astronaut.json")
     model = hpcm.load_model(official_formula_state_dict(), name="hpcm_base")
-    x = read_image(kodak / ref["image"])
+    x = astronaut()
     enc = encode_image(model, x)
     assert hashlib.sha256(enc.y).hexdigest() == ref["y_sha256"]
     with torch.no_grad():

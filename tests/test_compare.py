@@ -21,9 +21,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from hpcm.eval import compare, report, seeds, trade_off
+from hpcm.run_layout import finished_result
 from hpcm.train.build import train
 from hpcm.train.losses import effective_lambda
-from hpcm.train.state import finished_result
 
 ROOT = Path(__file__).resolve().parents[1]
 BPP = [0.1, 0.2, 0.4, 0.8]

@@ -15,10 +15,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
+from hpcm.run_layout import read_metrics
 from hpcm.train import validate as validate_module
 from hpcm.train.build import ConfigError, build_trainer, setup_distributed
 from hpcm.train.distributed import DistContext
-from hpcm.train.tracking import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 

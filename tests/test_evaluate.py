@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from official_weights import KODAK, VECTORS, official_formula_state_dict
+from official_weights import VECTORS, astronaut, official_formula_state_dict
 from PIL import Image
 
 import hpcm
@@ -20,8 +20,8 @@ from hpcm.eval import evaluate as evaluation
 from hpcm.eval import report
 from hpcm.eval.evaluate import RunInfo, assign_groups, find_checkpoints, main, read_run_info
 from hpcm.metrics import psnr_8bit
+from hpcm.run_layout import BEST_CHECKPOINT, LAST_CHECKPOINT
 from hpcm.train.export import export
-from hpcm.train.state import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 # (run dir, optimizer, lambda, gain of g_a's last conv): gains of 3 to 4 give the random tiny
 # model 0.2-0.45 bpp with latents its entropy model predicts well (estimate within ~2%).
@@ -62,13 +62,13 @@ def read_csv(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory) -> dict:
+def evaluated(tmp_path_factory, kodak) -> dict:
     """The sweep evaluated once with real coding and once with the entropy estimate."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("eval")
     sweep = make_sweep(root / "sweep")
     out = {"sweep": sweep, "real": root / "real", "est": root / "est"}
-    base = [str(sweep), "--dataset", str(KODAK), "--limit", "2", "--device", "cpu"]
+    base = [str(sweep), "--dataset", str(kodak), "--limit", "2", "--device", "cpu", "--jobs", "1"]
     assert main([*base, "--out", str(out["real"])]) == 0
     assert main([*base, "--out", str(out["est"]), "--entropy-estimation"]) == 0
     return out
@@ -95,7 +95,7 @@ def test_json_per_group_in_compressai_format(evaluated) -> None:
     assert curve.bpp == results["bpp"]
 
 
-def test_csv_rows_and_real_bpp_from_the_bitstream(evaluated) -> None:
+def test_csv_rows_and_real_bpp_from_the_bitstream(evaluated, kodak) -> None:
     rows = read_csv(evaluated["real"] / evaluation.CSV_NAME)
     assert list(rows[0]) == list(evaluation.CSV_FIELDS)
     assert [(r["group"], r["image"]) for r in rows] == [
@@ -108,7 +108,7 @@ def test_csv_rows_and_real_bpp_from_the_bitstream(evaluated) -> None:
     ckpt = evaluated["sweep"] / "1" / "epoch_best.pth.tar"
     model = hpcm.load_model(ckpt)
     row = next(r for r in rows if r["lambda"] == "0.0067" and r["image"] == "kodim02.png")
-    x = read_image(KODAK / "kodim02.png")
+    x = read_image(kodak / "kodim02.png")
     with torch.inference_mode():
         encoded = encode_image(model, x)
     assert float(row["bpp"]) == (len(encoded.y) + len(encoded.z)) * 8 / (512 * 768)
@@ -136,10 +136,11 @@ def test_entropy_estimate_is_close_to_the_real_rate(evaluated) -> None:
         assert psnr_est == pytest.approx(psnr_real, abs=0.01)
 
 
-def test_forced_group_and_single_files(evaluated, tmp_path, capsys) -> None:
+def test_forced_group_and_single_files(evaluated, kodak, tmp_path, capsys) -> None:
     sweep = evaluated["sweep"]
     files = [str(sweep / run / "epoch_best.pth.tar") for run in ("2", "0")]
-    argv = [*files, files[0], "--dataset", str(KODAK), "--limit", "1", "--out", str(tmp_path)]
+    argv = [*files, files[0], "--dataset", str(kodak), "--limit", "1", "--jobs", "1"]
+    argv += ["--out", str(tmp_path)]
     assert main([*argv, "--group", "mine"]) == 0
     assert [p.name for p in tmp_path.glob("*.json")] == ["mine.json"]
     mine = json.loads((tmp_path / "mine.json").read_text())
@@ -148,12 +149,12 @@ def test_forced_group_and_single_files(evaluated, tmp_path, capsys) -> None:
     assert "mine:" in capsys.readouterr().out
 
 
-def test_small_padded_image_counts_original_pixels(tmp_path, capsys) -> None:
+def test_small_padded_image_counts_original_pixels(tmp_path, kodak, capsys) -> None:
     """150x200 is padded to 256x256 for coding; bpp still counts 150*200 pixels, and MS-SSIM
     (which needs sides > 160 px) is left out of the JSON rather than written as NaN."""
     data = tmp_path / "small"
     data.mkdir()
-    Image.open(KODAK / "kodim03.png").crop((300, 100, 500, 250)).save(data / "crop.png")
+    Image.open(kodak / "kodim03.png").crop((300, 100, 500, 250)).save(data / "crop.png")
     ckpt = tiny_checkpoint(3.0, {"optimizer": "adam"})
     atomic_torch_save(ckpt, tmp_path / "run" / "last.pth.tar")
     argv = [str(tmp_path / "run"), "--dataset", str(data), "--out"]
@@ -172,13 +173,51 @@ def test_small_padded_image_counts_original_pixels(tmp_path, capsys) -> None:
     assert est == pytest.approx(results["bpp"][0], rel=0.05)
 
 
+def test_parallel_jobs_give_the_results_of_one(kodak, tmp_path) -> None:
+    """--jobs 2 codes the (checkpoint, image) items in two processes: bpp, PSNR and MS-SSIM of
+    every image, the CSV's row order and the JSON curves are those of --jobs 1."""
+    data = tmp_path / "crops"
+    data.mkdir()
+    for n, box in enumerate([(0, 0, 256, 192), (300, 100, 492, 356), (500, 200, 756, 456)]):
+        Image.open(kodak / f"kodim0{n + 1}.png").crop(box).save(data / f"crop{n}.png")
+    for run, gain in (("a", 3.0), ("b", 4.0)):
+        ckpt = tiny_checkpoint(gain, {"optimizer": {"name": "adam"}, "lmbda": gain / 100})
+        atomic_torch_save(ckpt, tmp_path / "sweep" / run / "epoch_best.pth.tar")
+    argv = [str(tmp_path / "sweep"), "--dataset", str(data), "--device", "cpu", "--out"]
+    assert main([*argv, str(tmp_path / "one"), "--jobs", "1"]) == 0
+    assert main([*argv, str(tmp_path / "two"), "--jobs", "2"]) == 0
+    one, two = (read_csv(tmp_path / out / evaluation.CSV_NAME) for out in ("one", "two"))
+    timed = ("enc_time", "dec_time")
+    assert len(one) == 6 and all(float(row["ms_ssim"]) > 0 for row in one)
+    assert [{k: v for k, v in r.items() if k not in timed} for r in two] == [
+        {k: v for k, v in r.items() if k not in timed} for r in one
+    ]
+    curves = [json.loads((tmp_path / out / "adam.json").read_text()) for out in ("one", "two")]
+    for curve in curves:
+        for key in ("encoding_time", "decoding_time"):
+            del curve["results"][key]
+    assert curves[0] == curves[1]
+
+
+def test_an_error_in_an_evaluation_process_is_one_line(tmp_path) -> None:
+    atomic_torch_save(tiny_checkpoint(3.0), tmp_path / "tiny.pth.tar")
+    info = RunInfo(tmp_path / "tiny.pth.tar", "tiny", official=False)
+    images = [tmp_path / "gone.png", tmp_path / "lost.png"]  # deleted after the check
+    evaluator = evaluation.Evaluator([info], images, torch.device("cpu"), evaluation.code_image)
+    with pytest.raises(evaluation.EvaluationError) as error:
+        evaluation.evaluate_items(evaluator, [(0, 0), (0, 1)], 2, 1, lambda item, r: None)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'tiny.pth.tar'} on ") and "\n" not in message
+    assert "gone.png" in message or "lost.png" in message
+
+
 @pytest.mark.slow
-def test_official_checkpoint_matches_the_official_test_vector(tmp_path) -> None:
+def test_official_checkpoint_matches_the_official_test_vector(tmp_path, kodak) -> None:
     """Official HPCM_Base formula weights on kodim23: the bpp the official code measured."""
     vector = json.loads((VECTORS / "official-hpcm-base-kodim23.json").read_text())
     data = tmp_path / "kodak23"
     data.mkdir()
-    shutil.copy(KODAK / "kodim23.png", data)
+    shutil.copy(kodak / "kodim23.png", data)
     ckpt = tmp_path / "HPCM_Base.pth.tar"
     torch.save({"state_dict": official_formula_state_dict()}, ckpt)
     out = tmp_path / "out"
@@ -191,12 +230,12 @@ def test_official_checkpoint_matches_the_official_test_vector(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_official_phi_context_is_its_own_curve(tmp_path) -> None:
+def test_official_phi_context_is_its_own_curve(tmp_path, kodak) -> None:
     """Official HPCM_Base and HPCM_Base_PhiContext weights in one evaluation: two curves, each
     model recognised from its keys (no --model)."""
     data = tmp_path / "crop"
     data.mkdir()
-    Image.open(KODAK / "kodim23.png").crop((128, 128, 384, 384)).save(data / "crop.png")
+    Image.open(kodak / "kodim23.png").crop((128, 128, 384, 384)).save(data / "crop.png")
     for official in ("HPCM_Base", "HPCM_Base_PhiContext"):
         torch.save({"state_dict": official_formula_state_dict(official)}, tmp_path / official)
     paths = [str(tmp_path / "HPCM_Base"), str(tmp_path / "HPCM_Base_PhiContext")]
@@ -308,6 +347,16 @@ def tiny_run(tmp_path) -> Path:
     return path.parent
 
 
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A folder with one photo that ships with the dependencies (scikit-image's astronaut)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    pixels = astronaut()[0].mul(255).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(pixels).save(folder / "astronaut.png")
+    return folder
+
+
 def _error(capsys, argv: list[str]) -> str:
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
@@ -315,14 +364,14 @@ def _error(capsys, argv: list[str]) -> str:
     return err
 
 
-def test_errors_for_bad_paths(tmp_path, tiny_run, capsys) -> None:
-    kodak = ["--dataset", str(KODAK), "--out", str(tmp_path / "o")]
-    assert "no such checkpoint" in _error(capsys, [str(tmp_path / "nope"), *kodak])
+def test_errors_for_bad_paths(tmp_path, tiny_run, photos, capsys) -> None:
+    data = ["--dataset", str(photos), "--out", str(tmp_path / "o")]
+    assert "no such checkpoint" in _error(capsys, [str(tmp_path / "nope"), *data])
     (tmp_path / "empty").mkdir()
-    assert "no run directory" in _error(capsys, [str(tmp_path / "empty"), *kodak])
+    assert "no run directory" in _error(capsys, [str(tmp_path / "empty"), *data])
     missing = ["--dataset", str(tmp_path / "nodata")]
     assert "dataset folder not found" in _error(capsys, [str(tiny_run), *missing])
-    a_file = ["--dataset", str(KODAK / "kodim01.png")]
+    a_file = ["--dataset", str(photos / "astronaut.png")]
     assert "not a folder" in _error(capsys, [str(tiny_run), *a_file])
     (tmp_path / "empty" / "README.txt").write_text("no images here")
     no_images = ["--dataset", str(tmp_path / "empty")]
@@ -334,34 +383,34 @@ def test_errors_for_bad_paths(tmp_path, tiny_run, capsys) -> None:
     assert not (tmp_path / "o").exists()  # nothing is written before every input checks out
 
 
-def test_errors_for_mixed_up_checkpoints(tmp_path, tiny_run, capsys) -> None:
-    kodak = ["--dataset", str(KODAK), "--limit", "1", "--out", str(tmp_path / "o")]
+def test_errors_for_mixed_up_checkpoints(tmp_path, tiny_run, photos, capsys) -> None:
+    data = ["--dataset", str(photos), "--limit", "1", "--out", str(tmp_path / "o")]
     text = tmp_path / "notes.pth.tar"
     text.write_text("hello")
-    assert "cannot read checkpoint" in _error(capsys, [str(text), *kodak])
+    assert "cannot read checkpoint" in _error(capsys, [str(text), *data])
     other = tmp_path / "other.pth.tar"
     torch.save({"weights": torch.zeros(3)}, other)
-    assert "neither a project checkpoint" in _error(capsys, [str(other), *kodak])
-    err = _error(capsys, [str(tiny_run), *kodak, "--model", "hpcm_large"])
+    assert "neither a project checkpoint" in _error(capsys, [str(other), *data])
+    err = _error(capsys, [str(tiny_run), *data, "--model", "hpcm_large"])
     assert "holds model 'tiny', not 'hpcm_large'" in err
     wider = tiny_checkpoint(3.0)
     wider["model_config"]["M"] = 48  # the weights no longer fit the stated model
     atomic_torch_save(wider, tmp_path / "wider.pth.tar")
-    assert "does not fit model 'tiny'" in _error(capsys, [str(tmp_path / "wider.pth.tar"), *kodak])
+    assert "does not fit model 'tiny'" in _error(capsys, [str(tmp_path / "wider.pth.tar"), *data])
     del wider["model_name"]
     atomic_torch_save(wider, tmp_path / "broken.pth.tar")
-    assert "malformed" in _error(capsys, [str(tmp_path / "broken.pth.tar"), *kodak])
+    assert "malformed" in _error(capsys, [str(tmp_path / "broken.pth.tar"), *data])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
-def test_error_for_cuda_without_a_gpu(tiny_run, capsys) -> None:
-    err = _error(capsys, [str(tiny_run), "--dataset", str(KODAK), "--device", "cuda"])
+def test_error_for_cuda_without_a_gpu(tiny_run, photos, capsys) -> None:
+    err = _error(capsys, [str(tiny_run), "--dataset", str(photos), "--device", "cuda"])
     assert "CUDA is not available" in err
 
 
-def test_limit_must_be_positive(tiny_run) -> None:
+def test_limit_must_be_positive(tiny_run, photos) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tiny_run), "--dataset", str(KODAK), "--limit", "0"])
+        main([str(tiny_run), "--dataset", str(photos), "--limit", "0"])
     assert exit_info.value.code == 2
 
 

@@ -17,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from hpcm.codec.checkpoint import atomic_torch_save, safe_torch_load
+from hpcm.run_layout import FINISHED, read_metrics
 from hpcm.train import loop as engine
 from hpcm.train.build import train
 from hpcm.train.data import SeededSampler
@@ -27,8 +28,6 @@ from hpcm.train.interrupt import (
     TrainingInterrupted,
     read_stop_file,
 )
-from hpcm.train.state import FINISHED
-from hpcm.train.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,7 +173,7 @@ def test_sigterm_through_the_command_line_exits_143_with_a_checkpoint(tmp_path: 
         args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.monotonic() + 180
-    while not (run / "metrics.jsonl").is_file() or not read_metrics(run / "metrics.jsonl"):
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)

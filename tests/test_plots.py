@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from hpcm import plot
+from hpcm.run_layout import read_metrics, series
 from hpcm.train.sweep import CONTOUR_PARAMS, write_study_plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -31,8 +32,8 @@ def write_run(run_dir: Path, balanced: bool) -> Path:
 def test_plot_training_curves_from_metrics(tmp_path: Path, capsys) -> None:
     adam = write_run(tmp_path / "adam", balanced=False)
     balanced = write_run(tmp_path / "balanced", balanced=True)
-    records = plot.read_run(balanced)
-    assert plot.series(records, "train/psnr") == ([1, 3, 4, 5], [21.0, 23.0, 24.0, 25.0])
+    records = read_metrics(balanced)
+    assert series(records, "train/psnr") == ([1, 3, 4, 5], [21.0, 23.0, 24.0, 25.0])
     assert plot.main([str(adam)]) == 0
     assert (adam / "curves.png").read_bytes()[:8] == PNG
     out = tmp_path / "both.png"
@@ -43,7 +44,7 @@ def test_plot_training_curves_from_metrics(tmp_path: Path, capsys) -> None:
 def test_a_resumed_run_keeps_the_last_value_of_a_step_in_step_order() -> None:
     records = [{"step": s, "train/loss": float(s)} for s in (10, 20, 30)]
     records += [{"step": s, "train/loss": -float(s)} for s in (20, 30, 40)]  # resumed at 10
-    assert plot.series(records, "train/loss") == ([10, 20, 30, 40], [10.0, -20.0, -30.0, -40.0])
+    assert series(records, "train/loss") == ([10, 20, 30, 40], [10.0, -20.0, -30.0, -40.0])
 
 
 def test_plot_of_a_folder_without_metrics_is_one_line_error(tmp_path: Path, capsys) -> None:

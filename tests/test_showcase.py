@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import hpcm
-from hpcm.train import showcase
+from hpcm.eval import showcase
+from hpcm.train.build import showcase_wanted
 
 
 def test_jpeg_points_rise_with_quality() -> None:
@@ -36,3 +37,8 @@ def test_showcase_writes_picture_and_plot(tmp_path: Path) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no test images"):
         showcase.write_showcase(model, [], tmp_path, "tiny")
+
+
+def test_showcase_is_on_for_single_runs_and_off_in_sweeps_unless_forced() -> None:
+    assert showcase_wanted(None, multirun=False) and not showcase_wanted(None, multirun=True)
+    assert showcase_wanted(True, multirun=True) and not showcase_wanted(False, multirun=False)

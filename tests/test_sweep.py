@@ -25,10 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from hpcm.eval import evaluate as evaluation
-from hpcm.train.tracking import read_metrics
+from hpcm.run_layout import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "hpcm" / "conf"
+CONF_DIR = ROOT / "conf"
 SEARCH = ["-m", "hparams_search=balanced_optuna", "lambda=0.013"]
 STUDY = "balanced_tiny_mse_0.013"  # balanced_MODEL_METRIC_LAMBDA
 # Each run: the tiny model, one epoch of one step on a 256x256 crop, one 256x256 test image.
@@ -230,8 +230,11 @@ def test_lambda_sweep_trains_every_lambda_with_both_optimizers(sweep: str, metri
 
 def test_lambda_sweep_writes_runs_that_evaluate_reads(workdir: Path) -> None:
     # `lambda=0.013` on the command line narrows the sweep to one lambda: two runs.
-    train(workdir, "-m", "sweep=lambdas_mse", "lambda=0.013", *ONE_EPOCH)
+    # trainer.showcase left at its default: off in a multirun.
+    default_showcase = [a for a in ONE_EPOCH if not a.startswith("trainer.showcase=")]
+    train(workdir, "-m", "sweep=lambdas_mse", "lambda=0.013", *default_showcase)
     (sweep,) = sweep_dirs(workdir / "multirun" / "lambdas_mse_tiny")
+    assert not list(sweep.rglob("showcase.png")) and not list(sweep.rglob("rd_vs_jpeg.png"))
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
         "0_tiny_adam_mse_0.013",
         "1_tiny_balanced_mse_0.013",

@@ -4,6 +4,7 @@ non-finite batches, resume equality, outputs, logging and one-line errors."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -19,17 +20,19 @@ from PIL import Image
 
 import hpcm
 from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
+from hpcm.eval.showcase import show_run
 from hpcm.optim import CautiousAdam, PlainBalancer
+from hpcm.run_layout import read_metrics
 from hpcm.train import loop as engine
 from hpcm.train.build import ConfigError, build_balancer, build_optimizer, build_trainer, train
 from hpcm.train.cli import prepare_overrides
-from hpcm.train.data import DataError, to_float
+from hpcm.train.data import DataError, DataWarning, to_float
 from hpcm.train.lr_schedule import LRSchedule
 from hpcm.train.post_step import replay_rng, rng_state
-from hpcm.train.tracking import LOGGERS, read_metrics
+from hpcm.train.tracking import LOGGERS
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "hpcm" / "conf"
+CONF_DIR = ROOT / "conf"
 GROUPS = ("model", "optimizer", "lambda", "data", "logger", "trainer", "experiment")
 # Extra overrides an option needs to resolve (mandatory paths).
 FOLDERS = ["data.train_dir=/tmp/train", "data.test_dir=/tmp/test"]
@@ -63,7 +66,7 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
         balanced = option.startswith("balanced")
         assert isinstance(optimizer, CautiousAdam) == balanced
         assert isinstance(balancer, PlainBalancer) != balanced
-        assert cfg.optimizer.clip_max_norm == 1.0 and cfg.optimizer.lr == 1e-4
+        assert cfg.optimizer.clip_max_norm == 1.0 and cfg.optimizer.lr == 2e-3
     elif group == "lambda":
         value = float(option.removeprefix("msssim_"))
         assert cfg.lmbda == value
@@ -89,6 +92,7 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
         t = cfg.trainer
         assert (t.ddp, t.fsdp, t.epochs) == expected[option]
         schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
+        assert schedule.factor(0) == 1.0  # the run starts at optimizer.lr
         assert schedule.factor(cfg.trainer.epochs - 1) < schedule.factor(0)  # it decays
 
 
@@ -139,10 +143,11 @@ def test_lr_schedule_follows_the_official_milestones_scaled_to_the_run(make_cfg)
     assert fixed.milestones == (2750, 2850, 2950)
 
 
-def test_the_short_default_run_trains_at_20x_then_decays_as_the_official_one(make_cfg) -> None:
+def test_the_default_run_starts_at_optimizer_lr_then_decays_as_the_official_one(make_cfg) -> None:
     cfg = make_cfg(None, short=False)
     schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
     lr = float(cfg.optimizer.lr)
+    assert lr == 2e-3
     assert [round(lr * schedule.factor(e), 8) for e in (0, 26, 27, 28, 29)] == [
         2e-3,
         2e-3,
@@ -154,6 +159,36 @@ def test_the_short_default_run_trains_at_20x_then_decays_as_the_official_one(mak
         "0.002 from epoch 0, 0.0006 from epoch 27, 0.0002 from epoch 28, 2e-05 from epoch 29"
     )
     assert LRSchedule((5,), (0.1,)).describe(1e-4, 5) == "0.0001 from epoch 0"  # 5 is never reached
+
+
+OFFICIAL_RATES = [(1e-4, 0), (3e-5, 2750), (1e-5, 2850), (1e-6, 2950)]  # trainer=hpcm
+DEFAULT_RATES = [(2e-3, 0), (6e-4, 27), (2e-4, 28), (2e-5, 29)]  # the default trainer's 30 epochs
+
+
+@pytest.mark.parametrize(
+    ("overrides", "rates"),
+    [
+        (["trainer=hpcm"], OFFICIAL_RATES),
+        (["trainer=hpcm", "optimizer=balanced"], OFFICIAL_RATES),
+        (["trainer=ddp", "optimizer=balanced_qp"], DEFAULT_RATES),
+        (["trainer=fsdp"], DEFAULT_RATES),
+        (["trainer=hpcm", "experiment=finetune"], [(5e-5, 0), (5e-6, 40)]),
+        (["experiment=compare_cpu", *FOLDERS], [(5e-4, 0), (5e-5, 4)]),
+        (
+            ["trainer=hpcm", "optimizer.lr=3e-4"],
+            [(3e-4, 0), (9e-5, 2750), (3e-5, 2850), (3e-6, 2950)],
+        ),
+    ],
+)
+def test_every_preset_starts_at_optimizer_lr(make_cfg, overrides: list[str], rates: list) -> None:
+    """The learning rates each preset trains with, from which epoch on: the first is always
+    optimizer.lr, from epoch 0."""
+    cfg = make_cfg(None, *overrides, short=False)
+    schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
+    lr = float(cfg.optimizer.lr)
+    starts = (0, *(m for m in schedule.milestones if m < cfg.trainer.epochs))
+    assert [(round(lr * schedule.factor(e), 12), e) for e in starts] == rates
+    assert rates[0] == (lr, 0)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -258,7 +293,7 @@ def test_a_skipped_batch_is_counted_and_logged(make_cfg, tmp_path: Path) -> None
 
 
 # ----------------------------------------------------------------------------- whole runs
-def test_default_run_shortened(make_cfg, tmp_path: Path) -> None:
+def test_default_run_shortened(make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # `python train.py` with no arguments, cut to one step; wandb runs offline into the run dir.
     cfg = make_cfg(
         tmp_path,
@@ -268,7 +303,10 @@ def test_default_run_shortened(make_cfg, tmp_path: Path) -> None:
         short=False,
     )
     assert cfg.logger.name == "wandb"
-    loss = train(cfg)
+    with caplog.at_level(logging.INFO):
+        loss = train(cfg, show=show_run)  # as the command runs it
+    # The start-of-run line names the learning rates; the first is optimizer.lr.
+    assert "learning rate 0.002 from epoch 0 (optimizer.lr x trainer.lr_schedule)" in caplog.text
     files = {p.name for p in tmp_path.iterdir()}
     assert {"epoch_best.pth.tar", "epoch_0.pth.tar", "last.pth.tar", "config.yaml"} <= files
     assert list((tmp_path / "wandb").glob("offline-run-*"))
@@ -279,6 +317,7 @@ def test_default_run_shortened(make_cfg, tmp_path: Path) -> None:
     train_keys = {"train/loss", "train/distortion", "train/bpp_loss", "train/psnr"}
     test_keys = {"test/loss", "test/distortion", "test/bpp_loss", "test/psnr"}
     assert train_keys <= set(records[0]) and test_keys <= set(records[-1])
+    assert records[0]["train/lr"] == cfg.optimizer.lr == 2e-3
     assert loss == pytest.approx(records[-1]["test/loss"]) and math.isfinite(loss)
     resolved = OmegaConf.load(tmp_path / "config.yaml")
     assert resolved.paths.run_dir == str(tmp_path) and resolved.lmbda == 0.013
@@ -355,18 +394,21 @@ def test_folder_data_with_test_images_of_any_size(short_run, make_cfg, tmp_path:
     for i in range(2):
         save_image(tmp_path / "train" / f"{i}.png", 260, 270, seed=i)
     save_image(tmp_path / "test" / "odd.png", 300, 200, seed=5)  # padded to 512x256 for the model
+    (tmp_path / "train" / "broken.jpg").write_bytes(b"not a jpeg")
     short = [o for o in short_run if not o.startswith("data.")]
-    cfg = make_cfg(
-        tmp_path / "run",
-        *short,
+    folders = [
         "data=folder",
         f"data.train_dir={tmp_path / 'train'}",
         f"data.test_dir={tmp_path / 'test'}",
         "data.batch_size=2",
         "data.num_workers=0",
-        short=False,
-    )
-    assert math.isfinite(train(cfg))
+    ]
+    cfg = make_cfg(tmp_path / "run", *short, *folders, short=False)
+    with pytest.raises(DataError, match=r"^cannot read image .*broken\.jpg: "):
+        train(cfg)  # before any training
+    cfg = make_cfg(tmp_path / "run", *short, *folders, "data.skip_bad_images=true", short=False)
+    with pytest.warns(DataWarning, match=r"skipped 1 unreadable .*broken\.jpg"):
+        assert math.isfinite(train(cfg))
     test = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
     assert test["test/bpp_loss"] > 0 and math.isfinite(test["test/psnr"])
 

@@ -1,6 +1,10 @@
 """``python -m hpcm.codec encode IMAGE OUT.hpcm --checkpoint CKPT`` and
 ``python -m hpcm.codec decode OUT.hpcm IMAGE.png``: real bitstreams from the command line.
 
+The encoder reads any image :func:`hpcm.codec.images.read_pixels` accepts (gray, 16-bit, alpha
+composited onto white, EXIF-rotated: its output line says which) and codes it as RGB in [0, 1];
+the decoder writes an 8-bit RGB image, whatever the input was (the .hpcm format stores no mode).
+
 Every failure, whatever a file holds, is one ``error: ...`` line on stderr and exit status 1.
 """
 
@@ -21,7 +25,7 @@ from hpcm.codec.bitstream import (
     encode_image,
 )
 from hpcm.codec.checkpoint import PRETRAINED_PREFIX, CheckpointError, load_model
-from hpcm.codec.images import ImageError, read_image, write_image
+from hpcm.codec.images import ImageError, read_pixels, to_tensor, write_image
 from hpcm.device import DeviceError, resolve_device
 from hpcm.files import atomic_write
 
@@ -81,14 +85,15 @@ def find_checkpoint(encoded: Encoded, input_path: Path, given: str | None) -> st
 
 
 def _encode(args: argparse.Namespace) -> None:
-    x = read_image(args.image)
+    pixels, info = read_pixels(args.image)
+    x = to_tensor(pixels)
     model = load_model(args.checkpoint, name=args.model, device=resolve_device(args.device))
     start = time.perf_counter()
     encoded = encode_image(model, x, Path(args.checkpoint).name)
     atomic_write(args.output, encoded.to_bytes())  # never a partial .hpcm file
     h, w = encoded.size
     print(
-        f"{args.image}: {h}x{w}, {encoded.num_bytes} bytes, "
+        f"{args.image}: {h}x{w} {info.notes()}, {encoded.num_bytes} bytes, "
         f"{encoded.num_bytes * 8 / (h * w):.4f} bpp, {time.perf_counter() - start:.2f} s"
     )
 

@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,16 @@ from hpcm.codec.layers import (
 )
 from hpcm.codec.numerics import coding_numerics
 from hpcm.codec.schedule import NUM_ADAPTORS, SCALES, STEPS, CodingStep, SchedulePlan, plan_for
+from hpcm.codec.state_dict import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    check_fits,
+    convert_official_state_dict,
+    is_hpcm_state_dict,
+    is_official_state_dict,
+    official_model_name,
+    unwrap_state_dict,
+)
 
 # Image sides must be multiples of this: y is 1/16 of the image and the s1 attention windows
 # (4x4 at 1/4 of y) must tile it.
@@ -363,14 +374,40 @@ class HPCM(CompressionModel):
     def from_state_dict(cls, state_dict: dict, name: str | None = None) -> HPCM:
         """A model with these weights, as CompressAI models offer (``Model.from_state_dict``).
 
-        Any layout :func:`hpcm.codec.checkpoint.load_model` reads (project, official, under
-        ``state_dict`` or ``model_state_dict``, or bare); the model is found from the parameter
-        shapes unless ``name`` is given. In eval mode; call ``update()`` before coding, as with
-        CompressAI models.
+        ``state_dict``: a project checkpoint (:func:`hpcm.codec.checkpoint.model_checkpoint`),
+        or a state dict in this project's or the official HPCM layout, bare or under
+        ``state_dict``, ``model_state_dict`` (CompressAI-Trainer) or ``network``. For a state
+        dict, ``name`` says which model; by default the model is found from the parameter
+        shapes. Released official checkpoints lack ``adaptive_params_list.*``; those gains then
+        keep their initial 1. In eval mode; call ``update()`` before coding, as with CompressAI
+        models.
         """
-        from hpcm.codec.checkpoint import load_model  # checkpoint imports this module
-
-        return load_model(state_dict, name=name, update=False)
+        source = state_dict
+        if not isinstance(source, dict):
+            raise CheckpointError("a checkpoint must be a dict (project checkpoint or state dict)")
+        if source.get("format") == CHECKPOINT_FORMAT:
+            ckpt_name = source["model_name"]
+            if name is not None and name != ckpt_name:
+                raise CheckpointError(f"checkpoint holds model {ckpt_name!r}, not {name!r}")
+            model = cls(HPCMConfig.from_dict(source["model_config"]), name=ckpt_name)
+            state, strict = source["state_dict"], True
+        else:
+            state = unwrap_state_dict(source)
+            official = is_official_state_dict(state)
+            if not is_hpcm_state_dict(state):
+                raise CheckpointError("neither a project checkpoint nor an HPCM state dict")
+            guess = official_model_name(state) if official else None  # from the keys: cheap
+            state = convert_official_state_dict(state) if official else state
+            strict = not official
+            # When no model fits, hpcm_base's check below names the first mismatch.
+            name = name or guess or infer_model_name(state, strict) or "hpcm_base"
+            if name not in MODEL_CONFIGS:
+                known = ", ".join(MODEL_CONFIGS)
+                raise CheckpointError(f"unknown model {name!r}; choose from {known}")
+            model = cls(MODEL_CONFIGS[name], name=name)
+        check_fits(model, state, strict)
+        model.load_state_dict(state, strict=False)
+        return model.eval()
 
     def set_official_numerics(self, enabled: bool = False) -> None:
         """Choose how the model computes on the CPU.
@@ -582,6 +619,24 @@ class HPCM(CompressionModel):
         y_hat = self._walk(params, decode)
         crcs = [_symbol_crc(z_q[b].cpu(), torch.cat(y_decoded[b])) for b in range(n)]
         return {"x_hat": self._synthesis(y_hat).clamp_(0, 1), "symbol_crc": crcs}
+
+
+@cache
+def _meta_model(name: str) -> HPCM:
+    """A model without storage, for comparing parameter shapes."""
+    with torch.device("meta"):
+        return HPCM(MODEL_CONFIGS[name], name=name)
+
+
+def infer_model_name(state: dict, strict: bool = True) -> str | None:
+    """The first model of :data:`MODEL_CONFIGS` whose parameters ``state`` fits, or ``None``."""
+    for name in MODEL_CONFIGS:
+        try:
+            check_fits(_meta_model(name), state, strict)
+        except CheckpointError:
+            continue
+        return name
+    return None
 
 
 def _z_indexes(shape) -> torch.Tensor:

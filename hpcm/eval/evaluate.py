@@ -16,12 +16,19 @@ import argparse
 import csv
 import json
 import math
+import multiprocessing
+import os
+import queue
 import re
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,23 +37,17 @@ from tqdm import tqdm
 
 from hpcm import codec
 from hpcm.codec.bitstream import CodecError
-from hpcm.codec.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CheckpointError,
-    is_hpcm_state_dict,
-    load_model,
-    read_checkpoint,
-    unwrap_state_dict,
-)
+from hpcm.codec.checkpoint import CheckpointError, load_model, read_checkpoint
 from hpcm.codec.images import ImageError, find_images, read_image
 from hpcm.codec.model import HPCM, MODEL_CONFIGS
 from hpcm.codec.numerics import coding_numerics
+from hpcm.codec.state_dict import CHECKPOINT_FORMAT, is_hpcm_state_dict, unwrap_state_dict
 from hpcm.device import DeviceError, resolve_device
 from hpcm.eval.plots import MSSSIM_GROUP_SUFFIX, write_rd_plots
 from hpcm.eval.report import training_seed
 from hpcm.files import atomic_write
 from hpcm.metrics import bpp_from_likelihoods, ms_ssim, ms_ssim_db, psnr_8bit
-from hpcm.train.state import RUN_CHECKPOINTS, run_checkpoint
+from hpcm.run_layout import RUN_CHECKPOINTS, RUN_MARKERS, run_checkpoint
 
 # CompressAI's eval_model rounds the reconstruction to 8 bit before MS-SSIM; we keep the official
 # HPCM protocol (and its published points) and say so in every JSON (docs/evaluation.md).
@@ -54,7 +55,6 @@ MSSSIM_PROTOCOL = (
     "PSNR on 8-bit images; MS-SSIM on the float reconstruction (official HPCM test.py)"
 )
 
-RUN_MARKERS = ("config.yaml", ".hydra")  # the trainer's resolved config, Hydra's own folder
 CSV_NAME = "per_image.csv"
 CSV_FIELDS = (
     "group",
@@ -111,7 +111,7 @@ def optimizer_of(config: dict) -> str | None:
 
 
 def lambda_of(config: dict) -> float | None:
-    value = config.get("lmbda", config.get("lambda"))  # hpcm/conf/lambda/*.yaml set ``lmbda``
+    value = config.get("lmbda", config.get("lambda"))  # conf/lambda/*.yaml set ``lmbda``
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -121,7 +121,7 @@ def lambda_of(config: dict) -> float | None:
 
 
 def _metric(config: dict) -> str | None:
-    value = config.get("metric")  # hpcm/conf/lambda: "mse" or "ms-ssim"
+    value = config.get("metric")  # conf/lambda: "mse" or "ms-ssim"
     if not isinstance(value, str):
         return None
     value = re.sub(r"[^a-z]", "", value.lower())
@@ -202,7 +202,7 @@ def inspect_checkpoint(path: Path, model_name: str | None = None) -> RunInfo:
     """Check that ``path`` loads into a model and say what it is (model, optimizer, lambda).
 
     The model of an official state dict is ``model_name`` or the one its keys show
-    (:func:`hpcm.codec.checkpoint.official_model_name`: base, large, phi-context or 1B)."""
+    (:func:`hpcm.codec.state_dict.official_model_name`: base, large, phi-context or 1B)."""
     data = read_checkpoint(path)
     if not _is_project(data) and not is_hpcm_state_dict(unwrap_state_dict(data)):
         raise EvaluationError(f"{path}: neither a project checkpoint nor an HPCM state dict")
@@ -417,6 +417,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--per-image", action="store_true", help="(always on: per_image.csv)")
     parser.add_argument("--limit", type=_positive, help="evaluate the first N images only")
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=_positive,
+        help="processes coding images in parallel (default: the cores on a CPU, 1 on CUDA)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        help="torch CPU threads of each process (default: 1); results depend on it, not on --jobs",
+    )
     return parser
 
 
@@ -433,28 +445,180 @@ def _positive(text: str) -> int:
 
 
 Measure = Callable[[HPCM, torch.Tensor, torch.device], ImageResult]
+Item = tuple[int, int]  # (checkpoint, image): indices into the evaluation's lists
 
 
-def evaluate_checkpoint(
-    info: RunInfo,
-    images: Sequence[Path],
-    device: torch.device,
-    measure: Measure,
-    on_image: Callable[[Path, ImageResult], None],
-) -> list[ImageResult]:
-    """Measure every image with one checkpoint; ``on_image(path, result)`` after each."""
-    model = load_model(read_checkpoint(info.path), info.model_name, device)
-    results = []
-    with torch.inference_mode(), coding_numerics():
-        if device.type == "cuda":  # keep CUDA start-up out of the first image's times
-            measure(model, read_image(images[0])[..., :256, :256], device)
-        for path in images:
+class Evaluator:
+    """Measures one image with one checkpoint per call, loading a checkpoint's model when its
+    first image comes: items in checkpoint order load each model once per process."""
+
+    def __init__(
+        self,
+        infos: Sequence[RunInfo],
+        images: Sequence[Path],
+        device: torch.device,
+        measure: Measure,
+    ) -> None:
+        self.infos, self.images, self.device, self.measure = infos, images, device, measure
+        self._model: HPCM | None = None
+        self._loaded: int | None = None
+
+    def name(self, item: Item) -> str:
+        """The checkpoint and image of an item, as errors name them."""
+        return f"{self.infos[item[0]].path} on {self.images[item[1]].name}"
+
+    def _load(self, checkpoint: int) -> HPCM:
+        if checkpoint != self._loaded:
+            self._model = None  # the last model goes before the next one is read
+            info = self.infos[checkpoint]
+            self._model = load_model(read_checkpoint(info.path), info.model_name, self.device)
+            self._loaded = checkpoint
+            if self.device.type == "cuda":  # keep CUDA start-up out of the first image's times
+                with torch.inference_mode(), coding_numerics():
+                    self.measure(
+                        self._model, read_image(self.images[0])[..., :256, :256], self.device
+                    )
+        return self._model
+
+    def __call__(self, item: Item) -> ImageResult:
+        model = self._load(item[0])
+        with torch.inference_mode(), coding_numerics():
             try:
-                results.append(measure(model, read_image(path), device))
+                return self.measure(model, read_image(self.images[item[1]]), self.device)
             except (CodecError, ImageError) as e:
-                raise EvaluationError(f"{info.path} on {path.name}: {e}") from None
-            on_image(path, results[-1])
-    return results
+                raise EvaluationError(f"{self.name(item)}: {e}") from None
+
+
+def default_jobs(device: torch.device) -> int:
+    """The cores this process may run on for a CPU evaluation; 1 on CUDA, where the GPU codes."""
+    if device.type != "cpu":
+        return 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def evaluate_items(
+    evaluator: Evaluator,
+    items: Sequence[Item],
+    jobs: int,
+    threads: int,
+    done: Callable[[Item, ImageResult], None],
+) -> None:
+    """Measure every item, in ``jobs`` processes (this one when 1) of ``threads`` torch threads
+    each; ``done(item, result)`` in this process as each finishes (in parallel: in any order).
+
+    Each process takes the next item in list order, so items sorted by checkpoint load every
+    model at most once per process. The results do not depend on ``jobs``: every process codes
+    an item alike, with the same number of threads."""
+    jobs = min(jobs, len(items))
+    if jobs <= 1:
+        saved = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for item in items:
+                done(item, evaluator(item))
+        finally:
+            torch.set_num_threads(saved)
+        return
+    context = _process_context()
+    tasks, results = context.Queue(), context.Queue()
+    for item in items:
+        tasks.put(item)
+    for _ in range(jobs):
+        tasks.put(None)  # one stop sign per worker
+    workers = [
+        context.Process(target=_worker, args=(n, evaluator, threads, tasks, results), daemon=True)
+        for n in range(jobs)
+    ]
+    current: dict[int, Item] = {}  # the item each worker is on
+    try:
+        for worker in workers:
+            worker.start()
+        for _ in items:
+            while True:
+                try:
+                    kind, n, item, payload = results.get(timeout=1.0)
+                except queue.Empty:
+                    _check_alive(workers, current, evaluator)
+                    continue
+                if kind == "error":
+                    raise EvaluationError(payload)
+                if kind == "start":
+                    current[n] = item
+                    continue
+                done(item, payload)
+                break
+    finally:  # every item done, or stopped: a worker still running has nothing left to do
+        for worker in workers:
+            if worker.pid is None:  # interrupted before it started
+                continue
+            if worker.is_alive():
+                worker.terminate()
+            worker.join()
+        tasks.cancel_join_thread()  # items nobody will take: do not wait to flush them
+        tasks.close()
+        results.close()
+
+
+def _worker(n: int, evaluator: Evaluator, threads: int, tasks, results) -> None:
+    """Evaluation process ``n``: measures items until the stop sign; says which item it starts
+    (to name it if the process dies) and sends each result or a one-line error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the workers
+    torch.set_num_threads(threads)
+    for item in iter(tasks.get, None):
+        results.put(("start", n, item, None))
+        try:
+            results.put(("done", n, item, evaluator(item)))
+        except EvaluationError as e:
+            results.put(("error", n, item, str(e)))
+            return
+        except Exception as e:  # noqa: BLE001 - anything else: one line naming the item
+            first_line = (str(e).splitlines() or [""])[0]
+            results.put(
+                ("error", n, item, f"{evaluator.name(item)}: {type(e).__name__}: {first_line}")
+            )
+            return
+
+
+def _check_alive(workers: Sequence, current: dict[int, Item], evaluator: Evaluator) -> None:
+    """Raise when a worker died (killed, out of memory) or all stopped with items left."""
+    for n, worker in enumerate(workers):
+        if worker.exitcode not in (None, 0):
+            where = evaluator.name(current[n]) if n in current else "before its first image"
+            killed = ", killed: out of memory?" if worker.exitcode == -signal.SIGKILL else ""
+            raise EvaluationError(
+                f"an evaluation process stopped (exit code {worker.exitcode}{killed}): {where}"
+            )
+    if all(worker.exitcode is not None for worker in workers):
+        raise EvaluationError("the evaluation processes stopped before every image was done")
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored for the block, and so in the processes started in it (only the main
+    thread may change signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _process_context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a server process that imported this module once (POSIX), which
+    starts them in a fraction of a second and stays up for later evaluations in this process;
+    elsewhere fresh interpreters. Never a fork of this process and its torch threads."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # no effect once the server runs
+    with _sigint_ignored():  # inherited: Ctrl-C does not break the server's imports
+        forkserver.ensure_running()
+    return context
 
 
 def _note_repeated_lambdas(infos: Sequence[RunInfo]) -> None:
@@ -482,22 +646,39 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     args.out.mkdir(parents=True, exist_ok=True)
     points: dict[tuple[str, int | None], list] = {}
     small: set[str] = set()
-    progress = tqdm(total=len(infos) * len(images), unit="img", dynamic_ncols=True)
+    items = [(c, i) for c in range(len(infos)) for i in range(len(images))]
+    finished: dict[Item, ImageResult] = {}
+    written = 0  # items[:written] are in the CSV
+    progress = tqdm(total=len(items), unit="img", dynamic_ncols=True)
     with open(args.out / CSV_NAME, "w", newline="") as f, progress:
         writer = csv.writer(f)
         writer.writerow(CSV_FIELDS)
-        for info in infos:
-            progress.set_description(f"{info.group} {info.label}")
+        progress.set_description(f"{infos[0].group} {infos[0].label}")
 
-            def on_image(path: Path, result: ImageResult, info: RunInfo = info) -> None:
-                writer.writerow(csv_row(info, path.relative_to(args.dataset).as_posix(), result))
-                f.flush()
-                if result.ms_ssim is None:
+        def done(item: Item, result: ImageResult) -> None:
+            """Count an image; write the rows that are complete in list order (the CSV's order
+            does not depend on --jobs) and each checkpoint's point after its last image."""
+            nonlocal written
+            finished[item] = result
+            progress.update()
+            while written < len(items) and items[written] in finished:
+                c, i = items[written]
+                info, path, row = infos[c], images[i], finished[items[written]]
+                writer.writerow(csv_row(info, path.relative_to(args.dataset).as_posix(), row))
+                if row.ms_ssim is None:
                     small.add(path.name)
-                progress.update()
+                written += 1
+                if i == len(images) - 1:
+                    results = [finished.pop((c, k)) for k in range(len(images))]
+                    point = (info, average(results), results)
+                    points.setdefault((info.group, info.seed), []).append(point)
+                    if c + 1 < len(infos):
+                        progress.set_description(f"{infos[c + 1].group} {infos[c + 1].label}")
+            f.flush()
 
-            results = evaluate_checkpoint(info, images, device, measure, on_image)
-            points.setdefault((info.group, info.seed), []).append((info, average(results), results))
+        jobs = args.jobs or default_jobs(device)
+        evaluator = Evaluator(infos, images, device, measure)
+        evaluate_items(evaluator, items, jobs, args.threads, done)
     if small:
         print(
             f"note: MS-SSIM needs both image sides > 160 px; left out for {len(small)} "
@@ -548,6 +729,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the evaluation processes are stopped already
+        print("interrupted: per_image.csv holds the images done so far", file=sys.stderr)
+        return 130
     print_summary(curves, args.out)
     return 0
 

@@ -28,13 +28,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from hpcm.eval.evaluate import lambda_of, optimizer_of
 from hpcm.eval.plots import agg_figure, curve_colors
 from hpcm.eval.report import training_seed
-from hpcm.plot import WEIGHT_PREFIX, PlotError, read_run, series
-from hpcm.train.tracking import METRICS_FILE
+from hpcm.run_layout import (
+    METRICS_FILE,
+    WEIGHT_PREFIX,
+    RunDirError,
+    read_config,
+    read_metrics,
+    series,
+)
 
 KEY = "train/effective_lambda"
 STEM = "effective_lambda"
@@ -65,15 +69,13 @@ def _tail_mean(steps: Sequence[int], values: Sequence[float], tail: float) -> fl
 def read_run_trade_off(run_dir: Path, tail: float = 0.2) -> RunTradeOff | None:
     """The trade-off of one run directory, or ``None`` if it has no config, lambda or logged
     effective lambda (not a training run, or one that has not logged yet)."""
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
+    config = read_config(run_dir)
+    if config is None:
         return None
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    config = config if isinstance(config, dict) else {}
     lmbda, optimizer = lambda_of(config), optimizer_of(config)
     try:
-        records = read_run(run_dir)
-    except PlotError:
+        records = read_metrics(run_dir)
+    except RunDirError:
         return None
     steps, values = series(records, KEY)
     if lmbda is None or optimizer is None or not steps:

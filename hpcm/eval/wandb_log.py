@@ -19,8 +19,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hpcm.run_layout import CONFIG, read_config
+
 RESULT_KEYS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-db")
-RUN_CONFIG = "config.yaml"  # hpcm.train.build.RESOLVED_CONFIG (not imported: it pulls in torch)
 
 
 def points_by_run(curve: dict) -> list[tuple[str, Path, dict[str, float]]]:
@@ -40,9 +41,10 @@ def points_by_run(curve: dict) -> list[tuple[str, Path, dict[str, float]]]:
 
 
 def _wandb_settings(run_dir: Path) -> dict:
-    from omegaconf import OmegaConf
-
-    logger = OmegaConf.load(run_dir / RUN_CONFIG).logger
+    config = read_config(run_dir)
+    if config is None:
+        raise ValueError(f"{run_dir}: no {CONFIG} (its wandb settings)")
+    logger = config.get("logger") or {}
     return {
         "project": logger.get("project"),
         "entity": logger.get("entity"),

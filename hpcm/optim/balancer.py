@@ -25,7 +25,7 @@ vector (``task_names`` says which), and after the optimizer step it may ask the 
 - :class:`QPBalancer`: the closed-form two-task QP, Balanced R-D solution 2.
 
 A new method is one new class with these methods plus one config file naming it with
-``_target_`` (``hpcm/conf/optimizer/``); its constructor receives ``task_names`` and ``reduce_fn``
+``_target_`` (``conf/optimizer/``); its constructor receives ``task_names`` and ``reduce_fn``
 (a mean over data-parallel ranks, or None) besides its own keys.
 """
 

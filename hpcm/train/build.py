@@ -1,6 +1,6 @@
 """From the composed Hydra config to a ready :class:`hpcm.train.loop.Trainer`, and the run itself.
 
-``build_trainer`` turns ``hpcm/conf/train.yaml`` into a trainer (model, loss, optimizer, balancer,
+``build_trainer`` turns ``conf/train.yaml`` into a trainer (model, loss, optimizer, balancer,
 data, DDP context, speed options); ``train`` is what ``python train.py`` runs. Values the model
 constrains are checked here, before any data is loaded, so that a bad value is a one-line
 :class:`ConfigError` rather than a traceback at the first step.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from hpcm.codec.model import SIZE_MULTIPLE
 from hpcm.device import DeviceError, resolve_device
 from hpcm.optim import build_base_optimizer
 from hpcm.optim.balancer import Balancer
+from hpcm.run_layout import CONFIG, LAST_CHECKPOINT, finished_result, mark_finished
 from hpcm.train.data import DataError, as_size, build_dataloaders
 from hpcm.train.distributed import (
     DistContext,
@@ -38,18 +40,18 @@ from hpcm.train.interrupt import StopRequest
 from hpcm.train.loop import Trainer
 from hpcm.train.losses import RateDistortionLoss, task_names
 from hpcm.train.memory import estimate_memory
-from hpcm.train.showcase import write_showcase
 from hpcm.train.speed import SpeedOptions, apply_global_settings
-from hpcm.train.state import BEST_CHECKPOINT, LAST_CHECKPOINT, finished_result, mark_finished
 
 log = logging.getLogger(__name__)
-
-RESOLVED_CONFIG = "config.yaml"
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be run (unknown name, missing value, bad resume target)."""
 
+
+# What a finished run shows (trainer.showcase): called with the config, the run directory and
+# the test images.
+Showcase = Callable[[DictConfig, Path, Iterable[torch.Tensor]], None]
 
 # Errors caused by what the user typed or pointed at: reported in one line by the entrypoint.
 USER_ERRORS = (ConfigError, DataError, CheckpointError, DeviceError, OmegaConfBaseException)
@@ -63,6 +65,15 @@ def resume_mode(resume: Any, multirun: bool) -> Any:
     if isinstance(resume, str) and resume.lower() in ("auto", "true", "false"):
         return {"auto": "auto", "true": True, "false": False}[resume.lower()]
     return resume
+
+
+def showcase_wanted(showcase: Any, multirun: bool) -> bool:
+    """``trainer.showcase`` with its default (null) made explicit: on for a single run, off in
+    a multirun (each trial of a sweep or search would code the test images and a JPEG ladder
+    that nobody asked for there); true or false force it either way."""
+    if showcase is None:
+        return not multirun
+    return bool(showcase)
 
 
 def _find_resume(resume: Any, run_dir: Path) -> Path | None:
@@ -133,6 +144,11 @@ def _check_lr_schedule(schedule: DictConfig) -> None:
         raise ConfigError(f"{name}: milestones and factors differ in length")
     if milestones != sorted(milestones):
         raise ConfigError(f"{name}.milestones must be increasing, got {milestones}")
+    if milestones and milestones[0] == 0 and float(schedule.factors[0]) != 1:
+        raise ConfigError(
+            f"{name}: the run starts at optimizer.lr, so a milestone at epoch 0 has factor 1, "
+            f"got {schedule.factors[0]} (set optimizer.lr instead)"
+        )
     if schedule.scale_to_run:
         _number(schedule.reference_epochs, f"{name}.reference_epochs", 1)
 
@@ -268,6 +284,7 @@ def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> 
             num_workers=int(d.num_workers),
             seed=int(cfg.seed),
             samples_per_epoch=d.get("samples_per_epoch"),
+            skip_bad_images=bool(d.get("skip_bad_images", False)),
             pin_memory=device.type == "cuda",
             # A compiled step would recompile for a smaller last batch.
             drop_last=bool(d.drop_last) or bool(cfg.trainer.compile),
@@ -280,12 +297,20 @@ def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> 
         raise ConfigError(f"data: {error}") from None
 
 
-def train(cfg: DictConfig, multirun: bool = False, stop: StopRequest | None = None) -> float:
+def train(
+    cfg: DictConfig,
+    multirun: bool = False,
+    show: Showcase | None = None,
+    stop: StopRequest | None = None,
+) -> float:
     """The whole run of ``python train.py``: returns the best validation RD loss (what the
     Optuna sweeper minimises; NaN for a run that never gave a finite one). ``multirun``: a job
     of ``-m`` (``resume`` then defaults to ``auto``). With ``resume=auto`` a run that finished
-    all its epochs is skipped (its best loss is returned). ``stop``: the job's stop request
-    (:mod:`hpcm.train.interrupt`; by default the trainer's own, installed by its ``fit``)."""
+    all its epochs is skipped (its best loss is returned). ``show``: what a run that trained all
+    its epochs shows when ``trainer.showcase`` is on, called with the config, the run directory
+    and the test images (the command passes :func:`hpcm.eval.showcase.show_run`). ``stop``: the
+    job's stop request (:mod:`hpcm.train.interrupt`; by default the trainer's own, installed by
+    its ``fit``)."""
     try:
         run_dir = Path(str(cfg.paths.run_dir))
     except OmegaConfBaseException:
@@ -306,7 +331,7 @@ def train(cfg: DictConfig, multirun: bool = False, stop: StopRequest | None = No
             return done
         resume_path = _find_resume(mode, run_dir)
         if dist.is_main:
-            (run_dir / RESOLVED_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            (run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         trainer = build_trainer(cfg, run_dir, dist, report_memory=True)
         if stop is not None:
             trainer.stop = stop
@@ -321,27 +346,8 @@ def train(cfg: DictConfig, multirun: bool = False, stop: StopRequest | None = No
             trainer.close()
         if dist.is_main:
             mark_finished(run_dir, trainer.epochs, best)
-            if cfg.trainer.showcase:
-                show_run(cfg, run_dir, trainer.loaders.test)
+            if show is not None and showcase_wanted(cfg.trainer.showcase, multirun):
+                show(cfg, run_dir, trainer.loaders.test)
         return best
     finally:
         cleanup()
-
-
-def show_run(cfg: DictConfig, run_dir: Path, test_images: Any) -> None:
-    """``trainer.showcase``: the best checkpoint's picture and R-D plot against JPEG, and where
-    they are (a diverged run, with no best checkpoint, shows nothing)."""
-    if not (run_dir / BEST_CHECKPOINT).is_file():
-        return
-    model = load_model(run_dir / BEST_CHECKPOINT, device="cpu")  # coding as evaluate.py on CPU
-    label = f"{cfg.model.name} {cfg.optimizer.name}, lambda {cfg.lmbda}"
-    shown = write_showcase(model, test_images, run_dir, label)
-    log.info(
-        "best checkpoint on the %d test images (real bitstreams): %.3f bpp, %.2f dB PSNR; "
-        "reconstruction: %s; R-D against JPEG: %s",
-        shown.images,
-        shown.bpp,
-        shown.psnr,
-        shown.picture,
-        shown.rd_plot,
-    )

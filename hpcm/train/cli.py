@@ -1,7 +1,7 @@
 """The training command: ``python train.py [group=option ...] [key=value ...]``.
 
-:func:`main` is the Hydra application of ``hpcm/conf/train.yaml``, shipped inside the package so
-that ``hpcm-train`` works from any directory (``train.py`` only calls it). Its one translation of
+:func:`main` is the Hydra application of ``conf/train.yaml``, which installs with the package as
+``hpcm/conf`` so that ``hpcm-train`` works from any directory (``train.py`` only calls it). Its one translation of
 the command line: a numeric ``lambda`` choice (``lambda=0.013``, or a sweep
 ``lambda=0.0018,0.013``) is quoted before Hydra parses it, because Hydra reads the number as a
 float and accepts only strings as config-group choices (hydra-core 1.3: "Config group override
@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hpcm.eval.showcase import show_run
 from hpcm.train.build import USER_ERRORS, ConfigError, train
 from hpcm.train.interrupt import (
     STOP_FILE,
@@ -37,7 +38,18 @@ from hpcm.train.interrupt import (
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+def _config_dir() -> Path:
+    """The Hydra configs: ``hpcm/conf`` inside an installed wheel, else ``conf/`` beside the
+    package (a checkout, or an editable install of one)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"the training configs (conf/train.yaml) are missing beside {package}")
+
+
+CONF_DIR = _config_dir()
 
 
 def prepare_overrides(args: Sequence[str], conf_dir: str | Path = CONF_DIR) -> list[str]:
@@ -97,7 +109,7 @@ def _app(cfg: DictConfig) -> float:
             )
         stop = StopRequest(stop_file)
         with stop.installed():  # the whole job: setup, training, the end-of-run steps
-            loss = train(cfg, multirun=multirun, stop=stop)
+            loss = train(cfg, multirun=multirun, show=show_run, stop=stop)
     except USER_ERRORS as error:
         if multirun:
             raise  # a sweep records the failed trial and goes on

@@ -34,7 +34,16 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from hpcm.codec.images import IMAGE_EXTENSIONS, PIL_ERRORS, find_images
+from hpcm.codec.images import (
+    IMAGE_EXTENSIONS,
+    PIL_ERRORS,
+    ImageError,
+    find_images,
+    image_size,
+    read_pixels,
+    to_8bit,
+    to_tensor,
+)
 
 # Colour photographs shipped inside the scikit-image wheel (skimage/data), so they load with no
 # network: name (as in skimage.data) -> file. Two are held out for testing.
@@ -81,12 +90,11 @@ def as_size(size: CropSize) -> tuple[int, int]:
     return height, width
 
 
-def to_uint8_tensor(image: Image.Image | np.ndarray) -> Tensor:
-    """PIL image or (H, W, 3) uint8 array -> (3, H, W) uint8 tensor (RGB)."""
-    if isinstance(image, Image.Image):
-        image = image.convert("RGB")
-    # A writable copy: PIL's array interface is read-only, skimage's arrays are shared.
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+def to_uint8_tensor(pixels: np.ndarray) -> Tensor:
+    """(H, W, 3) uint8 or uint16 RGB array (:func:`hpcm.codec.images.read_pixels`) -> (3, H, W)
+    uint8 tensor; 16-bit values are rounded to 8 bits (training samples are 8-bit)."""
+    # A writable copy of an array that may be read-only or shared.
+    return torch.from_numpy(np.array(to_8bit(pixels), dtype=np.uint8)).permute(2, 0, 1)
 
 
 class CropBox(NamedTuple):
@@ -171,30 +179,43 @@ def open_prepared(path: Path) -> np.ndarray:
     return array
 
 
-def read_region(path: Path, top: int, left: int, size: tuple[int, int]) -> Tensor:
-    """The (3, h, w) uint8 region of an image file or prepared array; from a prepared array
-    only the region's rows are read."""
+def read_region(path: Path, top: int, left: int, size: tuple[int, int]) -> np.ndarray:
+    """The (h, w, 3) RGB region of an image file (uint8, or uint16 for a 16-bit file: see
+    :func:`hpcm.codec.images.read_pixels`) or of a prepared array (uint8; only the region's rows
+    are read)."""
     height, width = size
     if path.suffix == PREPARED_SUFFIX:
-        region = open_prepared(path)[top : top + height, left : left + width]
-        return torch.from_numpy(np.array(region)).permute(2, 0, 1)
-    with Image.open(path) as image:  # decoded whole, but only the crop is converted and copied
-        return to_uint8_tensor(image.crop((left, top, left + width, top + height)))
+        return open_prepared(path)[top : top + height, left : left + width]
+    # Decoded whole, but (for most files) only the crop is converted and copied.
+    return read_pixels(path, (left, top, left + width, top + height))[0]
 
 
-def _probe(path: Path, verify: bool) -> tuple[int, int] | None:
-    """(height, width) from the header, or None when the file cannot be read (or verified by
-    PIL)."""
+def _ends_with_image_data(path: Path) -> bool:
+    """Whether a JPEG file has an end-of-image marker after its last start-of-scan one, which a
+    truncated file lacks (ITU-T T.81 B.2.1; PIL's ``verify`` does not check JPEG data)."""
+    data = path.read_bytes()
+    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
+
+
+def _probe(path: Path, verify: bool) -> tuple[int, int]:
+    """(height, width) of an image, upright, from its header; with ``verify`` the file is
+    checked as far as that is cheap: PIL's ``verify`` (chunk checksums of a PNG) and, for a
+    JPEG, its end-of-image marker. A :class:`DataError` naming the file when it fails."""
     try:
         if path.suffix == PREPARED_SUFFIX:
             return tuple(open_prepared(path).shape[:2])
-        with Image.open(path) as image:
-            width, height = image.size
-            if verify:
+        size = image_size(path)
+        if verify:
+            with Image.open(path) as image:
+                is_jpeg = image.format == "JPEG"
                 image.verify()
-    except PIL_ERRORS:
-        return None
-    return height, width
+            if is_jpeg and not _ends_with_image_data(path):
+                raise ImageError(f"cannot read image {path}: truncated JPEG (no end marker)")
+    except ImageError as error:
+        raise DataError(str(error)) from None
+    except PIL_ERRORS as error:
+        raise DataError(f"cannot read image {path}: {error}") from None
+    return size
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -207,10 +228,16 @@ class ImageFolder(Dataset):
         crop_size: crop size; ``None`` keeps whole images (only sensible for testing).
         train: random crop + flips (uint8) if True, centre crop (if ``crop_size``, float)
             otherwise.
-        verify: run PIL's cheap ``verify()`` on every image file at construction.
+        verify: check every image file at construction (PIL's cheap ``verify()``, the end
+            marker of a JPEG).
+        skip_bad_images: skip files that cannot be opened or verified, with one
+            ``DataWarning`` naming their count and the first ones; False: a one-line
+            :class:`DataError` naming the first such file.
 
-    Files that cannot be opened or verified, and images smaller than the crop, are skipped with
-    one ``DataWarning`` per kind naming the count and the first files.
+    Images are read by :func:`hpcm.codec.images.read_pixels` (any mode it accepts, upright,
+    16-bit files rounded to 8 bits for training samples, float at full precision for tests).
+    Images smaller than the crop are skipped with one ``DataWarning`` naming the count and the
+    first files.
     """
 
     def __init__(
@@ -219,6 +246,7 @@ class ImageFolder(Dataset):
         crop_size: CropSize | None = None,
         train: bool = True,
         verify: bool = True,
+        skip_bad_images: bool = False,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -231,15 +259,19 @@ class ImageFolder(Dataset):
         unreadable: list[Path] = []
         too_small: list[Path] = []
         for path in find_images(self.root, (*IMAGE_EXTENSIONS, PREPARED_SUFFIX)):
-            image_hw = _probe(path, verify)
-            if image_hw is None:
+            try:
+                image_hw = _probe(path, verify)
+            except DataError:
+                if not skip_bad_images:
+                    raise
                 unreadable.append(path)
-            elif self.crop_size is not None and not _fits(image_hw, self.crop_size):
+                continue
+            if self.crop_size is not None and not _fits(image_hw, self.crop_size):
                 too_small.append(path)
             else:
                 self.paths.append(path)
                 self.sizes.append(image_hw)
-        _warn_skipped("unreadable image file(s)", unreadable, self.root)
+        _warn_skipped("unreadable image file(s) (data.skip_bad_images)", unreadable, self.root)
         _warn_skipped(f"image(s) smaller than the crop {self.crop_size}", too_small, self.root)
         if not self.paths:
             raise DataError(f"no usable images in {self.root}")
@@ -254,11 +286,13 @@ class ImageFolder(Dataset):
         try:
             if self.train:
                 box = random_crop_box(image_hw, size, generator)
-                return flip(read_region(path, box.top, box.left, size), box)
+                return flip(to_uint8_tensor(read_region(path, box.top, box.left, size)), box)
             top, left = (image_hw[0] - size[0]) // 2, (image_hw[1] - size[1]) // 2
-            return to_float(read_region(path, top, left, size))
+            return to_tensor(read_region(path, top, left, size))[0]  # 16-bit: full precision
+        except ImageError as error:
+            raise DataError(str(error)) from None
         except PIL_ERRORS as error:
-            raise DataError(f"cannot decode image {path}: {error}") from error
+            raise DataError(f"cannot decode image {path}: {error}") from None
 
 
 def embedded_dir() -> Path:
@@ -280,10 +314,9 @@ def load_embedded(name: str) -> Tensor:
         raise DataError(f"unknown embedded image {name!r}; known: {', '.join(EMBEDDED_FILES)}")
     path = embedded_dir() / EMBEDDED_FILES[name]
     try:
-        with Image.open(path) as image:
-            return to_uint8_tensor(image)
-    except PIL_ERRORS as error:
-        raise DataError(f"embedded image {name!r} not readable at {path}: {error}") from error
+        return to_uint8_tensor(read_pixels(path)[0])
+    except ImageError as error:
+        raise DataError(f"embedded image {name!r}: {error}") from None
 
 
 class EmbeddedSamples(Dataset):
@@ -410,8 +443,10 @@ def build_datasets(
     crop_size: CropSize | None = 256,
     test_crop_size: CropSize | None = None,
     samples_per_epoch: int | None = None,
+    skip_bad_images: bool = False,
 ) -> tuple[Dataset, Dataset]:
-    """``(train, test)`` datasets for ``name`` = ``"embedded"`` or ``"folder"``."""
+    """``(train, test)`` datasets for ``name`` = ``"embedded"`` or ``"folder"``
+    (``skip_bad_images``: see :class:`ImageFolder`)."""
     if name == "embedded":
         return (
             EmbeddedSamples("train", crop_size, samples_per_epoch),
@@ -421,8 +456,8 @@ def build_datasets(
         if train_dir is None or test_dir is None:
             raise DataError("data 'folder' needs both train_dir and test_dir")
         return (
-            ImageFolder(train_dir, crop_size, train=True),
-            ImageFolder(test_dir, test_crop_size, train=False),
+            ImageFolder(train_dir, crop_size, train=True, skip_bad_images=skip_bad_images),
+            ImageFolder(test_dir, test_crop_size, train=False, skip_bad_images=skip_bad_images),
         )
     raise ValueError(f"unknown dataset {name!r}; allowed: embedded, folder")
 

@@ -18,7 +18,7 @@ from hpcm.codec.checkpoint import (
     load_model,
     model_checkpoint,
 )
-from hpcm.train.state import LAST_CHECKPOINT, run_checkpoint
+from hpcm.run_layout import LAST_CHECKPOINT, run_checkpoint
 
 
 def export(source: Path, out: Path, half: bool, note: str) -> dict:

@@ -17,27 +17,37 @@ reads whether to stop after the step (:mod:`hpcm.train.interrupt`).
 Under DDP (``trainer.ddp``, :mod:`hpcm.train.distributed`) the gradients and the balancer's task
 losses are averaged over the processes, and the skip and stop decisions agreed in one small
 collective per step (:meth:`DistContext.all_true`); rank 0 writes. Building
-a trainer from the config is :mod:`hpcm.train.build`; checkpoint contents :mod:`hpcm.train.state`.
+a trainer from the config is :mod:`hpcm.train.build`; the checkpoint's contents are
+:meth:`Trainer.state_dict`, its files and resume checks :mod:`hpcm.train.state`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from hpcm.codec.checkpoint import model_checkpoint
 from hpcm.optim.balancer import Balancer
+from hpcm.run_layout import LAST_CHECKPOINT
 from hpcm.train import state
 from hpcm.train.data import DataLoaders
-from hpcm.train.distributed import DistContext, is_sharded, wrap_ddp
+from hpcm.train.distributed import (
+    DistContext,
+    full_state,
+    is_sharded,
+    load_full_state,
+    wrap_ddp,
+)
 from hpcm.train.interrupt import StopRequest
 from hpcm.train.losses import RateDistortionLoss, effective_lambda
 from hpcm.train.lr_schedule import LRSchedule
@@ -56,8 +66,17 @@ STEP_EXTRAS = ("grad_norm", "effective_lambda")
 SKIP_WARNINGS, SKIP_REPORT_EVERY = 10, 100
 
 
+@dataclass
+class Progress:
+    next_epoch: int = 0
+    global_step: int = 0
+    best_loss: float = math.inf
+    skipped_batches: int = 0
+    epoch_batches: int = 0  # batches of epoch next_epoch done (a checkpoint written mid-epoch)
+
+
 class Trainer:
-    """Trains ``model`` on ``loaders`` as configured by ``cfg`` (the composed ``hpcm/conf/train.yaml``).
+    """Trains ``model`` on ``loaders`` as configured by ``cfg`` (the composed ``conf/train.yaml``).
 
     Build one with :func:`hpcm.train.build.build_trainer`; :meth:`train_step` runs one batch,
     :meth:`fit` the whole run, :meth:`resume` restores a checkpoint first.
@@ -93,7 +112,7 @@ class Trainer:
         self.tasks = balancer.task_names
         self.metric_names = STEP_METRICS + (("ms_ssim",) if criterion.metric == "ms-ssim" else ())
         self.window = MetricWindow((*self.metric_names, *STEP_EXTRAS))
-        self.progress = state.Progress()
+        self.progress = Progress()
         self.stop = StopRequest()  # fit() installs its handlers, unless they already are
         self.tracker: Tracker | None = None
         self.last_test: dict[str, float] = {}
@@ -267,9 +286,7 @@ class Trainer:
             for epoch in range(start, self.epochs):
                 if not self.train_epoch(epoch, bar):
                     self.save(epoch - 1, is_best=False, periodic=False)  # mid-epoch state
-                    raise stop.interrupted(
-                        self.progress, epoch, self.run_dir / state.LAST_CHECKPOINT
-                    )
+                    raise stop.interrupted(self.progress, epoch, self.run_dir / LAST_CHECKPOINT)
                 is_best = False
                 if (epoch + 1) % val_every == 0 or epoch == self.epochs - 1:
                     self.last_test = self.validate()
@@ -283,9 +300,7 @@ class Trainer:
                 # Also after the last epoch: a signal during its validation or save ends the
                 # run saved but unfinished; the same command then does the end-of-run steps.
                 if stop.agreed(self.dist, self.device):
-                    raise stop.interrupted(
-                        self.progress, epoch + 1, self.run_dir / state.LAST_CHECKPOINT
-                    )
+                    raise stop.interrupted(self.progress, epoch + 1, self.run_dir / LAST_CHECKPOINT)
         best = self.progress.best_loss
         return best if math.isfinite(best) else math.nan
 
@@ -303,11 +318,100 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------- state
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        """The training checkpoint after ``epoch`` (and ``progress.epoch_batches`` batches of the
+        next one, for a checkpoint written mid-epoch on a signal): a project checkpoint of the
+        model plus everything a bit-exact resume needs. FSDP gathers the whole state on rank 0
+        (a collective: every rank calls this)."""
+        progress = self.progress
+        ckpt = model_checkpoint(self.model)
+        if is_sharded(self.model):
+            ckpt["state_dict"], optimizer = full_state(self.model, self.optimizer)
+            ckpt["fsdp"] = True  # the optimizer state is keyed by parameter name
+        else:
+            optimizer = self.optimizer.state_dict()
+        ckpt.update(
+            epoch=epoch,
+            global_step=progress.global_step,
+            best_loss=progress.best_loss,
+            skipped_batches=progress.skipped_batches,
+            epoch_batches=progress.epoch_batches,
+            window=self.window.state_dict(),
+            optimizer=optimizer,
+            balanced=self.balancer.state_dict(),
+            lr=self.optimizer.param_groups[0]["lr"],
+            test=dict(self.last_test),
+            config=OmegaConf.to_container(self.cfg, resolve=True),
+            rng=rng_state(self.device),
+            wandb_run_id=None if self.tracker is None else self.tracker.run_id,
+        )
+        return ckpt
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Restore model, optimizer, balancer, counters, the open logging window and (at the
+        start of :meth:`fit`) the RNG from a checkpoint of :meth:`state_dict`, as checked by
+        :func:`hpcm.train.state.read_resumable`."""
+        if is_sharded(self.model):  # FSDP: each rank takes its shards of the whole state
+            load_full_state(self.model, self.optimizer, ckpt["state_dict"], ckpt["optimizer"])
+        else:
+            self.model.load_state_dict(ckpt["state_dict"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.balancer.load_state_dict(ckpt["balanced"])
+        self.progress = Progress(
+            next_epoch=int(ckpt["epoch"]) + 1,
+            global_step=int(ckpt["global_step"]),
+            best_loss=float(ckpt["best_loss"]),
+            skipped_batches=int(ckpt["skipped_batches"]),
+            epoch_batches=int(ckpt.get("epoch_batches", 0)),
+        )
+        self.last_test = dict(ckpt.get("test") or {})
+        self.resume_rng = self._rank_rng(ckpt)
+        self.resume_run_id = ckpt.get("wandb_run_id")
+        windows = ckpt.get("window_ranks") or [ckpt.get("window")]
+        if windows[0] is not None:  # this rank's open logging window, on its device
+            dist = self.dist
+            window = dict(windows[dist.rank] if len(windows) == dist.world_size else windows[0])
+            if window["sums"] is not None:
+                window["sums"] = window["sums"].to(self.device)
+            self.window.load_state_dict(window)
+
+    def _rank_rng(self, ckpt: dict[str, Any]) -> dict[str, Any] | None:
+        """This rank's noise stream of a checkpoint (None: start fresh, distinct streams)."""
+        dist = self.dist
+        if not dist.enabled:
+            return ckpt["rng"]
+        ranks = ckpt.get("rng_ranks")
+        if ranks is not None and len(ranks) == dist.world_size:
+            return ranks[dist.rank]
+        log.warning(
+            "checkpoint saved by %s process(es), this run has %d: the noise streams restart",
+            len(ranks) if ranks else 1,
+            dist.world_size,
+        )
+        torch.manual_seed(dist.noise_seed(int(self.cfg.seed) + self.progress.global_step))
+        return None
+
     def save(self, epoch: int, is_best: bool, periodic: bool) -> None:
-        state.save(self, epoch, is_best, periodic)
+        """Write the checkpoints of ``epoch`` (:func:`hpcm.train.state.write`). Under DDP every
+        rank calls this (it gathers the ranks' noise streams and open logging windows, in one
+        collective) and rank 0 alone writes."""
+        ckpt = self.state_dict(epoch)
+        if self.dist.enabled:
+            ranks = self.dist.gather_objects((ckpt["rng"], ckpt["window"]))
+            ckpt["rng_ranks"] = [rng for rng, _ in ranks]
+            ckpt["window_ranks"] = [window for _, window in ranks]
+            if not self.dist.is_main:
+                return
+        state.write(ckpt, self.run_dir, epoch, is_best, periodic, self.cfg.optimizer)
 
     def resume(self, path: str | Path) -> None:
-        state.resume(self, path)
+        """Continue from the training checkpoint at ``path`` (refused in one line when it does
+        not fit this run: :func:`hpcm.train.state.read_resumable`)."""
+        ckpt = state.read_resumable(path, self.model, is_sharded(self.model), self.cfg)
+        self.load_state_dict(ckpt)
+        batches = self.progress.epoch_batches
+        mid = f", {batches} batches of epoch {int(ckpt['epoch']) + 1}" if batches else ""
+        log.info("resumed from %s (epoch %d done%s)", path, int(ckpt["epoch"]), mid)
 
     def start_tracking(self, resumed: bool = False) -> None:
         step = self.progress.global_step if resumed else None

@@ -9,7 +9,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """Piecewise-constant learning rate: ``lr * factors[i]`` from epoch ``milestones[i]`` on."""
+    """Piecewise-constant learning rate: ``lr`` (``optimizer.lr``) until the first milestone, then
+    ``lr * factors[i]`` from epoch ``milestones[i]`` on."""
 
     milestones: tuple[int, ...]
     factors: tuple[float, ...]

@@ -4,8 +4,9 @@
     python train.py data=folder data.train_dir=DST data.test_dir=TEST_DIR
 
 Each image under SRC (recursively) becomes ``DST/<relative path>.npy``, an (H, W, 3) uint8 array
-in NumPy's format. :class:`hpcm.train.data.ImageFolder` memory-maps these and reads only the rows
-of each crop, so a training sample costs a copy of its crop instead of the decoding of a whole
+in NumPy's format (as :func:`hpcm.codec.images.read_pixels` reads it: upright, RGB, 16-bit files
+rounded to 8 bits). :class:`hpcm.train.data.ImageFolder` memory-maps these and reads only the
+rows of each crop, so a training sample costs a copy of its crop instead of the decoding of a whole
 PNG or JPEG file (``benchmarks/data.py`` measures both); the samples, and so the training run,
 are exactly those of SRC for the same seed. The price is disk space: 3 bytes per pixel, about
 twice to ten times a folder of PNG or JPEG files.
@@ -23,9 +24,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from hpcm.codec.images import IMAGE_EXTENSIONS, PIL_ERRORS, find_images
+from hpcm.codec.images import IMAGE_EXTENSIONS, ImageError, find_images, read_pixels, to_8bit
 from hpcm.files import atomic_write
 from hpcm.train.data import PREPARED_SUFFIX, DataError, DataWarning
 
@@ -67,9 +67,8 @@ def prepare_folder(source: str | Path, target: str | Path) -> dict[str, int]:
 
 def _write_array(path: Path, out: Path) -> bool:
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except PIL_ERRORS:
+        pixels = to_8bit(read_pixels(path)[0])  # the 8-bit samples ImageFolder would crop
+    except ImageError:
         return False
     out.parent.mkdir(parents=True, exist_ok=True)
     # Complete files only, also when interrupted: a file that exists is kept by the next run.

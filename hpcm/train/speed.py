@@ -55,7 +55,7 @@ class SpeedOptions:
 
     @classmethod
     def from_config(cls, trainer_cfg: Mapping[str, Any]) -> SpeedOptions:
-        """The options of a ``trainer`` config group (hpcm/conf/trainer/default.yaml holds them)."""
+        """The options of a ``trainer`` config group (conf/trainer/default.yaml holds them)."""
         mode = trainer_cfg["compile_mode"]
         return cls(
             autocast_bf16=bool(trainer_cfg["autocast_bf16"]),

@@ -91,7 +91,9 @@ def write_study_plots(
     Importances are the mean decrease in impurity of a random forest fitted to the trials
     (Optuna's ``MeanDecreaseImpurityImportanceEvaluator``, scikit-learn), drawn here: Optuna
     2.10's default, fANOVA, fails on the tree layout of current scikit-learn releases, and its
-    matplotlib importance plot on current matplotlib (``cm.get_cmap``)."""
+    matplotlib importance plot on current matplotlib (``cm.get_cmap``). The contour is drawn here
+    too: Optuna 2.10's matplotlib contour gives a log-scale parameter reversed, wrong axis limits
+    on current matplotlib (a gamma searched in 0.0011-0.0031 was drawn from 5.5e4 down to 9e3)."""
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         log.info("no study plots: no finished trial yet")
         return []
@@ -101,7 +103,7 @@ def write_study_plots(
     plots = {
         "optuna_history.png": lambda: optuna_plots.plot_optimization_history(study),
         "optuna_importance.png": lambda: importance_plot(study),
-        "optuna_contour.png": lambda: optuna_plots.plot_contour(study, params=list(contour)),
+        "optuna_contour.png": lambda: contour_plot(study, contour),
     }
     written, verbosity = [], optuna.logging.get_verbosity()
     for name, draw in plots.items():
@@ -126,18 +128,83 @@ def write_study_plots(
 
 def importance_plot(study: optuna.Study) -> Any:
     """Horizontal bars of the parameters' importances for the study's objective (the axes)."""
+    import matplotlib.pyplot as plt
     from optuna.importance import MeanDecreaseImpurityImportanceEvaluator
-
-    from hpcm.eval.plots import agg_figure
 
     evaluator = MeanDecreaseImpurityImportanceEvaluator(seed=0)
     importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
     names = list(importances)[::-1]  # the most important on top
-    ax = agg_figure((6.4, 1.2 + 0.45 * len(names))).subplots()
+    # A pyplot figure, as optuna's own plots: write_study_plots closes them all alike.
+    _, ax = plt.subplots(figsize=(6.4, 1.2 + 0.45 * len(names)))
     ax.barh(names, [importances[name] for name in names], color="C0")
     ax.set_xlabel("importance (mean decrease in impurity of a random forest)")
     ax.set_title("Hyperparameter importances")
     return ax
+
+
+def _axis_range(values: np.ndarray, log: bool, pad: float = 0.05) -> tuple[float, float]:
+    """The range of ``values`` widened by ``pad`` of its span on each side, measured in the
+    axis's own scale (decades for a log axis); a single value gets +-10% (log: a factor 1.25)."""
+    low, high = (
+        (np.log10(values.min()), np.log10(values.max())) if log else (values.min(), values.max())
+    )
+    span = high - low
+    margin = pad * span if span > 0 else (np.log10(1.25) if log else 0.1 * abs(low) or 0.1)
+    low, high = low - margin, high + margin
+    return (10**low, 10**high) if log else (low, high)
+
+
+def contour_plot(study: optuna.Study, params: Sequence[str] = CONTOUR_PARAMS) -> Any:
+    """The objective over the ``params`` pair (x, y) of the study's finished trials (the axes):
+    the trials as points coloured by their value, with contours interpolated between them
+    (linearly over a Delaunay triangulation in the axes' scales) once three of them span an area.
+    A parameter searched on a log scale gets a log axis; both axes cover the trials' range."""
+    import matplotlib.pyplot as plt
+    from matplotlib.tri import Triangulation
+
+    x_name, y_name = params
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if x_name in t.params and y_name in t.params and t.value is not None
+    ]
+    if not trials:
+        raise ValueError(f"no finished trial has both {x_name} and {y_name}")
+    x, y, z = (
+        np.array(v, dtype=float)
+        for v in zip(*((t.params[x_name], t.params[y_name], t.value) for t in trials), strict=True)
+    )
+    log_x, log_y = (_is_log(trials[0].distributions[name]) for name in params)
+    # A pyplot figure, as optuna's own plots: write_study_plots closes them all alike.
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    ax.set_xscale("log" if log_x else "linear")
+    ax.set_yscale("log" if log_y else "linear")
+    u, v = (np.log10(x) if log_x else x), (np.log10(y) if log_y else y)
+    try:  # triangulated in the axes' scales, so that the contours follow what is drawn
+        triangles = Triangulation(u, v).triangles
+        levels = np.linspace(z.min(), z.max(), 13)  # the points' colour scale
+        ax.tricontourf(Triangulation(x, y, triangles), z, levels, cmap="viridis", alpha=0.6)
+    except (ValueError, RuntimeError):
+        pass  # fewer than three points spanning an area, or one value: the points alone
+    points = ax.scatter(x, y, c=z, cmap="viridis", edgecolors="black", zorder=3)
+    fig.colorbar(points, ax=ax, label="objective value")
+    ax.set_xlim(*_axis_range(x, log_x))
+    ax.set_ylim(*_axis_range(y, log_y))
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.set_title(f"Objective over {len(trials)} finished trials")
+    return ax
+
+
+def _is_log(distribution: Any) -> bool:
+    """Whether a parameter was searched on a log scale (Optuna 2.10's distributions)."""
+    return isinstance(
+        distribution,
+        (
+            optuna.distributions.LogUniformDistribution,
+            optuna.distributions.IntLogUniformDistribution,
+        ),
+    )
 
 
 class StudyPlots(Callback):

@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # only for annotations: `python -m hpcm.plot` reads metrics without torch
+from hpcm.run_layout import METRICS_FILE, RunDirError, read_metrics
+
+if TYPE_CHECKING:
     from torch import Tensor
 
-METRICS_FILE = "metrics.jsonl"
 LOGGERS = ("wandb", "none")
 
 
@@ -34,14 +35,11 @@ class MetricsFile:
 
     def _truncate_after(self, step: int) -> None:
         # Records of the epoch that was interrupted would otherwise appear twice.
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by the interruption
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line)
+        try:
+            records = read_metrics(self.path)
+        except RunDirError:  # not one complete record
+            records = []
+        kept = [json.dumps(r) for r in records if r.get("step", 0) <= step]
         self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -55,12 +53,6 @@ class MetricsFile:
 
     def close(self) -> None:
         self._file.close()
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a metrics file (for tests and analysis scripts)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 class MetricWindow:

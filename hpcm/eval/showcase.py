@@ -1,5 +1,8 @@
 """What a short run shows when it ends (``trainer.showcase``): a picture and an R-D plot.
 
+The training command passes :func:`show_run` to :func:`hpcm.train.build.train`, which calls it
+on a run that trained all its epochs.
+
 ``showcase.png``: the first test image, original | reconstruction, with bpp and PSNR.
 ``rd_vs_jpeg.png``: the run's R-D point against JPEG (Pillow, the qualities below) on the same
 test images. Rates are real bitstreams (``hpcm.codec.encode_image``; JPEG: the file size),
@@ -9,19 +12,24 @@ PSNR is on 8-bit images, both averaged over the test images as ``evaluate.py`` d
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
+from hpcm.codec.checkpoint import load_model
 from hpcm.codec.model import HPCM
 from hpcm.eval.evaluate import round_trip
 from hpcm.eval.plots import agg_figure, plot_rd
 from hpcm.metrics import psnr_8bit
+from hpcm.run_layout import BEST_CHECKPOINT
+
+log = logging.getLogger(__name__)
 
 # Pillow's JPEG (4:2:0 chroma subsampling below quality 95, its default); a curve from 0.1 bpp up.
 JPEG_QUALITIES = (5, 10, 15, 20, 30, 40, 50, 65, 80, 90)
@@ -95,3 +103,23 @@ def write_showcase(model: HPCM, images: Iterable[Tensor], out: Path, label: str)
     title = f"{len(ours)} test images, mean bpp and PSNR"
     plot_rd(curves, "psnr-rgb", out / RD_PLOT, title)
     return Showcase(out / PICTURE, out / RD_PLOT, len(ours), mean["bpp"][0], mean["psnr-rgb"][0])
+
+
+def show_run(cfg: Any, run_dir: Path, test_images: Iterable[Tensor]) -> None:
+    """``trainer.showcase``: the best checkpoint's picture and R-D plot against JPEG, and where
+    they are (a diverged run, with no best checkpoint, shows nothing). ``cfg`` is the run's
+    composed config (its model, optimizer and lambda name the curve)."""
+    if not (run_dir / BEST_CHECKPOINT).is_file():
+        return
+    model = load_model(run_dir / BEST_CHECKPOINT, device="cpu")  # coding as evaluate.py on CPU
+    label = f"{cfg.model.name} {cfg.optimizer.name}, lambda {cfg.lmbda}"
+    shown = write_showcase(model, test_images, run_dir, label)
+    log.info(
+        "best checkpoint on the %d test images (real bitstreams): %.3f bpp, %.2f dB PSNR; "
+        "reconstruction: %s; R-D against JPEG: %s",
+        shown.images,
+        shown.bpp,
+        shown.psnr,
+        shown.picture,
+        shown.rd_plot,
+    )

@@ -1,14 +1,20 @@
+import json
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from official_weights import KODAK
+
+from hpcm.train.cli import CONF_DIR, prepare_overrides
 
 
 @pytest.fixture(autouse=True)
@@ -40,3 +46,87 @@ def process_group_of_one(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
     finally:
         cleanup()
+
+
+# ----------------------------------------------------------------------------- training configs
+# `make_cfg(RUN_DIR, *OVERRIDES)`: the config `python train.py OVERRIDES` would get, with its
+# run directory in RUN_DIR and, unless short=False, shortened by SHORT_RUN to a few CPU steps of
+# the tiny model without logger or end-of-run showcase.
+SHORT_RUN = (
+    "model=tiny",
+    "logger=none",
+    "trainer.epochs=1",
+    "trainer.max_steps_per_epoch=2",
+    "trainer.progress_bar=false",
+    "trainer.showcase=false",
+    "data.batch_size=2",
+    "data.samples_per_epoch=4",
+    "data.test_crop_size=256",
+)
+
+
+def compose_train(run_dir: Path | None, *overrides: str, short: bool = True) -> DictConfig:
+    args = [*(SHORT_RUN if short else ()), *overrides]
+    if run_dir is not None:
+        args.append(f"paths.run_dir={run_dir}")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=prepare_overrides(args, CONF_DIR))
+
+
+@pytest.fixture
+def make_cfg() -> Callable[..., DictConfig]:
+    """The composing function above (``make_cfg(run_dir, *overrides, short=True)``)."""
+    return compose_train
+
+
+@pytest.fixture
+def short_run() -> list[str]:
+    """The overrides that shorten a run in ``make_cfg`` (to drop some of them)."""
+    return list(SHORT_RUN)
+
+
+# ----------------------------------------------------------------------------- run folders
+def _write_trade_off_run(
+    run_dir: Path, optimizer: str, lmbda: float, seed: int, ratio: float
+) -> None:
+    """A run directory as the trainer leaves it: config.yaml and metrics.jsonl, with the
+    effective lambda falling from lambda to ``ratio * lambda`` over 100 steps."""
+    run_dir.mkdir(parents=True)
+    config = {"seed": seed, "lmbda": lmbda, "optimizer": {"name": optimizer}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    lines = []
+    for step in range(10, 101, 10):
+        effective = lmbda * (1 + (ratio - 1) * step / 100)
+        record = {"step": step, "train/effective_lambda": effective}
+        if optimizer != "adam":
+            record |= {"train/task_weight_distortion": 0.4, "train/task_weight_bpp": 0.6}
+        lines.append(json.dumps(record))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def write_trade_off_run() -> Callable[..., None]:
+    """``write_trade_off_run(run_dir, optimizer, lmbda, seed, ratio)``: the run folder above."""
+    return _write_trade_off_run
+
+
+# Each run of a sweep test: the tiny model, one step an epoch on a 256x256 crop of the images in
+# data/train, one test image in data/test (both relative to the working directory).
+FOLDER_RUN = (
+    "model=tiny",
+    "logger=none",
+    "trainer.max_steps_per_epoch=1",
+    "trainer.progress_bar=false",
+    "trainer.showcase=false",
+    "data=folder",
+    "data.train_dir=data/train",
+    "data.test_dir=data/test",
+    "data.batch_size=1",
+    "data.num_workers=0",
+)
+
+
+@pytest.fixture
+def folder_run() -> list[str]:
+    """The overrides of one short run on the folders data/train and data/test."""
+    return list(FOLDER_RUN)

@@ -91,8 +91,7 @@ def test_a_dominating_weight_warns_once_with_the_remedy_of_its_balancer(caplog) 
 
 
 # ----------------------------------------------------------------------------- in training
-def _run(tmp_path, *overrides):
-    from test_train import make_cfg
+def _run(make_cfg, tmp_path, *overrides):
 
     from hpcm.train import build as training
 
@@ -106,8 +105,8 @@ def _records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_hierarchical_run_logs_a_weight_per_scale(tmp_path):
-    _, loss = _run(tmp_path, "optimizer=balanced_hier", "trainer.log_every_n_steps=1")
+def test_hierarchical_run_logs_a_weight_per_scale(make_cfg, tmp_path):
+    _, loss = _run(make_cfg, tmp_path, "optimizer=balanced_hier", "trainer.log_every_n_steps=1")
     assert math.isfinite(loss)
     train = [r for r in _records(tmp_path / "metrics.jsonl") if "train/lr" in r]
     names = ["distortion", "bpp_s1", "bpp_s2", "bpp_s3", "bpp_z"]
@@ -115,19 +114,23 @@ def test_hierarchical_run_logs_a_weight_per_scale(tmp_path):
     assert sum(weights) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_bad_lower_bounds_are_refused(tmp_path):
+def test_bad_lower_bounds_are_refused(make_cfg, tmp_path):
     from hpcm.train.build import ConfigError
 
     with pytest.raises(ConfigError, match="negative"):
-        _run(tmp_path, "optimizer=balanced_hier", "optimizer.balancer.min_losses=[-1,0.5,-1,-1,-1]")
+        _run(
+            make_cfg,
+            tmp_path,
+            "optimizer=balanced_hier",
+            "optimizer.balancer.min_losses=[-1,0.5,-1,-1,-1]",
+        )
 
 
-def test_fine_tuning_starts_from_a_checkpoint(tmp_path):
-    from test_train import make_cfg
+def test_fine_tuning_starts_from_a_checkpoint(make_cfg, tmp_path):
 
     from hpcm.train.build import build_trainer
 
-    _run(tmp_path / "first", "optimizer=adam")
+    _run(make_cfg, tmp_path / "first", "optimizer=adam")
     ckpt = tmp_path / "first" / "epoch_best.pth.tar"
     cfg = make_cfg(
         tmp_path / "ft", f"init_from={ckpt}", "optimizer=balanced_qp", "experiment=finetune"
@@ -146,9 +149,8 @@ def test_fine_tuning_starts_from_a_checkpoint(tmp_path):
     ("official", "model"),
     [("HPCM_Base", "hpcm_base"), ("HPCM_Base_PhiContext", "hpcm_phi_context")],
 )
-def test_fine_tuning_from_official_weights(tmp_path, official, model):
+def test_fine_tuning_from_official_weights(make_cfg, tmp_path, official, model):
     from official_weights import official_formula_state_dict
-    from test_train import make_cfg
 
     from hpcm.train.build import build_trainer
 
@@ -189,8 +191,7 @@ class FixedWeights:
         self.after = state["after"].clone()
 
 
-def test_a_new_balancer_is_one_class_and_one_config(tmp_path):
-    from test_train import make_cfg
+def test_a_new_balancer_is_one_class_and_one_config(make_cfg, tmp_path):
 
     from hpcm.run_layout import read_metrics
     from hpcm.train.build import build_trainer
@@ -201,7 +202,7 @@ def test_a_new_balancer_is_one_class_and_one_config(tmp_path):
         "trainer.log_every_n_steps=1",
     ]
     cfg = make_cfg(tmp_path, *plugin)
-    _, loss = _run(tmp_path, *plugin)
+    _, loss = _run(make_cfg, tmp_path, *plugin)
     assert math.isfinite(loss)
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "train/lr" in r]
     assert records[0]["train/fixed_distortion"] == 0.25
@@ -268,8 +269,8 @@ def test_lambda_replay_reproduces_a_logged_trajectory(tmp_path):
 
 
 def test_a_replay_twin_trains_on_its_famo_runs_trade_off(tmp_path):
+    from hpcm.run_layout import read_metrics
     from hpcm.train.build import ConfigError
-    from hpcm.train.tracking import read_metrics
 
     def series(run):
         records = read_metrics(run / "metrics.jsonl")

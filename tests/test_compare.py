@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import subprocess
@@ -15,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
 from hpcm.eval import compare, report, seeds, trade_off
+from hpcm.run_layout import finished_result
+from hpcm.train.build import train
 from hpcm.train.losses import effective_lambda
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,7 +251,9 @@ def make_images(folder: Path, count: int, size: int, seed: int) -> None:
 
 
 @pytest.mark.slow
-def test_compare_experiment_end_to_end_and_resumes(tmp_path: Path) -> None:
+def test_compare_experiment_end_to_end_and_resumes(
+    make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     make_images(tmp_path / "train", 2, 256, 0)
     make_images(tmp_path / "test", 2, 256, 1)
     sweep = tmp_path / "sweep"
@@ -262,7 +266,7 @@ def test_compare_experiment_end_to_end_and_resumes(tmp_path: Path) -> None:
         "data=folder",
         f"data.train_dir={tmp_path / 'train'}",
         f"data.test_dir={tmp_path / 'test'}",
-        "data.batch_size=2",
+        "data.batch_size=1",
         "data.num_workers=0",
         "logger=none",
         "optimizer=adam,balanced",
@@ -270,6 +274,7 @@ def test_compare_experiment_end_to_end_and_resumes(tmp_path: Path) -> None:
         "trainer.epochs=1",
         "trainer.max_steps_per_epoch=1",
         "trainer.progress_bar=false",
+        "trainer.showcase=false",  # its figures are tested in test_showcase.py
         "compare.bootstrap=20",
         f"hydra.sweep.dir={sweep}",
     ]
@@ -296,16 +301,19 @@ def test_compare_experiment_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert "| balanced | 0.0483 | 2 |" in (sweep / "report" / "effective_lambda.md").read_text()
     assert "WARNING: " in done.stderr  # one step of training: not a usable comparison
 
-    stamp = {p: p.stat().st_mtime_ns for p in sweep.glob("*/last.pth.tar")}
-    again = subprocess.run(
-        cmd, check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/last.pth.tar")} == stamp  # skipped
-    assert "finished all its epochs already: skipped" in again.stderr + again.stdout
+    # The same command skips the finished runs: shown on one of them, with its job's config
+    # (a second sweep would only repeat the evaluation).
+    run = sweep / "balanced_0.0483_seed1"
+    stamp = (run / "last.pth.tar").stat().st_mtime_ns
+    job = [a for a in cmd[3:] if "," not in a and not a.startswith("hydra.")]
+    cfg = make_cfg(run, *job, "optimizer=balanced", "lmbda=0.0483", "seed=1", short=False)
+    with caplog.at_level(logging.INFO):
+        assert train(cfg, multirun=True) == finished_result(run, 1)
+    assert "finished all its epochs already: skipped" in caplog.text
+    assert (run / "last.pth.tar").stat().st_mtime_ns == stamp
 
 
-def test_the_shipped_base_model_loads_and_starts_a_run(tmp_path: Path) -> None:
+def test_the_shipped_base_model_loads_and_starts_a_run(make_cfg, tmp_path: Path) -> None:
     import hpcm
     from hpcm.codec.checkpoint import CheckpointError
 
@@ -317,7 +325,6 @@ def test_the_shipped_base_model_loads_and_starts_a_run(tmp_path: Path) -> None:
         CheckpointError, match="unknown pretrained model 'nope'; shipped: tiny_base"
     ):
         hpcm.load_model("pretrained:nope")
-    from test_train import make_cfg
 
     from hpcm.train.build import build_trainer
 
@@ -327,25 +334,7 @@ def test_the_shipped_base_model_loads_and_starts_a_run(tmp_path: Path) -> None:
             assert torch.equal(trainer.model.state_dict()[key], value), key
 
 
-def write_trade_off_run(
-    run_dir: Path, optimizer: str, lmbda: float, seed: int, ratio: float
-) -> None:
-    """A run directory as the trainer leaves it: config.yaml and metrics.jsonl, with the
-    effective lambda falling from lambda to ``ratio * lambda`` over 100 steps."""
-    run_dir.mkdir(parents=True)
-    config = {"seed": seed, "lmbda": lmbda, "optimizer": {"name": optimizer}}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    lines = []
-    for step in range(10, 101, 10):
-        effective = lmbda * (1 + (ratio - 1) * step / 100)
-        record = {"step": step, "train/effective_lambda": effective}
-        if optimizer != "adam":
-            record |= {"train/task_weight_distortion": 0.4, "train/task_weight_bpp": 0.6}
-        lines.append(json.dumps(record))
-    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-
-
-def test_trade_off_report_of_a_sweep(tmp_path: Path, capsys) -> None:
+def test_trade_off_report_of_a_sweep(tmp_path: Path, capsys, write_trade_off_run) -> None:
     sweep = tmp_path / "sweep"
     for seed in (0, 1):
         for lmbda in (0.001, 0.004):
@@ -377,7 +366,9 @@ def test_trade_off_report_of_a_sweep(tmp_path: Path, capsys) -> None:
     assert capsys.readouterr().err.count("error: ") == 2
 
 
-def test_one_optimizer_has_one_colour_in_every_figure(tmp_path: Path, monkeypatch) -> None:
+def test_one_optimizer_has_one_colour_in_every_figure(
+    tmp_path: Path, monkeypatch, write_trade_off_run
+) -> None:
     # The figures of one comparison list the optimizers in different orders (the R-D plot the
     # reference first, then the files; the effective-lambda plot by name); each optimizer must
     # still get one colour in all of them, and the same in another comparison.

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import ROOT, make_cfg
 
 from hpcm.train.build import ConfigError, check_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BAD = [
     ("data.crop_size=128", "data.crop_size=128: HPCM trains on crops whose sides are multiples"),
@@ -43,18 +44,24 @@ BAD = [
 
 
 @pytest.mark.parametrize("override, message", BAD, ids=[o for o, _ in BAD])
-def test_bad_values_are_one_line_config_errors(tmp_path: Path, override: str, message: str):
+def test_bad_values_are_one_line_config_errors(
+    make_cfg, tmp_path: Path, override: str, message: str
+):
     with pytest.raises(ConfigError) as info:
         check_config(make_cfg(tmp_path, override))
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_the_defaults_and_null_values_pass(tmp_path: Path) -> None:
-    check_config(make_cfg(tmp_path, short=False))
-    for clip in ("null", "0"):  # no clipping, as CompressAI's clip_max_norm=0
-        check_config(
-            make_cfg(tmp_path, f"optimizer.clip_max_norm={clip}", "data.samples_per_epoch=null")
-        )
+def test_the_defaults_and_null_values_pass(make_cfg, tmp_path: Path) -> None:
+    assert check_config(make_cfg(tmp_path, short=False)) is None  # raises on a bad value
+    for clip, value in (("null", None), ("0", 0)):  # no clipping, as CompressAI's clip_max_norm=0
+        cfg = make_cfg(tmp_path, f"optimizer.clip_max_norm={clip}", "data.samples_per_epoch=null")
+        assert (cfg.optimizer.clip_max_norm, cfg.data.samples_per_epoch) == (value, None)
+        assert check_config(cfg) is None
+    # The boundaries of the checked ranges pass too: a frozen run (lr 0), workers off.
+    cfg = make_cfg(tmp_path, "optimizer.lr=0", "data.num_workers=0", "seed=0")
+    assert (cfg.optimizer.lr, cfg.data.num_workers, cfg.seed) == (0, 0, 0)
+    assert check_config(cfg) is None
 
 
 @pytest.mark.parametrize(

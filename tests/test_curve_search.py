@@ -14,8 +14,7 @@ import optuna
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_sweep import ROOT, SHORT
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +50,10 @@ def search(cwd: Path, *args: str) -> str:
     return output
 
 
-def test_bdrate_search_scores_curves_against_one_cached_reference(workdir: Path) -> None:
-    args = ["-m", "hparams_search=balanced_bdrate", *SHORT, "trainer.epochs=1"]
+def test_bdrate_search_scores_curves_against_one_cached_reference(
+    workdir: Path, folder_run: list[str]
+) -> None:
+    args = ["-m", "hparams_search=balanced_bdrate", *folder_run, "trainer.epochs=1"]
     args += ["curve.lambdas=[0.0001,0.001,0.013,0.1]", "hydra.sweeper.n_trials=2"]
     output = search(workdir, *args)
     assert output.count("training it once") == 1  # the second trial reads the cache

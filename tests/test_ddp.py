@@ -21,7 +21,6 @@ from hpcm.train.build import ConfigError, build_trainer, setup_distributed
 from hpcm.train.distributed import DistContext
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "ddp_worker.py"
@@ -163,7 +162,7 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path: Pat
         assert torch.equal(last["state_dict"][key], value), key
 
 
-def test_fsdp_config_errors(tmp_path: Path) -> None:
+def test_fsdp_config_errors(make_cfg, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fsdp=true needs trainer.ddp=true"):
         build_trainer(make_cfg(tmp_path, "trainer.fsdp=true"))
     with pytest.raises(ConfigError, match="channels_last=false"):
@@ -178,7 +177,7 @@ def test_fsdp_config_errors(tmp_path: Path) -> None:
 
 
 def test_ddp_without_torchrun_trains_in_one_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
@@ -191,14 +190,14 @@ def test_ddp_without_torchrun_trains_in_one_process(
 
 
 def test_a_torchrun_launch_without_ddp_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="WORLD_SIZE=2 but trainer.ddp=false: add trainer=ddp"):
         build_trainer(make_cfg(tmp_path))
 
 
-def test_unsupported_ddp_settings_are_config_errors(tmp_path: Path) -> None:
+def test_unsupported_ddp_settings_are_config_errors(make_cfg, tmp_path: Path) -> None:
     two = DistContext(rank=0, world_size=2)  # never reaches a collective: refused before
     with pytest.raises(ConfigError, match="QP balancer runs in one process"):
         build_trainer(make_cfg(tmp_path, "optimizer=balanced_qp"), dist=two)
@@ -210,7 +209,7 @@ def test_unsupported_ddp_settings_are_config_errors(tmp_path: Path) -> None:
         )
 
 
-def test_each_rank_validates_its_share_of_the_test_images(tmp_path: Path) -> None:
+def test_each_rank_validates_its_share_of_the_test_images(make_cfg, tmp_path: Path) -> None:
     trainer = build_trainer(make_cfg(tmp_path))
     everything = torch.cat(list(trainer.loaders.test))
     shares = []
@@ -234,7 +233,7 @@ def test_one_process_context_needs_no_process_group() -> None:
 
 
 def test_one_torchrun_process_with_ddp_really_wraps_the_model(
-    tmp_path: Path, process_group_of_one: None
+    make_cfg, tmp_path: Path, process_group_of_one: None
 ) -> None:
     # What benchmarks/gpu_check.sh runs with NCCL on a GPU: torchrun --nproc_per_node=1 and
     # trainer.ddp=true must train through DistributedDataParallel and the collectives.
@@ -247,7 +246,7 @@ def test_one_torchrun_process_with_ddp_really_wraps_the_model(
 
 
 def test_one_collective_per_step_carries_the_skip_and_the_stop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_group_of_one: None
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_group_of_one: None
 ) -> None:
     """Under DDP a step agrees on its finiteness and on a stop request in one all_reduce (one
     host sync): a second per-step collective would fail here. A skipped step sees a stop too."""
@@ -278,7 +277,7 @@ def test_one_collective_per_step_carries_the_skip_and_the_stop(
 
 
 def test_a_ddp_checkpoint_gathers_the_ranks_state_in_one_collective(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_group_of_one: None
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_group_of_one: None
 ) -> None:
     trainer = build_trainer(make_cfg(tmp_path, "trainer=ddp"))
     trainer.window.add(trainer.train_step(next(iter(trainer.loaders.train))))  # an open window

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from hpcm.optim.grad_diagnostics import NAMES
+from hpcm.run_layout import read_metrics
 from hpcm.train.build import build_trainer, train
 from hpcm.train.post_step import rng_state, set_rng_state
-from hpcm.train.tracking import read_metrics
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_cfg
 
 
 def direct(model, criterion, tasks, x, noise):
@@ -42,7 +37,7 @@ def direct(model, criterion, tasks, x, noise):
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "balanced_hier"])
-def test_logged_diagnostics_equal_a_direct_computation(tmp_path, optimizer):
+def test_logged_diagnostics_equal_a_direct_computation(make_cfg, tmp_path, optimizer):
     cfg = make_cfg(tmp_path, f"optimizer={optimizer}", "trainer.grad_diagnostics_every=1")
     trainer = build_trainer(cfg)
     x = next(iter(trainer.loaders.train))
@@ -56,7 +51,7 @@ def test_logged_diagnostics_equal_a_direct_computation(tmp_path, optimizer):
     assert -1.0 <= logged[3] <= 1.0 and logged[0] > 0 and logged[1] > 0
 
 
-def test_a_run_logs_the_diagnostics_every_n_steps(tmp_path):
+def test_a_run_logs_the_diagnostics_every_n_steps(make_cfg, tmp_path):
     every = ("trainer.grad_diagnostics_every=2", "trainer.log_every_n_steps=1")
     loss = train(make_cfg(tmp_path, "optimizer=balanced", *every))
     assert math.isfinite(loss)
@@ -64,10 +59,8 @@ def test_a_run_logs_the_diagnostics_every_n_steps(tmp_path):
     assert [all(f"train/{n}" in r for n in NAMES) for r in records] == [False, True]
 
 
-def test_the_trade_off_report_plots_the_diagnostics(tmp_path, monkeypatch):
+def test_the_trade_off_report_plots_the_diagnostics(tmp_path, monkeypatch, write_trade_off_run):
     import json
-
-    from test_compare import write_trade_off_run
 
     from hpcm.eval import plots, trade_off
 

@@ -23,7 +23,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from hpcm.train.build import build_trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_cfg
 
 TRAPPED_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default}
 TRAPPED_METHODS = ("cpu", "tolist", "numpy")
@@ -98,7 +97,7 @@ def test_the_trap_sees_host_reads() -> None:
     assert len(reads.found) == 3
 
 
-def _one_step_reads(tmp_path: Path, *overrides: str) -> HostReads:
+def _one_step_reads(make_cfg, tmp_path: Path, *overrides: str) -> HostReads:
     """The host reads of a training step (the second: the first makes optimizer state, caches
     and plans)."""
     trainer = build_trainer(make_cfg(tmp_path, *overrides))
@@ -115,7 +114,7 @@ def _one_step_reads(tmp_path: Path, *overrides: str) -> HostReads:
 
 @pytest.mark.parametrize(("optimizer", "rate_point"), CASES)
 def test_training_step_reads_nothing_back_but_the_finiteness_check(
-    tmp_path: Path, optimizer: str, rate_point: str
+    make_cfg, tmp_path: Path, optimizer: str, rate_point: str
 ) -> None:
     name, _, mode = optimizer.partition("+")
     overrides = [f"optimizer={name}", f"lambda={rate_point}"]
@@ -125,15 +124,15 @@ def test_training_step_reads_nothing_back_but_the_finiteness_check(
             f"optimizer.balancer.update_mode={update_mode}",
             "optimizer.balancer.exact_warmup_steps=0",
         ]
-    reads = _one_step_reads(tmp_path, *overrides)
+    reads = _one_step_reads(make_cfg, tmp_path, *overrides)
     assert not reads.found, "\n".join(reads.found)
     assert len(reads.synced) == 1, reads.synced  # bool(finite)
 
 
 def test_a_ddp_step_syncs_once_for_the_skip_and_the_stop(
-    tmp_path: Path, process_group_of_one: None
+    make_cfg, tmp_path: Path, process_group_of_one: None
 ) -> None:
     # Balanced: its task losses are averaged over the ranks too (collectives, no host reads).
-    reads = _one_step_reads(tmp_path, "trainer=ddp", "optimizer=balanced")
+    reads = _one_step_reads(make_cfg, tmp_path, "trainer=ddp", "optimizer=balanced")
     assert not reads.found, "\n".join(reads.found)
     assert reads.synced == ["Tensor.tolist"], reads.synced  # [finite, go on], reduced together

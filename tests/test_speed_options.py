@@ -19,21 +19,20 @@ from hpcm.train.data import to_float
 from hpcm.train.speed import SpeedOptions
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_cfg
 
 
-def test_bf16_autocast_is_refused_on_the_cpu(tmp_path: Path) -> None:
+def test_bf16_autocast_is_refused_on_the_cpu(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, "trainer.autocast_bf16=true", "trainer.device=cpu")
     with pytest.raises(ConfigError, match="autocast_bf16=true needs a CUDA device"):
         build_trainer(cfg)
 
 
-def test_unknown_compile_mode_is_a_config_error(tmp_path: Path) -> None:
+def test_unknown_compile_mode_is_a_config_error(make_cfg, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown trainer.compile_mode 'fastest'"):
         build_trainer(make_cfg(tmp_path, "trainer.compile_mode=fastest"))
 
 
-def test_channels_last_trains_and_computes_the_same_model(tmp_path: Path) -> None:
+def test_channels_last_trains_and_computes_the_same_model(make_cfg, tmp_path: Path) -> None:
     plain = build_trainer(make_cfg(tmp_path / "a", "optimizer=balanced"))
     nhwc = build_trainer(
         make_cfg(tmp_path / "b", "optimizer=balanced", "trainer.channels_last=true")
@@ -92,7 +91,7 @@ def test_float_output_casts_bf16_outputs_for_the_loss() -> None:
 
 
 @pytest.mark.slow
-def test_compiled_training_step_runs_on_the_cpu(tmp_path: Path) -> None:
+def test_compiled_training_step_runs_on_the_cpu(make_cfg, tmp_path: Path) -> None:
     # backend=eager: dynamo traces the model (graph breaks allowed) without generating code,
     # which checks the wiring in ~20-40 s; inductor on the CPU takes minutes for this model.
     torch._dynamo.reset()
@@ -136,7 +135,7 @@ def test_activation_checkpointing_gives_the_same_gradients_with_less_memory(name
     assert recomputed_bytes < 0.8 * plain_bytes
 
 
-def test_the_run_states_its_memory_needs_first(tmp_path: Path, caplog) -> None:
+def test_the_run_states_its_memory_needs_first(make_cfg, tmp_path: Path, caplog) -> None:
     from hpcm.train.memory import GIB, estimate_memory
 
     cfg = make_cfg(tmp_path, "trainer.activation_checkpointing=true", "data.batch_size=4")
@@ -165,7 +164,7 @@ def test_training_forward_traces_into_one_graph() -> None:
     torch._dynamo.reset()
 
 
-def test_compiled_runs_drop_the_smaller_last_batch(tmp_path: Path) -> None:
+def test_compiled_runs_drop_the_smaller_last_batch(make_cfg, tmp_path: Path) -> None:
     # 5 samples in batches of 2: a compiled step would recompile for a last batch of 1.
     overrides = ("data.samples_per_epoch=5", "data.batch_size=2")
     eager = build_trainer(make_cfg(tmp_path / "a", *overrides))
@@ -245,6 +244,6 @@ def test_kept_host_memory_spares_the_page_faults_of_each_step() -> None:
     assert faults("keep") * 5 < faults("default")
 
 
-def test_trainer_config_reaches_the_global_settings(tmp_path: Path) -> None:
+def test_trainer_config_reaches_the_global_settings(make_cfg, tmp_path: Path) -> None:
     speed = SpeedOptions.from_config(make_cfg(tmp_path, "trainer.num_threads=1").trainer)
     assert speed.num_threads == 1 and speed.keep_freed_host_memory

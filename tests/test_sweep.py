@@ -31,20 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 SEARCH = ["-m", "hparams_search=balanced_optuna", "lambda=0.013"]
 STUDY = "balanced_tiny_mse_0.013"  # balanced_MODEL_METRIC_LAMBDA
-# Each run: the tiny model, one epoch of one step on a 256x256 crop, one 256x256 test image.
-SHORT = [
-    "model=tiny",
-    "logger=none",
-    "trainer.max_steps_per_epoch=1",
-    "trainer.progress_bar=false",
-    "trainer.showcase=false",
-    "data=folder",
-    "data.train_dir=data/train",
-    "data.test_dir=data/test",
-    "data.batch_size=1",
-    "data.num_workers=0",
-]
-ONE_EPOCH = [*SHORT, "trainer.epochs=1"]
 
 pytestmark = pytest.mark.slow
 
@@ -116,8 +102,10 @@ def expand(cfg: DictConfig) -> list[list[str]]:
 
 
 # -- Optuna search --------------------------------------------------------------------------------
-def test_search_stores_its_study_in_sqlite_and_resumes(workdir: Path) -> None:
-    train(workdir, *SEARCH, *ONE_EPOCH, "hydra.sweeper.n_trials=2")
+def test_search_stores_its_study_in_sqlite_and_resumes(
+    workdir: Path, folder_run: list[str]
+) -> None:
+    train(workdir, *SEARCH, *folder_run, "trainer.epochs=1", "hydra.sweeper.n_trials=2")
     storage = f"sqlite:///{workdir / 'optuna.db'}"  # the default: optuna.db where it runs
     study = optuna.load_study(study_name=STUDY, storage=storage)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
@@ -144,7 +132,7 @@ def test_search_stores_its_study_in_sqlite_and_resumes(workdir: Path) -> None:
     assert (first / "optuna_history.png").is_file() and (first / "optuna_contour.png").is_file()
 
     # The same command again resumes the study with one more trial at a new point.
-    train(workdir, *SEARCH, *ONE_EPOCH, "hydra.sweeper.n_trials=1")
+    train(workdir, *SEARCH, *folder_run, "trainer.epochs=1", "hydra.sweeper.n_trials=1")
     study = optuna.load_study(study_name=STUDY, storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     resumed = study.trials[2].params
@@ -152,7 +140,9 @@ def test_search_stores_its_study_in_sqlite_and_resumes(workdir: Path) -> None:
     assert len(sweep_dirs(workdir / "multirun" / STUDY)) == 2  # its runs in a new folder
 
 
-def test_failed_and_diverged_trials_are_recorded_and_the_search_goes_on(workdir: Path) -> None:
+def test_failed_and_diverged_trials_are_recorded_and_the_search_goes_on(
+    workdir: Path, folder_run: list[str]
+) -> None:
     storage = f"sqlite:///{workdir / 'elsewhere.db'}"
     study = optuna.create_study(study_name="failing", storage=storage, direction="minimize")
     # Trial 0 diverges (NaN weights after one step), trial 1 raises (no epochs), trial 2 trains.
@@ -161,7 +151,7 @@ def test_failed_and_diverged_trials_are_recorded_and_the_search_goes_on(workdir:
     output = train(
         workdir,
         *SEARCH,
-        *SHORT,
+        *folder_run,
         f"hydra.sweeper.storage={storage}",
         "hydra.sweeper.study_name=failing",
         "hydra.sweeper.n_trials=3",
@@ -188,8 +178,10 @@ def running_trials(db: Path) -> int:
             return 0
 
 
-def test_a_search_killed_in_a_trial_continues_with_the_same_command(workdir: Path) -> None:
-    command = [*SEARCH, *SHORT, "trainer.epochs=2", "hydra.sweeper.n_trials=1"]
+def test_a_search_killed_in_a_trial_continues_with_the_same_command(
+    workdir: Path, folder_run: list[str]
+) -> None:
+    command = [*SEARCH, *folder_run, "trainer.epochs=2", "hydra.sweeper.n_trials=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *command],
@@ -228,10 +220,12 @@ def test_lambda_sweep_trains_every_lambda_with_both_optimizers(sweep: str, metri
     assert runs == {(metric, lmbda, opt) for lmbda in lambdas for opt in ("adam", "balanced")}
 
 
-def test_lambda_sweep_writes_runs_that_evaluate_reads(workdir: Path) -> None:
+def test_lambda_sweep_writes_runs_that_evaluate_reads(workdir: Path, folder_run: list[str]) -> None:
     # `lambda=0.013` on the command line narrows the sweep to one lambda: two runs.
     # trainer.showcase left at its default: off in a multirun.
-    default_showcase = [a for a in ONE_EPOCH if not a.startswith("trainer.showcase=")]
+    default_showcase = [
+        a for a in [*folder_run, "trainer.epochs=1"] if not a.startswith("trainer.showcase=")
+    ]
     train(workdir, "-m", "sweep=lambdas_mse", "lambda=0.013", *default_showcase)
     (sweep,) = sweep_dirs(workdir / "multirun" / "lambdas_mse_tiny")
     assert not list(sweep.rglob("showcase.png")) and not list(sweep.rglob("rd_vs_jpeg.png"))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_method
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from PIL import Image
 
 import hpcm
@@ -42,26 +42,6 @@ NEEDS = {
     ("experiment", "compare"): ["data=folder", *FOLDERS],
     ("experiment", "compare_cpu"): FOLDERS,
 }
-SHORT = [
-    "model=tiny",
-    "logger=none",
-    "trainer.epochs=1",
-    "trainer.max_steps_per_epoch=2",
-    "trainer.progress_bar=false",
-    "trainer.showcase=false",
-    "data.batch_size=2",
-    "data.samples_per_epoch=4",
-    "data.test_crop_size=256",
-]
-
-
-def make_cfg(run_dir: Path | None, *overrides: str, short: bool = True) -> DictConfig:
-    """The config `python train.py OVERRIDES` would get, run dir in tmp_path."""
-    args = [*(SHORT if short else []), *overrides]
-    if run_dir is not None:
-        args.append(f"paths.run_dir={run_dir}")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=prepare_overrides(args, CONF_DIR))
 
 
 def options(group: str) -> list[str]:
@@ -72,12 +52,12 @@ def options(group: str) -> list[str]:
 @pytest.mark.parametrize(
     ("group", "option"), [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
 )
-def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -> None:
+def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, option: str) -> None:
     cfg = make_cfg(tmp_path, f"{group}={option}", *NEEDS.get((group, option), []), short=False)
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert plain["paths"]["run_dir"] == str(tmp_path)
     if group == "model":
-        assert get_method(cfg.model._target_) is hpcm.build_model
+        assert get_method(cfg.model._target_) is hpcm.build_model and cfg.model.name == option
         assert cfg.model.name in hpcm.MODEL_CONFIGS
     elif group == "optimizer":
         model = torch.nn.Linear(2, 2)
@@ -96,10 +76,10 @@ def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -
         value = float(option.removeprefix("msssim_"))
         assert cfg.lmbda == value
         assert cfg.metric == ("ms-ssim" if option.startswith("msssim_") else "mse")
-    elif group == "data":
-        assert cfg.data.name in ("embedded", "folder")
+    elif group == "data":  # flickr2w is a folder layout under data.root
+        assert cfg.data.name == ("folder" if option == "flickr2w" else option)
     elif group == "logger":
-        assert cfg.logger.name in LOGGERS
+        assert cfg.logger.name == option and option in LOGGERS
     elif group == "experiment" and option.startswith("compare"):
         assert cfg.resume == "auto" and cfg.compare.dataset == "/tmp/test"
         overrides = prepare_overrides([f"experiment={option}", *NEEDS[(group, option)]])
@@ -112,12 +92,16 @@ def test_every_config_option_composes(tmp_path: Path, group: str, option: str) -
     elif group == "experiment":
         assert cfg.optimizer.lr < 1e-4 and cfg.trainer.epochs < 3001
     else:
+        expected = {"default": (False, False, 30), "ddp": (True, False, 30)}
+        expected |= {"fsdp": (True, True, 30), "hpcm": (False, False, 3001)}
+        t = cfg.trainer
+        assert (t.ddp, t.fsdp, t.epochs) == expected[option]
         schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
         assert schedule.factor(0) == 1.0  # the run starts at optimizer.lr
         assert schedule.factor(cfg.trainer.epochs - 1) < schedule.factor(0)  # it decays
 
 
-def test_defaults_are_the_documented_ones(tmp_path: Path) -> None:
+def test_defaults_are_the_documented_ones(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, short=False)
     assert (cfg.model.name, cfg.optimizer.name, cfg.data.name) == ("tiny", "adam", "embedded")
     assert (cfg.lmbda, cfg.metric, cfg.logger.name, cfg.logger.mode) == (
@@ -153,7 +137,7 @@ def test_prepare_overrides_quotes_lambdas_and_rejects_unknown_names() -> None:
         prepare(["optimizer=sgd"])
 
 
-def test_lr_schedule_follows_the_official_milestones_scaled_to_the_run() -> None:
+def test_lr_schedule_follows_the_official_milestones_scaled_to_the_run(make_cfg) -> None:
     cfg = make_cfg(None, "trainer=hpcm", short=False).trainer.lr_schedule
     official = LRSchedule.from_config(cfg, 3001)
     assert official.milestones == (2750, 2850, 2950)
@@ -164,7 +148,7 @@ def test_lr_schedule_follows_the_official_milestones_scaled_to_the_run() -> None
     assert fixed.milestones == (2750, 2850, 2950)
 
 
-def test_the_default_run_starts_at_optimizer_lr_then_decays_as_the_official_one() -> None:
+def test_the_default_run_starts_at_optimizer_lr_then_decays_as_the_official_one(make_cfg) -> None:
     cfg = make_cfg(None, short=False)
     schedule = LRSchedule.from_config(cfg.trainer.lr_schedule, cfg.trainer.epochs)
     lr = float(cfg.optimizer.lr)
@@ -201,7 +185,7 @@ DEFAULT_RATES = [(2e-3, 0), (6e-4, 27), (2e-4, 28), (2e-5, 29)]  # the default t
         ),
     ],
 )
-def test_every_preset_starts_at_optimizer_lr(overrides: list[str], rates: list) -> None:
+def test_every_preset_starts_at_optimizer_lr(make_cfg, overrides: list[str], rates: list) -> None:
     """The learning rates each preset trains with, from which epoch on: the first is always
     optimizer.lr, from epoch 0."""
     cfg = make_cfg(None, *overrides, short=False)
@@ -226,7 +210,7 @@ def eval_loss(trainer: engine.Trainer, x: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "balanced", "balanced_hier", "balanced_qp"])
-def test_loss_falls_on_a_fixed_batch(tmp_path: Path, optimizer: str) -> None:
+def test_loss_falls_on_a_fixed_batch(make_cfg, tmp_path: Path, optimizer: str) -> None:
     trainer = build_trainer(make_cfg(tmp_path, f"optimizer={optimizer}"))
     x = fixed_batch(trainer)
     before = eval_loss(trainer, x)
@@ -255,7 +239,7 @@ def test_replayed_rng_gives_the_same_noise_and_leaves_the_stream_alone() -> None
     assert torch.equal(torch.cat([first, following]), expected)
 
 
-def test_post_step_losses_use_the_same_noise(tmp_path: Path) -> None:
+def test_post_step_losses_use_the_same_noise(make_cfg, tmp_path: Path) -> None:
     # With lr 0 the weights do not move, so with the step's own noise the post-step losses
     # equal the pre-step ones: delta = 0 and the logits (starting at 0) stay exactly 0.
     trainer = build_trainer(make_cfg(tmp_path, "optimizer=balanced", "optimizer.lr=0.0"))
@@ -267,7 +251,7 @@ def test_post_step_losses_use_the_same_noise(tmp_path: Path) -> None:
     assert state["step"].item() == 2
 
 
-def test_a_non_finite_batch_is_skipped(tmp_path: Path) -> None:
+def test_a_non_finite_batch_is_skipped(make_cfg, tmp_path: Path) -> None:
     trainer = build_trainer(make_cfg(tmp_path, "optimizer=balanced"))
     x = fixed_batch(trainer)
     assert trainer.train_step(x) is not None  # moments and task weights are non-trivial now
@@ -291,7 +275,7 @@ def test_a_non_finite_batch_is_skipped(tmp_path: Path) -> None:
     assert trainer.train_step(x) is not None  # training goes on
 
 
-def test_a_skipped_batch_is_counted_and_logged(tmp_path: Path) -> None:
+def test_a_skipped_batch_is_counted_and_logged(make_cfg, tmp_path: Path) -> None:
     trainer = build_trainer(make_cfg(tmp_path, "trainer.log_every_n_steps=1"))
     forward, calls = trainer.model.forward, []
 
@@ -314,7 +298,7 @@ def test_a_skipped_batch_is_counted_and_logged(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- whole runs
-def test_default_run_shortened(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_default_run_shortened(make_cfg, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # `python train.py` with no arguments, cut to one step; wandb runs offline into the run dir.
     cfg = make_cfg(
         tmp_path,
@@ -360,7 +344,7 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
 
 
 def test_resume_gives_bit_identical_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     common = ["optimizer=balanced", "trainer.epochs=2", "trainer.log_every_n_steps=1"]
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -390,7 +374,7 @@ def test_resume_gives_bit_identical_weights(
 
 
 # ----------------------------------------------------------------------------- bad input
-def test_resume_refuses_another_model_or_optimizer(tmp_path: Path) -> None:
+def test_resume_refuses_another_model_or_optimizer(make_cfg, tmp_path: Path) -> None:
     build_trainer(make_cfg(tmp_path)).save(0, is_best=False, periodic=False)
     last = tmp_path / "last.pth.tar"
     with pytest.raises(
@@ -411,12 +395,12 @@ def save_image(path: Path, height: int, width: int, seed: int) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def test_folder_data_with_test_images_of_any_size(tmp_path: Path) -> None:
+def test_folder_data_with_test_images_of_any_size(short_run, make_cfg, tmp_path: Path) -> None:
     for i in range(2):
         save_image(tmp_path / "train" / f"{i}.png", 260, 270, seed=i)
     save_image(tmp_path / "test" / "odd.png", 300, 200, seed=5)  # padded to 512x256 for the model
     (tmp_path / "train" / "broken.jpg").write_bytes(b"not a jpeg")
-    short = [o for o in SHORT if not o.startswith("data.")]
+    short = [o for o in short_run if not o.startswith("data.")]
     folders = [
         "data=folder",
         f"data.train_dir={tmp_path / 'train'}",
@@ -434,10 +418,10 @@ def test_folder_data_with_test_images_of_any_size(tmp_path: Path) -> None:
     assert test["test/bpp_loss"] > 0 and math.isfinite(test["test/psnr"])
 
 
-def test_empty_data_folder_is_a_data_error(tmp_path: Path) -> None:
+def test_empty_data_folder_is_a_data_error(short_run, make_cfg, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    short = [o for o in SHORT if not o.startswith("data.samples_per_epoch")]  # embedded only
+    short = [o for o in short_run if not o.startswith("data.samples_per_epoch")]  # embedded only
     cfg = make_cfg(
         tmp_path / "run",
         *short,

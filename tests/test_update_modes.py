@@ -20,7 +20,6 @@ from hpcm.train.post_step import head, replay_rng, rng_state
 RD = task_names("rd")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_cfg
 
 CPU = torch.device("cpu")
 
@@ -125,7 +124,7 @@ def test_build_famo_update_reads_the_config() -> None:
 
 
 # ----------------------------------------------------------------------------- in the trainer
-def test_bad_update_mode_settings_are_config_errors(tmp_path: Path) -> None:
+def test_bad_update_mode_settings_are_config_errors(make_cfg, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown optimizer.balancer.update_mode 'fast'"):
         build_trainer(
             make_cfg(tmp_path, "optimizer=balanced", "optimizer.balancer.update_mode=fast")
@@ -141,7 +140,7 @@ def test_bad_update_mode_settings_are_config_errors(tmp_path: Path) -> None:
         )
 
 
-def test_subbatch_mode_balances_the_per_scale_tasks_too(tmp_path: Path) -> None:
+def test_subbatch_mode_balances_the_per_scale_tasks_too(make_cfg, tmp_path: Path) -> None:
     # Per-image task losses exist for every task set, so the hierarchical balancer can use
     # the cheap mode: with the whole batch re-evaluated it is the exact update.
     common = (
@@ -169,7 +168,7 @@ def test_subbatch_mode_balances_the_per_scale_tasks_too(tmp_path: Path) -> None:
     torch.testing.assert_close(b["logits"], a["logits"], rtol=0.0, atol=1e-3)
 
 
-def mode_trainer(tmp_path: Path, mode: str, *extra: str):
+def mode_trainer(make_cfg, tmp_path: Path, mode: str, *extra: str):
     """A balanced trainer re-evaluating with the step's noise, so that modes differ in nothing
     else (fresh noise would add its own scatter to every comparison)."""
     return build_trainer(
@@ -197,12 +196,12 @@ def count_forwards(trainer) -> list[int]:
     return sizes
 
 
-def test_forward_passes_per_step_of_each_mode(tmp_path: Path) -> None:
+def test_forward_passes_per_step_of_each_mode(make_cfg, tmp_path: Path) -> None:
     # next_batch: exact_warmup_steps exact updates first, then no extra forward at all.
     expected = {"exact": [2, 2] * 3, "subbatch": [2, 1] * 3, "next_batch": [2, 2, 2, 2, 2]}
     for mode, sizes in expected.items():
         extra = ("optimizer.balancer.subbatch_size=1", "optimizer.balancer.exact_warmup_steps=2")
-        trainer = mode_trainer(tmp_path / mode, mode, *extra)
+        trainer = mode_trainer(make_cfg, tmp_path / mode, mode, *extra)
         calls = count_forwards(trainer)
         for _, x in zip(range(3), trainer.loaders.train):
             assert trainer.train_step(x) is not None
@@ -219,10 +218,10 @@ def weight_trajectory(trainer, steps: int) -> list[float]:
     return weights
 
 
-def test_subbatch_of_the_whole_batch_is_the_exact_update(tmp_path: Path) -> None:
-    exact = mode_trainer(tmp_path / "a", "exact")
+def test_subbatch_of_the_whole_batch_is_the_exact_update(make_cfg, tmp_path: Path) -> None:
+    exact = mode_trainer(make_cfg, tmp_path / "a", "exact")
     weight_trajectory(exact, 2)
-    sub = mode_trainer(tmp_path / "b", "subbatch", "optimizer.balancer.subbatch_size=2")
+    sub = mode_trainer(make_cfg, tmp_path / "b", "subbatch", "optimizer.balancer.subbatch_size=2")
     weight_trajectory(sub, 2)
     a, b = exact.balancer.state_dict(), sub.balancer.state_dict()
     # Same images and noise; only the order of the float sums differs (per image, then the
@@ -234,33 +233,34 @@ def test_subbatch_of_the_whole_batch_is_the_exact_update(tmp_path: Path) -> None
         assert torch.equal(value, sub.model.state_dict()[key]), key
 
 
-def test_subbatch_weights_follow_the_exact_ones_on_a_short_run(tmp_path: Path) -> None:
+def test_subbatch_weights_follow_the_exact_ones_on_a_short_run(make_cfg, tmp_path: Path) -> None:
     # Point 4 on the real model: one image of two re-evaluated. Adam moves the logits by
     # w_lr = 0.025 in the direction of sign(delta_D - delta_R) at the first step (z by 0.0125)
     # and by about w_lr at each later one, so a mode that measured the wrong direction at any
     # step would be >= 0.0125 off; 0.005 leaves room for the per-image scatter of the falls
     # (measured: delta_D within 10 %, delta_R within 40 % of the exact ones).
     steps = 3
-    exact = weight_trajectory(mode_trainer(tmp_path / "a", "exact"), steps)
+    exact = weight_trajectory(mode_trainer(make_cfg, tmp_path / "a", "exact"), steps)
     sub = weight_trajectory(
-        mode_trainer(tmp_path / "b", "subbatch", "optimizer.balancer.subbatch_size=1"), steps
+        mode_trainer(make_cfg, tmp_path / "b", "subbatch", "optimizer.balancer.subbatch_size=1"),
+        steps,
     )
     assert exact[-1] < 0.5 - 0.01  # the weights do move: distortion falls faster
     assert max(abs(a - b) for a, b in zip(exact, sub, strict=True)) <= 0.005
 
 
-def test_next_batch_state_is_checkpointed_and_resumed(tmp_path: Path) -> None:
+def test_next_batch_state_is_checkpointed_and_resumed(make_cfg, tmp_path: Path) -> None:
     warmup = "optimizer.balancer.exact_warmup_steps=1"
-    trainer = mode_trainer(tmp_path, "next_batch", warmup)
+    trainer = mode_trainer(make_cfg, tmp_path, "next_batch", warmup)
     weight_trajectory(trainer, 2)
     average = trainer.balancer.update.average.clone()
     trainer.save(0, is_best=False, periodic=False)
-    resumed = mode_trainer(tmp_path, "next_batch", warmup)
+    resumed = mode_trainer(make_cfg, tmp_path, "next_batch", warmup)
     resumed.resume(tmp_path / "last.pth.tar")
     update = resumed.balancer.update
     assert torch.equal(update.average, average) and update.steps == 2
     assert torch.equal(resumed.balancer.famo.logits, trainer.balancer.famo.logits)
-    other = mode_trainer(tmp_path, "exact")  # a mode with no state: nothing to restore
+    other = mode_trainer(make_cfg, tmp_path, "exact")  # a mode with no state: nothing to restore
     other.resume(tmp_path / "last.pth.tar")
     assert other.balancer.update.name == "exact"
 
@@ -364,7 +364,7 @@ def test_replayed_noise_is_the_steps_and_fresh_noise_is_new() -> None:
     assert torch.equal(torch.rand(4), following)
 
 
-def test_balanced_defaults_are_the_reference_codes(tmp_path: Path) -> None:
+def test_balanced_defaults_are_the_reference_codes(make_cfg, tmp_path: Path) -> None:
     from hpcm.optim import CautiousAdam
 
     trainer = build_trainer(make_cfg(tmp_path, "optimizer=balanced"))

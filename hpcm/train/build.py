@@ -36,6 +36,7 @@ from hpcm.train.distributed import (
     local_device,
     shard_fsdp,
 )
+from hpcm.train.interrupt import StopRequest
 from hpcm.train.loop import Trainer
 from hpcm.train.losses import RateDistortionLoss, task_names
 from hpcm.train.memory import estimate_memory
@@ -299,13 +300,20 @@ def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> 
         raise ConfigError(f"data: {error}") from None
 
 
-def train(cfg: DictConfig, multirun: bool = False, show: Showcase | None = None) -> float:
+def train(
+    cfg: DictConfig,
+    multirun: bool = False,
+    show: Showcase | None = None,
+    stop: StopRequest | None = None,
+) -> float:
     """The whole run of ``python train.py``: returns the best validation RD loss (what the
     Optuna sweeper minimises; NaN for a run that never gave a finite one). ``multirun``: a job
     of ``-m`` (``resume`` then defaults to ``auto``). With ``resume=auto`` a run that finished
     all its epochs is skipped (its best loss is returned). ``show``: what a run that trained all
     its epochs shows when ``trainer.showcase`` is on, called with the config, the run directory
-    and the test images (the command passes :func:`hpcm.eval.showcase.show_run`)."""
+    and the test images (the command passes :func:`hpcm.eval.showcase.show_run`). ``stop``: the
+    job's stop request (:mod:`hpcm.train.interrupt`; by default the trainer's own, installed by
+    its ``fit``)."""
     try:
         run_dir = Path(str(cfg.paths.run_dir))
     except OmegaConfBaseException:
@@ -328,6 +336,8 @@ def train(cfg: DictConfig, multirun: bool = False, show: Showcase | None = None)
         if dist.is_main:
             (run_dir / CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
         trainer = build_trainer(cfg, run_dir, dist, report_memory=True)
+        if stop is not None:
+            trainer.stop = stop
         if resume_path is not None:
             trainer.resume(resume_path)
         log.info("run directory: %s (device %s)", run_dir, trainer.device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,16 @@ from hpcm.configs import CONF_DIR
 from hpcm.eval.showcase import show_run
 from hpcm.train.build import USER_ERRORS, ConfigError, train
 from hpcm.train.curve_search import CurveError, train_curve
-from hpcm.train.interrupt import TrainingInterrupted
+from hpcm.train.interrupt import (
+    STOP_FILE,
+    StopRequest,
+    SweepSignals,
+    SweepStopped,
+    TrainingInterrupted,
+    ignore_signals,
+    read_stop_file,
+    signal_exit_code,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +83,35 @@ def _option_name(group: str, value: str) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _app(cfg: DictConfig) -> float:
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    stop_file = Path(str(hydra_cfg.sweep.dir)) / STOP_FILE if multirun else None
+    worker = multirun and not SweepSignals.in_this_process()
+    if worker:  # a launcher's process: its sweep's process is the one that handles signals
+        ignore_signals()
     try:
-        if "curve" in cfg:  # hparams_search=balanced_bdrate: a lambda curve, its BD-rate
-            loss = train_curve(cfg, multirun=multirun)
-        else:
-            loss = train(cfg, multirun=multirun, show=show_run)
+        if stop_file is not None and (signum := read_stop_file(stop_file)) is not None:
+            raise SweepStopped(
+                signum,
+                f"not started: the sweep was stopped by {signal.Signals(signum).name} "
+                f"({stop_file}); the same command continues it",
+            )
+        stop = StopRequest(stop_file)
+        with stop.installed():  # the whole job: setup, training, the end-of-run steps
+            if "curve" in cfg:  # hparams_search=balanced_bdrate: a lambda curve, its BD-rate
+                loss = train_curve(cfg, multirun=multirun, stop=stop)
+            else:
+                loss = train(cfg, multirun=multirun, show=show_run, stop=stop)
     except (*USER_ERRORS, CurveError) as error:
         if multirun:
             raise  # a sweep records the failed trial and goes on
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    except TrainingInterrupted as stop:  # saved: the process (a sweep too) ends, non-zero
-        log.warning("%s", stop)
-        sys.exit(stop.exit_code)
+    except TrainingInterrupted as interrupted:  # saved, or never started
+        log.warning("%s", interrupted)
+        if worker:  # the job fails, so that the launcher waits for the other jobs to save
+            raise  # (joblib kills its worker processes when one exits)
+        sys.exit(interrupted.exit_code)  # the only job running in this process: it (the sweep) ends
     if not math.isfinite(loss) and multirun:
         # A diverged trial must fail: Optuna rejects a NaN value, which would end the study.
         raise FloatingPointError("diverged: no validation gave a finite loss")
@@ -100,4 +125,14 @@ def main() -> None:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    _app()
+    try:
+        _app()
+    except SystemExit:
+        if SweepSignals.received is None:
+            raise
+    # A sweep that was told to stop ends with the signal's status, whatever its sweeper did with
+    # the stopped jobs (Hydra prints the first one's error; Optuna records them as failed).
+    if SweepSignals.received is not None:
+        name = signal.Signals(SweepSignals.received).name
+        print(f"sweep stopped by {name}: the same command continues it", file=sys.stderr)
+        sys.exit(signal_exit_code(SweepSignals.received))

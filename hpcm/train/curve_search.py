@@ -34,6 +34,7 @@ from hpcm.configs import CONF_DIR
 from hpcm.eval.report import MIN_POINTS, bd_delta
 from hpcm.run_layout import METRICS_FILE, read_metrics
 from hpcm.train.build import train
+from hpcm.train.interrupt import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,14 @@ def last_validation(run_dir: Path) -> tuple[float, float]:
     return float(tests[-1]["test/bpp_loss"]), float(tests[-1]["test/psnr"])
 
 
-def train_points(cfg: DictConfig, out: Path, multirun: bool) -> dict[str, list[float]]:
+def train_points(
+    cfg: DictConfig, out: Path, multirun: bool, stop: StopRequest | None = None
+) -> dict[str, list[float]]:
     """Trains one run per ``curve.lambdas`` under ``out``; returns the curve sorted by bpp."""
     points = []
     for lmbda in cfg.curve.lambdas:
         run_dir = out / f"lambda_{float(lmbda):g}"
-        train(_point_config(cfg, float(lmbda), run_dir), multirun=multirun)
+        train(_point_config(cfg, float(lmbda), run_dir), multirun=multirun, stop=stop)
         points.append((*last_validation(run_dir), float(lmbda)))
     points.sort()
     return {k: [p[i] for p in points] for i, k in enumerate(("bpp", "psnr", "lambda"))}
@@ -100,7 +103,9 @@ def reference_key(ref: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def reference_curve(cfg: DictConfig, multirun: bool) -> dict[str, list[float]]:
+def reference_curve(
+    cfg: DictConfig, multirun: bool, stop: StopRequest | None = None
+) -> dict[str, list[float]]:
     """The reference curve of ``cfg``, from the cache or trained (and cached) now."""
     ref = reference_config(cfg)
     folder = Path(str(cfg.curve.cache_dir)) / reference_key(ref)
@@ -108,18 +113,18 @@ def reference_curve(cfg: DictConfig, multirun: bool) -> dict[str, list[float]]:
     if cached.is_file():
         return json.loads(cached.read_text())
     log.info("reference curve (%s): training it once into %s", cfg.curve.reference, folder)
-    curve = train_points(ref, folder, multirun)
+    curve = train_points(ref, folder, multirun, stop)
     cached.write_text(json.dumps(curve, indent=1))
     return curve
 
 
-def train_curve(cfg: DictConfig, multirun: bool = False) -> float:
+def train_curve(cfg: DictConfig, multirun: bool = False, stop: StopRequest | None = None) -> float:
     """Trains the trial's curve and returns its BD-rate (%) against the reference curve."""
     if len(cfg.curve.lambdas) < MIN_POINTS:
         raise CurveError(f"curve.lambdas needs at least {MIN_POINTS} values (a BD-rate's fit)")
-    reference = reference_curve(cfg, multirun)
+    reference = reference_curve(cfg, multirun, stop)
     out = Path(str(cfg.paths.run_dir))
-    curve = train_points(cfg, out, multirun)
+    curve = train_points(cfg, out, multirun, stop)
     result = bd_delta("rate", (reference["bpp"], reference["psnr"]), (curve["bpp"], curve["psnr"]))
     record: dict[str, Any] = {"curve": curve, "reference": reference, "bd_rate": result.value}
     (out / CURVE_FILE).write_text(json.dumps({**record, "note": result.note}, indent=1))

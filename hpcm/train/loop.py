@@ -115,7 +115,7 @@ class Trainer:
         self.metric_names = STEP_METRICS + (("ms_ssim",) if criterion.metric == "ms-ssim" else ())
         self.window = MetricWindow((*self.metric_names, *STEP_EXTRAS))
         self.progress = Progress()
-        self.stop = StopRequest()  # its signal handlers are installed by fit()
+        self.stop = StopRequest()  # fit() installs its handlers, unless they already are
         self.tracker: Tracker | None = None
         self.last_test: dict[str, float] = {}
         self.resume_rng: dict[str, Tensor | None] | None = None
@@ -291,7 +291,7 @@ class Trainer:
         if start >= self.epochs:
             log.info("nothing to train: all %d epochs are done (raise trainer.epochs)", self.epochs)
         steps = self.steps_per_epoch()
-        stop = self.stop = StopRequest()  # a fresh request per run, read by every step
+        stop = self.stop  # read by every step
         log.info(
             "learning rate %s (optimizer.lr x trainer.lr_schedule)",
             self.schedule.describe(self.base_lr, self.epochs),
@@ -318,7 +318,9 @@ class Trainer:
                     self._log_test(epoch, is_best)
                 self.progress.next_epoch = epoch + 1
                 self.save(epoch, is_best, periodic=epoch % save_every == 0)
-                if epoch + 1 < self.epochs and stop.agreed(self.dist, self.device):
+                # Also after the last epoch: a signal during its validation or save ends the
+                # run saved but unfinished; the same command then does the end-of-run steps.
+                if stop.agreed(self.dist, self.device):
                     raise stop.interrupted(self.progress, epoch + 1, self.run_dir / LAST_CHECKPOINT)
         best = self.progress.best_loss
         return best if math.isfinite(best) else math.nan

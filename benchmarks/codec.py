@@ -21,12 +21,18 @@ import hpcm
 from hpcm.codec import read_image
 
 
-def non_trivial_weights(model: torch.nn.Module, gain: float = 0.7, seed: int = 0) -> None:
-    """Gaussian weights with std ``gain / sqrt(fan_in)`` and zero biases."""
+def non_trivial_weights(
+    model: torch.nn.Module,
+    gain: float = 0.7,
+    seed: int = 0,
+    skip: tuple[str, ...] = ("adaptive_params", "z_"),
+) -> None:
+    """Gaussian weights with std ``gain / sqrt(fan_in)`` and zero biases; parameters whose
+    names start with ``skip`` (by default our adaptive gains and z prior) keep their values."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.startswith(("adaptive_params", "z_")):
+            if name.startswith(skip):
                 continue
             if p.dim() >= 2:
                 fan_in = p[0].numel()

@@ -20,8 +20,9 @@ convolutions (PyTorch's default runs cuDNN convolutions in TF32); ``--tf32 on`` 
 
 A variant is ``OPTIMIZER[:UPDATE_MODE][+OPTION...]``: ``adam`` or ``balanced`` (any
 ``conf/optimizer`` option), an ``optimizer.balancer.update_mode`` (``exact``, ``subbatch``,
-``next_batch``), and speed options ``+bf16`` (trainer.autocast_bf16, CUDA only), ``+cl``
-(trainer.channels_last) and ``+compile`` (trainer.compile).
+``next_batch``), and speed options ``+bf16`` (trainer.autocast_bf16, CUDA only), ``+cl`` and ``+nchw``
+(trainer.channels_last true and false; the default ``auto`` is NHWC on the CPU, NCHW on CUDA) and
+``+compile`` (trainer.compile).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ DEFAULT_VARIANTS = [
 OPTIONS = {
     "bf16": "trainer.autocast_bf16=true",
     "cl": "trainer.channels_last=true",
+    "nchw": "trainer.channels_last=false",
     "compile": "trainer.compile=true",
 }
 
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=DEFAULT_VARIANTS,
         metavar="VARIANT",
-        help="OPTIMIZER[:MODE][+bf16][+cl][+compile]; the first is the reference of the ratios "
+        help="OPTIMIZER[:MODE][+bf16][+cl][+nchw][+compile]; the first is the reference of the ratios "
         f"(default: {' '.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument(

@@ -16,7 +16,7 @@ import hpcm
 from hpcm.metrics import bpp_from_likelihoods
 from hpcm.train.build import ConfigError, build_trainer
 from hpcm.train.data import to_float
-from hpcm.train.speed import SpeedOptions
+from hpcm.train.speed import SpeedOptions, channels_last_for
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -33,7 +33,9 @@ def test_unknown_compile_mode_is_a_config_error(make_cfg, tmp_path: Path) -> Non
 
 
 def test_channels_last_trains_and_computes_the_same_model(make_cfg, tmp_path: Path) -> None:
-    plain = build_trainer(make_cfg(tmp_path / "a", "optimizer=balanced"))
+    plain = build_trainer(
+        make_cfg(tmp_path / "a", "optimizer=balanced", "trainer.channels_last=false")
+    )
     nhwc = build_trainer(
         make_cfg(tmp_path / "b", "optimizer=balanced", "trainer.channels_last=true")
     )
@@ -58,6 +60,18 @@ def test_channels_last_trains_and_computes_the_same_model(make_cfg, tmp_path: Pa
     assert seen[-1].is_contiguous(memory_format=torch.channels_last)  # the batch too
     y = nhwc.model._analysis(seen[-1])  # and the latent the entropy path works on
     assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+
+
+def test_channels_last_auto_is_nhwc_on_the_cpu_only(make_cfg, tmp_path: Path) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert channels_last_for("auto", cpu) and not channels_last_for("auto", cuda)
+    assert not channels_last_for("auto", cpu, fsdp=True)  # FSDP shards NCHW weights only
+    assert not channels_last_for("auto", None) and channels_last_for(True, cuda)
+    trainer = build_trainer(make_cfg(tmp_path, "trainer.device=cpu"))  # the default: auto
+    assert trainer.speed.channels_last
+    assert trainer.model.g_a[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ConfigError, match="channels_last must be true, false or auto"):
+        build_trainer(make_cfg(tmp_path, "trainer.channels_last=fast"))
 
 
 def test_entropy_model_evaluates_likelihoods_in_fp32_under_autocast() -> None:

@@ -175,7 +175,7 @@ def check_config(cfg: DictConfig) -> None:
     _number(cfg.seed, "seed", 0)
     if bool(t.fsdp) and not bool(t.ddp):
         raise ConfigError("trainer.fsdp=true needs trainer.ddp=true (use trainer=fsdp)")
-    if bool(t.fsdp) and bool(t.channels_last):
+    if bool(t.fsdp) and t.channels_last is True:
         raise ConfigError(
             "trainer.fsdp=true shards NCHW weights only: set trainer.channels_last=false"
         )
@@ -240,8 +240,8 @@ def build_trainer(
     check_config(cfg)
     dist = dist if dist is not None else setup_distributed(cfg)
     device = local_device(resolve_device(str(cfg.trainer.device)), dist)
-    speed = SpeedOptions.from_config(cfg.trainer)
     try:
+        speed = SpeedOptions.from_config(cfg.trainer, device)
         speed.check(device)
     except ValueError as error:
         raise ConfigError(str(error)) from None

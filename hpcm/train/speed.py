@@ -54,12 +54,18 @@ class SpeedOptions:
     keep_freed_host_memory: bool = True  # hpcm.device.keep_freed_host_memory
 
     @classmethod
-    def from_config(cls, trainer_cfg: Mapping[str, Any]) -> SpeedOptions:
-        """The options of a ``trainer`` config group (conf/trainer/default.yaml holds them)."""
+    def from_config(
+        cls, trainer_cfg: Mapping[str, Any], device: torch.device | None = None
+    ) -> SpeedOptions:
+        """The options of a ``trainer`` config group (conf/trainer/default.yaml holds them)
+        for a run on ``device``: ``channels_last: auto`` is NHWC on the CPU (unless FSDP shards
+        the weights) and NCHW elsewhere or without a device."""
         mode = trainer_cfg["compile_mode"]
         return cls(
             autocast_bf16=bool(trainer_cfg["autocast_bf16"]),
-            channels_last=bool(trainer_cfg["channels_last"]),
+            channels_last=channels_last_for(
+                trainer_cfg["channels_last"], device, bool(trainer_cfg.get("fsdp", False))
+            ),
             compile=bool(trainer_cfg["compile"]),
             compile_mode=None if mode in (None, "default") else str(mode),
             compile_backend=str(trainer_cfg["compile_backend"]),
@@ -117,6 +123,20 @@ class SpeedOptions:
         if not self.autocast_bf16:
             return output
         return {key: _to_float(value) for key, value in output.items()}
+
+
+def channels_last_for(value: bool | str, device: torch.device | None, fsdp: bool = False) -> bool:
+    """``trainer.channels_last`` (``true``, ``false`` or ``auto``) for a run on ``device``.
+
+    ``auto`` is NHWC on the CPU, where oneDNN's convolutions run faster in that format (a
+    training step of the tiny model and of HPCM-Base takes less time, docs/scale.md), and NCHW
+    on other devices until measured there, and with FSDP (it shards NCHW weights only).
+    """
+    if isinstance(value, bool):
+        return value
+    if value != "auto":
+        raise ValueError(f"trainer.channels_last must be true, false or auto, got {value!r}")
+    return device is not None and device.type == "cpu" and not fsdp
 
 
 def _to_float(value: Any) -> Any:

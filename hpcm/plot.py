@@ -40,7 +40,7 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
         names = sorted({k for r in records for k in r if k.startswith(WEIGHT_PREFIX)})
         for key in names:
             weights.plot(*series(records, key), label=f"{label} {key[len(WEIGHT_PREFIX) :]}")
-    weights.set_title("task weights (balanced runs)")
+    weights.set_title("applied task weights (balanced runs)")
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.4)

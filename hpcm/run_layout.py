@@ -39,7 +39,8 @@ FINISHED = "finished.json"
 RUN_CHECKPOINTS = (BEST_CHECKPOINT, LAST_CHECKPOINT)
 # What marks a directory as a started run: its resolved config, or Hydra's own folder.
 RUN_MARKERS = (CONFIG, ".hydra")
-# The metrics of the balancer's task weights: WEIGHT_PREFIX + task name (e.g. ``rate``).
+# The weights a balancer applied to each task loss in the model step: WEIGHT_PREFIX + task name
+# (e.g. ``bpp``).
 WEIGHT_PREFIX = "train/task_weight_"
 
 

@@ -77,9 +77,9 @@ def test_a_dominating_weight_warns_once_with_the_remedy_of_its_balancer(caplog) 
     from hpcm.optim.balancer import FAMOBalancer
 
     qp = QPBalancer(task_names("rd"), [-1.0, -1.0], warn_weight_above=0.9)
-    qp._weights = torch.tensor([0.05, 0.95])
+    qp.applied_weights = torch.tensor([0.05, 0.95])
     famo = FAMOBalancer(task_names("rd"), 0.003, 0.025, [-1.0, -1.0], 0.9, "exact", 2, 0.9, 50)
-    famo.famo._state["logits"] = torch.tensor([-3.0, 3.0])
+    famo.famo.last_alpha = torch.tensor([0.04, 0.96])
     with caplog.at_level("WARNING"):
         assert qp.report()["task_weight_bpp"] == pytest.approx(0.95)
         qp.report()  # still dominating: no second warning
@@ -88,6 +88,44 @@ def test_a_dominating_weight_warns_once_with_the_remedy_of_its_balancer(caplog) 
     assert len(messages) == 2
     assert "task_weight_bpp = 0.950 dominates (> 0.9): the QP weights" in messages[0]
     assert "gamma" not in messages[0] and "optimizer.balancer.gamma" in messages[1]
+
+
+def _two_task_problem():
+    """Two positive losses of one small parameter vector with orthogonal gradients (each
+    task owns half of it, as the QP's min-norm point is then strictly inside the simplex)."""
+    torch.manual_seed(0)
+    w = torch.randn(6, requires_grad=True)
+    a, b = torch.randn(3), torch.randn(3)
+
+    def losses():
+        return torch.stack([3.0 * ((w[:3] - a) ** 2).mean(), 0.5 * ((w[3:] - b) ** 2).mean()])
+
+    return w, losses
+
+
+@pytest.mark.parametrize("kind", ["famo", "qp"])
+def test_logged_task_weights_are_those_applied_to_the_gradient(kind):
+    """``task_weight_*`` are the factors ``a_i`` of the step's gradient ``sum_i a_i grad L_i``;
+    FAMO's softmax and the QP solution are logged beside them under their own names."""
+    from hpcm.optim.balancer import FAMOBalancer
+
+    w, losses = _two_task_problem()
+    names = task_names("rd")
+    if kind == "famo":
+        balancer = FAMOBalancer(names, 0.003, 0.025, [-1.0, -1.0], None, "exact", 2, 0.9, 50)
+        balancer.famo._state["logits"] = torch.tensor([0.7, -0.2])  # z away from uniform
+    else:
+        balancer = QPBalancer(names, [-1.0, -1.0], warn_weight_above=None)
+    balancer.backward(losses(), [w])
+    report = balancer.report()
+    applied = [report["task_weight_distortion"], report["task_weight_bpp"]]
+    grads = [torch.autograd.grad(losses()[i], w)[0] for i in range(2)]
+    expected = applied[0] * grads[0] + applied[1] * grads[1]
+    torch.testing.assert_close(w.grad, expected, rtol=1e-5, atol=1e-7)
+    other = "famo_softmax_" if kind == "famo" else "qp_weight_"
+    raw = [report[other + "distortion"], report[other + "bpp"]]
+    assert sum(raw) == pytest.approx(1.0)
+    assert raw[0] != pytest.approx(applied[0], abs=1e-3)  # the two are different quantities
 
 
 # ----------------------------------------------------------------------------- in training
@@ -112,6 +150,20 @@ def test_hierarchical_run_logs_a_weight_per_scale(make_cfg, tmp_path):
     names = ["distortion", "bpp_s1", "bpp_s2", "bpp_s3", "bpp_z"]
     weights = [train[-1][f"train/task_weight_{n}"] for n in names]
     assert sum(weights) == pytest.approx(1.0, abs=1e-5)
+    softmax = [train[-1][f"train/famo_softmax_{n}"] for n in names]
+    assert sum(softmax) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_logged_weights_give_the_logged_effective_lambda(make_cfg, tmp_path):
+    """With one step per record, ``train/effective_lambda`` is ``lambda * a_D / a_R`` of the
+    logged ``train/task_weight_*``: they are the weights the step applied."""
+    cfg, _ = _run(make_cfg, tmp_path, "optimizer=balanced", "trainer.log_every_n_steps=1")
+    train = [r for r in _records(tmp_path / "metrics.jsonl") if "train/lr" in r]
+    assert train
+    lmbda = float(cfg.lmbda)
+    for r in train:
+        ratio = r["train/task_weight_distortion"] / r["train/task_weight_bpp"]
+        assert r["train/effective_lambda"] == pytest.approx(lmbda * ratio, rel=1e-4)
 
 
 def test_bad_lower_bounds_are_refused(make_cfg, tmp_path):
@@ -268,7 +320,7 @@ def test_lambda_replay_reproduces_a_logged_trajectory(tmp_path):
         LambdaReplayBalancer(["distortion", "bpp_loss"], str(tmp_path), lmbda=0.02)
 
 
-def test_a_replay_twin_trains_on_its_famo_runs_trade_off(tmp_path):
+def test_a_replay_twin_trains_on_its_famo_runs_trade_off(make_cfg, tmp_path):
     from hpcm.run_layout import read_metrics
     from hpcm.train.build import ConfigError
 
@@ -277,15 +329,16 @@ def test_a_replay_twin_trains_on_its_famo_runs_trade_off(tmp_path):
         return [r["train/effective_lambda"] for r in records if "train/effective_lambda" in r]
 
     every = "trainer.log_every_n_steps=1"
-    _run(tmp_path / "famo", "optimizer=balanced", every)
+    _run(make_cfg, tmp_path / "famo", "optimizer=balanced", every)
     famo = series(tmp_path / "famo")
     assert len(famo) == 2 and famo[1] != pytest.approx(0.013, rel=1e-4)  # FAMO moved it
     twin = f"optimizer.balancer.source={tmp_path / 'famo'}"
-    _, loss = _run(tmp_path / "twin", "optimizer=lambda_replay", twin, every)
+    _, loss = _run(make_cfg, tmp_path / "twin", "optimizer=lambda_replay", twin, every)
     assert math.isfinite(loss)
     assert series(tmp_path / "twin") == pytest.approx(famo, rel=1e-6)
     with pytest.raises(ValueError, match="logged 2 steps, this run needs step 3"):
         _run(
+            make_cfg,
             tmp_path / "long",
             "optimizer=lambda_replay",
             twin,
@@ -293,4 +346,4 @@ def test_a_replay_twin_trains_on_its_famo_runs_trade_off(tmp_path):
             "data.samples_per_epoch=6",
         )
     with pytest.raises(ConfigError, match="needs optimizer.balancer.source"):
-        _run(tmp_path / "none", "optimizer=lambda_replay")
+        _run(make_cfg, tmp_path / "none", "optimizer=lambda_replay")

@@ -7,7 +7,7 @@ directories of a sweep (``config.yaml`` and ``metrics.jsonl``, as the trainer wr
 writes, into ``OUT``:
 
 - ``effective_lambda.csv``: one row per run (optimizer, seed, lambda, the effective lambda and
-  the task weights averaged over the last ``--tail`` of the logged training steps);
+  the applied task weights averaged over the last ``--tail`` of the logged training steps);
 - ``effective_lambda.md``: per optimizer and lambda, the mean over seeds and its range;
 - ``effective_lambda.png``: left, the effective lambda against the nominal one (log-log, every
   seed a dot, the mean over seeds a line, the diagonal is Adam's); right, the effective lambda

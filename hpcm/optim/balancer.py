@@ -12,7 +12,9 @@ Every balancer has the same parts, and the training loop uses nothing else::
 ``applied_weights`` are the factors ``a_i`` of the model step's gradient ``sum_i a_i grad L_i``
 (a tensor on the losses' device, no host sync): ones for the plain sum, FAMO's ``alpha``, the QP
 weights divided by their renormalisation. The trade-off the model actually trains at follows from
-them (``hpcm.train.losses.effective_lambda``).
+them (``hpcm.train.losses.effective_lambda``), and they are what ``report`` logs as
+``task_weight_*``: FAMO's softmax ``z`` is logged as ``famo_softmax_*``, the QP solution before its
+renormalisation as ``qp_weight_*``.
 
 A balancer knows nothing of HPCM or of how the losses were computed: the task losses are a
 vector (``task_names`` says which), and after the optimizer step it may ask the loop's
@@ -82,10 +84,16 @@ class Balancer(Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
-def weight_metric_name(task: str) -> str:
-    """Logged name of a task weight: ``task_weight_distortion``, ``task_weight_bpp``,
-    ``task_weight_bpp_s1`` ..."""
-    return "task_weight_" + ("bpp" if task == "bpp_loss" else task)
+def weight_metric_name(task: str, prefix: str = "task_weight_") -> str:
+    """Logged name of a per-task value: ``task_weight_distortion``, ``task_weight_bpp``,
+    ``task_weight_bpp_s1``, ``famo_softmax_bpp`` ..."""
+    return prefix + ("bpp" if task == "bpp_loss" else task)
+
+
+def _named(prefix: str, task_names: Sequence[str], values: Tensor) -> dict[str, float]:
+    """``{prefix + task: value}`` for one value per task."""
+    names = [weight_metric_name(t, prefix) for t in task_names]
+    return dict(zip(names, values.tolist(), strict=True))
 
 
 def check_lower_bounds(min_losses: Sequence[float], names: Sequence[str]) -> None:
@@ -128,7 +136,7 @@ class PlainBalancer:
 
 
 class _WeightReport:
-    """Logged task weights, and a warning when one of them dominates."""
+    """The applied task weights to log, and a warning when one of them dominates."""
 
     def __init__(
         self, task_names: tuple[str, ...], warn_weight_above: float | None, remedy: str
@@ -194,8 +202,8 @@ class FAMOBalancer:
         self._report = _WeightReport(
             self.task_names,
             warn_weight_above,
-            "raise optimizer.balancer.gamma or lower optimizer.balancer.w_lr to keep the weights "
-            "nearer 0.5",
+            "raise optimizer.balancer.gamma or lower optimizer.balancer.w_lr to keep FAMO's "
+            "softmax nearer uniform",
         )
 
     @property
@@ -215,7 +223,10 @@ class FAMOBalancer:
         self.update(self.famo, probe)
 
     def report(self) -> dict[str, float]:
-        return self._report(self.weights)
+        """The weights the last step applied (``task_weight_*``) and FAMO's softmax
+        (``famo_softmax_*``)."""
+        applied = self._report(self.applied_weights)
+        return {**applied, **_named("famo_softmax_", self.task_names, self.weights)}
 
     def state_dict(self) -> dict[str, Any]:
         """FAMO's tensors plus the update mode's state (``update_*`` keys)."""
@@ -304,7 +315,10 @@ class QPBalancer:
         del probe
 
     def report(self) -> dict[str, float]:
-        return self._report(self._weights)
+        """The weights the last step applied (``task_weight_*``) and the QP solution before
+        its renormalisation (``qp_weight_*``)."""
+        applied = self._report(self.applied_weights)
+        return {**applied, **_named("qp_weight_", self.task_names, self._weights)}
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"min_losses": self._min.clone().cpu(), "weights": self._weights.clone()}

@@ -103,3 +103,50 @@ def test_tool_commands_accept_their_flags(
     else:  # the example's paths do not exist here: a one-line error naming one, not usage (2)
         named = [a for a in args if not a.startswith("-")]
         assert code == 1 and err.startswith("error: ") and any(a in err for a in named), err
+
+
+def markdown_table(text: str, header: str) -> list[list[str]]:
+    """The rows (cells stripped of spaces) of the table whose header row starts with
+    ``header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_readme_model_table_lists_every_model_with_its_parameter_count() -> None:
+    """Built on the meta device: the counts without allocating HPCM-1B's 4 GB."""
+    import torch
+
+    import hpcm
+    from hpcm.codec.model import MODEL_CONFIGS
+
+    rows = markdown_table((ROOT / "README.md").read_text(), "| `model=` |")
+    stated = {name.strip("`"): int(count.replace(",", "")) for name, count, *_ in rows}
+    assert set(stated) == set(MODEL_CONFIGS)
+    for name, count in stated.items():
+        with torch.device("meta"):
+            model = hpcm.build_model(name)
+        assert sum(p.numel() for p in model.parameters()) == count, name
+
+
+def test_training_config_table_lists_every_option_of_every_group() -> None:
+    """docs/training.md's table names every group of ``conf/`` (Hydra's own aside) and, in its
+    options cell, every option of that group."""
+    rows = markdown_table((ROOT / "docs" / "training.md").read_text(), "| group |")
+    documented = {group.strip("`"): options for group, options, *_ in rows}
+    groups = {d.name for d in CONF_DIR.iterdir() if d.is_dir() and d.name != "hydra"}
+    assert set(documented) == groups
+    for group in groups:
+        options = {f.stem for f in (CONF_DIR / group).glob("*.yaml")}
+        named = set(re.findall(r"`([^`]+)`", documented[group]))
+        assert options <= named, (group, options - named)
+
+
+def test_evaluation_doc_names_the_per_image_csv_columns_in_order() -> None:
+    text = " ".join((ROOT / "docs" / "evaluation.md").read_text().split())
+    assert f"`{evaluate.CSV_NAME}`: `{', '.join(evaluate.CSV_FIELDS)}`" in text

@@ -1,7 +1,7 @@
-"""Imports run one way (README.md, "Layout"): leaf modules, then codec and optim, then train and
-eval, then the entrypoints. Every module's imports are parsed (those inside functions too); an
-import of a higher layer, of a sibling (codec <-> optim, train <-> eval), or any file-level cycle
-fails, naming the file and line."""
+"""Imports run one way (docs/development.md, "Layers"): leaf modules, then codec and optim, then
+train and eval, then the entrypoints. Every module's imports are parsed (those inside functions
+too); an import of a higher layer, of a sibling (codec <-> optim, train <-> eval), or any
+file-level cycle fails, naming the file and line."""
 
 from __future__ import annotations
 

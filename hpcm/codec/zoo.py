@@ -1,8 +1,10 @@
 """HPCM in CompressAI's model registry (``compressai.registry.MODELS``).
 
 CompressAI-Trainer builds its model as ``MODELS[conf.model.name](**conf.hp)``; importing
-:mod:`hpcm.codec` (which imports this module) registers ``hpcm_base``, ``hpcm_large`` and
-``hpcm_tiny`` (our ``tiny``, prefixed because the registry is shared with every other package).
+:mod:`hpcm.codec` (which imports this module) registers every model of
+:data:`~hpcm.codec.model.MODEL_CONFIGS`: ``hpcm_base``, ``hpcm_large``, ``hpcm_phi_context``,
+``hpcm_1b``, ``hpcm_tiny`` and ``hpcm_tiny_phi`` (our ``tiny`` and ``tiny_phi``, prefixed
+because the registry is shared with every other package).
 Keyword arguments override fields of :class:`~hpcm.codec.model.HPCMConfig`, and each entry has
 ``from_state_dict`` as CompressAI's model classes do.
 

@@ -1,4 +1,4 @@
-"""Do a caller's numeric settings change the bitstreams on this device? (issue 14, item 3)
+"""Do a caller's numeric settings change the bitstreams on this device?
 
     python benchmarks/coding_check.py --device cuda      # part of benchmarks/gpu_check.sh
 

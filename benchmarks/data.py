@@ -6,7 +6,7 @@
 For each folder, three ways to make the same seeded 256x256 training crops (random position and
 flips) are timed in this process with one torch thread, as a loader worker runs them:
 
-- ``old``: the pipeline before issue 14 (PIL decode, ``convert("RGB")`` and ``np.array`` of the
+- ``old``: the plain pipeline (PIL decode, ``convert("RGB")`` and ``np.array`` of the
   whole image, crop, flips, float32 in the worker), kept here as the reference;
 - ``new``: :class:`hpcm.train.data.ImageFolder` on the image files (uint8 crops; only the crop
   is converted and copied; float is made on the device);
@@ -36,7 +36,7 @@ DEFAULT_FOLDERS = [SHARED / "wikimedia49", SHARED / "train-bsds500"]
 
 
 def old_sample(path: Path, crop: int, seed: int):
-    """The sample the pipeline before issue 14 made (same crop and flips as today's)."""
+    """The sample of the plain pipeline (the same crop and flips as ``new``)."""
     import numpy as np
     import torch
     from PIL import Image

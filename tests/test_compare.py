@@ -1,4 +1,4 @@
-"""The optimizer comparison (issue 9): seeds paired curve by curve, the intervals across seeds and
+"""The optimizer comparison: seeds paired curve by curve, the intervals across seeds and
 the paired bootstrap over test images, warnings for unusable curves, the effective lambda, and a
 whole `experiment=compare` sweep with a toy budget."""
 

@@ -1,5 +1,5 @@
 """Every numeric value the model and the run constrain is checked at configuration time, in one
-line (issue 10, item 7), before any data is loaded."""
+line, before any data is loaded."""
 
 from __future__ import annotations
 

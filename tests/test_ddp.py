@@ -1,4 +1,4 @@
-"""Data-parallel training (issue 5, point 1): two gloo processes on the CPU via torchrun stay
+"""Data-parallel training: two gloo processes on the CPU via torchrun stay
 identical (weights and Balanced task weights), rank 0 alone writes, resume is exact; plus the
 single-process behaviour of the DDP options."""
 

@@ -1,4 +1,4 @@
-"""No host sync in the training step beyond the one finiteness check (issue 14, item 5).
+"""No host sync in the training step beyond the one finiteness check.
 
 On a GPU every read of a device tensor by the host (``item``, ``bool``, ``float``, ``tolist``,
 ``cpu``, ``numpy``) waits for the queued kernels, and every tensor made from host data inside

@@ -1,4 +1,4 @@
-"""Speed options of the training step (issue 5, point 3): ``trainer.channels_last``,
+"""Speed options of the training step: ``trainer.channels_last``,
 ``trainer.compile`` and ``trainer.autocast_bf16`` (CUDA only; refused on the CPU). Their effect
 on step time is measured on a GPU by benchmarks/gpu_check.sh."""
 

@@ -1,4 +1,4 @@
-"""Sweeps (issue 4): the Optuna search of the Balanced R-D hyper-parameters (sqlite storage,
+"""Sweeps: the Optuna search of the Balanced R-D hyper-parameters (sqlite storage,
 resume, failed and diverged trials), the lambda sweeps and the launcher configs. The runs go
 through ``python train.py -m`` exactly as a user types it, in a working directory in tmp_path."""
 

@@ -1,6 +1,6 @@
 """Balanced post-step update modes (``optimizer.balancer.update_mode``): per-image losses, the noise of a
 sub-batch, the moving-average estimate of ``next_batch``, and that the cheap modes move the task
-weights as the exact mode does (issue 5, point 4)."""
+weights as the exact mode does."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ S3_STEP_PATTERNS = (
     (6, 0, 2, 4, 7, 1, 3, 5),
     (7, 1, 3, 5, 6, 0, 2, 4),
 )
-# The official code's "s1 positions" at full resolution used to place hyper parameters at s2:
+# The official code's "s1 positions" at full resolution, which place hyper parameters at s2:
 # one position per 4x4 tile for each channel group. For groups 2..7 they are not the positions
 # that s1 really codes; that is harmless but decides which values feed the context, so it is kept.
 HYPER_S1_POSITIONS = ((0, 0), (1, 1), (0, 1), (1, 0), (0, 2), (1, 3), (0, 3), (1, 2))

@@ -5,7 +5,7 @@
 the CPU). :class:`DistContext` is what the trainer keeps: its collectives are no-ops in a single
 process, so the training loop has one code path.
 
-What keeps the ranks identical (issue 5): the model is wrapped in ``DistributedDataParallel``
+What keeps the ranks identical: the model is wrapped in ``DistributedDataParallel``
 (gradients averaged in the backward), the Balanced task losses are averaged over the ranks before
 every FAMO weight update (``FAMOWeighting(reduce_fn=ctx.all_reduce_mean)``), and the decisions
 to skip a non-finite batch and to stop on a signal are taken by all ranks together, in the step's

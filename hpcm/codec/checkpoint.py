@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from hpcm.codec.model import HPCM, MODEL_CONFIGS, HPCMConfig
+from hpcm.codec.model import HPCM, MODEL_CONFIGS, HPCMConfig, rename_legacy_tables
 from hpcm.files import atomic_write
 
 
@@ -264,12 +264,13 @@ def load_model(source, name: str | None = None, device=None, update: bool = True
         if name is not None and name != ckpt_name:
             raise CheckpointError(f"checkpoint holds model {ckpt_name!r}, not {name!r}")
         model = HPCM(HPCMConfig.from_dict(source["model_config"]), name=ckpt_name)
-        state, strict = source["state_dict"], True
+        state, strict = rename_legacy_tables(dict(source["state_dict"])), True
     else:
         state = unwrap_state_dict(source)
         official = is_official_state_dict(state)
         if not is_hpcm_state_dict(state):
             raise CheckpointError("neither a project checkpoint nor an HPCM state dict")
+        state = rename_legacy_tables(dict(state))
         guess = official_model_name(state) if official else None  # from the keys: cheap
         state = convert_official_state_dict(state) if official else state
         strict = not official
@@ -290,7 +291,8 @@ def load_model(source, name: str | None = None, device=None, update: bool = True
 
 def _check_fits(model, state: dict, strict: bool) -> None:
     own = model.state_dict()
-    tables = {k for k in own if k.startswith(("y_", "z_cdf", "z_offset", "entropy."))}
+    # Coding tables (built by update() when absent) and the GGM constants are optional.
+    tables = {k for k in own if k.startswith(("y_entropy.", "z_entropy.", "entropy."))}
     missing = [k for k in own if k not in state and k not in tables]
     if not strict:  # official checkpoints may lack the adaptive gains (they stay 1)
         missing = [k for k in missing if not k.startswith("adaptive_params.")]

@@ -121,9 +121,16 @@ def save(trainer: Trainer, epoch: int, is_best: bool, periodic: bool) -> None:
     atomic_torch_save(ckpt, run_dir / LAST_CHECKPOINT)
 
 
+# optimizer.base of run configs that named the base optimizer instead of its ``_target_``.
+NAMED_BASE_OPTIMIZERS = {"adam": "torch.optim.Adam", "cautious_adam": "hpcm.optim.CautiousAdam"}
+
+
 def _optimizer_of(config: dict[str, Any]) -> tuple[Any, Any]:
+    """The classes of a run config's base optimizer and balancer."""
     optimizer = config.get("optimizer") or {}
-    return optimizer.get("base"), (optimizer.get("balancer") or {}).get("_target_")
+    base = optimizer.get("base")
+    base = base.get("_target_") if isinstance(base, dict) else NAMED_BASE_OPTIMIZERS.get(base, base)
+    return base, (optimizer.get("balancer") or {}).get("_target_")
 
 
 def resume(trainer: Trainer, path: str | Path) -> None:

@@ -22,7 +22,14 @@ import hpcm
 from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
 from hpcm.codec.model import LEGACY_TABLE_KEYS
 from hpcm.train import loop as engine
-from hpcm.train.build import ConfigError, build_balancer, build_optimizer, build_trainer, train
+from hpcm.train.build import (
+    ConfigError,
+    build_balancer,
+    build_optimizer,
+    build_trainer,
+    check_config,
+    train,
+)
 from hpcm.train.cli import prepare_overrides
 from hpcm.train.data import DataError, to_float
 from hpcm.train.losses import task_names
@@ -391,6 +398,13 @@ def test_resume_refuses_another_model_or_optimizer(tmp_path: Path) -> None:
         train(make_cfg(tmp_path / "new", f"resume={tmp_path / 'missing'}"))
     with pytest.raises(ConfigError, match="resume=true but"):
         train(make_cfg(tmp_path / "other", "resume=true"))
+
+
+def test_unset_data_folders_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^data.train_dir and data.test_dir must be set, e\.g\."):
+        check_config(make_cfg(tmp_path, "data=folder", short=False))
+    with pytest.raises(ConfigError, match=r"^data.root must be set, e\.g\. data.root=DIR$"):
+        check_config(make_cfg(tmp_path, "data=flickr2w", short=False))
 
 
 def test_resume_of_a_checkpoint_in_the_earlier_layout(tmp_path: Path) -> None:

@@ -139,6 +139,9 @@ def check_config(cfg: DictConfig) -> None:
     """One-line errors for every numeric value the model and the run constrain, before any
     data is loaded (else they fail at the first step or epoch, with a traceback)."""
     t, d, o = cfg.trainer, cfg.data, cfg.optimizer
+    missing = [f"data.{key}" for key in d if OmegaConf.is_missing(d, key)]
+    if missing:  # data=folder's folders, data=flickr2w's root
+        raise ConfigError(f"{' and '.join(missing)} must be set, e.g. {missing[0]}=DIR")
     for key in ("epochs", "val_every_n_epochs", "save_every_n_epochs", "log_every_n_steps"):
         _number(t[key], f"trainer.{key}", 1)
     _number(t.max_steps_per_epoch, "trainer.max_steps_per_epoch", 1, optional=True)

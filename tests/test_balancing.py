@@ -268,7 +268,7 @@ def test_lambda_replay_reproduces_a_logged_trajectory(tmp_path):
         LambdaReplayBalancer(["distortion", "bpp_loss"], str(tmp_path), lmbda=0.02)
 
 
-def test_a_replay_twin_trains_on_its_famo_runs_trade_off(tmp_path):
+def test_a_replay_twin_trains_on_its_famo_runs_trade_off(make_cfg, tmp_path):
     from hpcm.run_layout import read_metrics
     from hpcm.train.build import ConfigError
 
@@ -277,15 +277,16 @@ def test_a_replay_twin_trains_on_its_famo_runs_trade_off(tmp_path):
         return [r["train/effective_lambda"] for r in records if "train/effective_lambda" in r]
 
     every = "trainer.log_every_n_steps=1"
-    _run(tmp_path / "famo", "optimizer=balanced", every)
+    _run(make_cfg, tmp_path / "famo", "optimizer=balanced", every)
     famo = series(tmp_path / "famo")
     assert len(famo) == 2 and famo[1] != pytest.approx(0.013, rel=1e-4)  # FAMO moved it
     twin = f"optimizer.balancer.source={tmp_path / 'famo'}"
-    _, loss = _run(tmp_path / "twin", "optimizer=lambda_replay", twin, every)
+    _, loss = _run(make_cfg, tmp_path / "twin", "optimizer=lambda_replay", twin, every)
     assert math.isfinite(loss)
     assert series(tmp_path / "twin") == pytest.approx(famo, rel=1e-6)
     with pytest.raises(ValueError, match="logged 2 steps, this run needs step 3"):
         _run(
+            make_cfg,
             tmp_path / "long",
             "optimizer=lambda_replay",
             twin,
@@ -293,4 +294,4 @@ def test_a_replay_twin_trains_on_its_famo_runs_trade_off(tmp_path):
             "data.samples_per_epoch=6",
         )
     with pytest.raises(ConfigError, match="needs optimizer.balancer.source"):
-        _run(tmp_path / "none", "optimizer=lambda_replay")
+        _run(make_cfg, tmp_path / "none", "optimizer=lambda_replay")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,10 @@ def test_train_commands_compose(args: list[str]) -> None:
         if key in cfg.hydra.runtime.choices:
             assert cfg.hydra.runtime.choices[key] == value, override.input_line
         else:
-            assert OmegaConf.select(cfg, key) == value, override.input_line
+            selected = OmegaConf.select(cfg, key)
+            if isinstance(selected, Enum):  # hydra.mode=RUN holds RunMode.RUN
+                selected = selected.name
+            assert selected == value, override.input_line
         checked += 1
     assert checked or not overrides or any("," in o or "(" in o for o in overrides)
 

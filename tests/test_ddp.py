@@ -33,6 +33,7 @@ RUN = [
     "trainer.epochs=2",
     "trainer.progress_bar=false",
     "trainer.showcase=false",
+    "trainer.channels_last=false",  # one memory format for DDP and FSDP (FSDP shards NCHW only)
     "trainer.save_every_n_epochs=1",
     "trainer.log_every_n_steps=1",
     "data.batch_size=1",

@@ -84,8 +84,7 @@ def test_train_commands_compose(args: list[str]) -> None:
             assert cfg.hydra.runtime.choices[key] == value, override.input_line
         else:
             selected = OmegaConf.select(cfg, key)
-            if isinstance(selected, Enum):  # hydra.mode=RUN holds RunMode.RUN
-                selected = selected.name
+            selected = selected.name if isinstance(selected, Enum) else selected  # hydra.mode
             assert selected == value, override.input_line
         checked += 1
     assert checked or not overrides or any("," in o or "(" in o for o in overrides)

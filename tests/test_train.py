@@ -156,7 +156,7 @@ def test_defaults_are_the_documented_ones(make_cfg, tmp_path: Path) -> None:
     assert (famo.gamma, famo.w_lr, balanced.clip_max_norm) == (0.003, 0.025, 1.0)
     assert list(famo.min_losses) == [-1.0, -1.0]
     qp = make_cfg(tmp_path, "optimizer=balanced_qp", short=False).optimizer.balancer
-    assert set(qp) == {"_target_", "min_losses", "constraint", "warn_weight_above"}  # no FAMO keys
+    assert set(qp) == {"_target_", "min_losses", "warn_weight_above", "constraint"}  # no FAMO keys
 
 
 def test_prepare_overrides_quotes_lambdas_and_rejects_unknown_names() -> None:
@@ -280,9 +280,8 @@ def test_replayed_rng_gives_the_same_noise_and_leaves_the_stream_alone() -> None
 
 
 def test_post_step_losses_use_the_same_noise(make_cfg, tmp_path: Path) -> None:
-    # With lr 0 the weights do not move, so with the step's own noise (post_step_noise=replay)
-    # the post-step losses equal the pre-step ones: delta = 0 and the logits (starting at 0)
-    # stay exactly 0.
+    # With lr 0 the weights do not move, so with the step's own noise the post-step losses
+    # equal the pre-step ones: delta = 0 and the logits (starting at 0) stay exactly 0.
     replay = "optimizer.balancer.post_step_noise=replay"
     trainer = build_trainer(make_cfg(tmp_path, "optimizer=balanced", "optimizer.lr=0.0", replay))
     x = fixed_batch(trainer)

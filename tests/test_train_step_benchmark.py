@@ -33,7 +33,7 @@ def test_help_runs_nothing() -> None:
         timeout=60,
     )
     assert done.returncode == 0
-    assert "OPTIMIZER[:MODE][+bf16][+cl][+compile]" in done.stdout
+    assert "OPTIMIZER[:MODE][+bf16][+cl][+nchw][+compile]" in done.stdout
     assert " torch" not in done.stderr  # -X importtime lists every import: torch is not one
     assert time.perf_counter() - start < 30
 

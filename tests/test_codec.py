@@ -389,14 +389,12 @@ def test_module_entrypoint_help():
 
 
 def test_weights_fingerprint_follows_in_place_updates():
-    from hpcm.codec import weights_fingerprint
-
     model = hpcm.build_model("tiny")
-    before = weights_fingerprint(model)
-    assert weights_fingerprint(model) == before
+    before = model.weights_fingerprint()
+    assert model.weights_fingerprint() == before
     with torch.no_grad():
         model.g_s[0].weight.add_(1e-3)  # e.g. an optimizer step after an encode
-    assert weights_fingerprint(model) != before
+    assert model.weights_fingerprint() != before
 
 
 def test_a_plan_first_built_in_inference_mode_serves_training() -> None:

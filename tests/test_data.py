@@ -16,12 +16,14 @@ from hpcm.train.data import (
     EMBEDDED_TEST,
     EMBEDDED_TRAIN,
     DataError,
+    DataLoaders,
     DataWarning,
     EmbeddedSamples,
     ImageFolder,
     SeededSampler,
-    build_dataloaders,
     center_crop,
+    embedded_loaders,
+    folder_loaders,
     load_embedded,
     random_crop_flip,
 )
@@ -205,13 +207,21 @@ def collect(loader: torch.utils.data.DataLoader, epochs: int) -> list[torch.Tens
     return [batch for _ in range(epochs) for batch in loader]
 
 
+# The keys of a data config and what the run adds (conf/data, hpcm.train.build).
+LOADER_KEYS = {"test_batch_size": 1, "num_workers": 0, "seed": 0, "drop_last": False}
+
+
+def embedded(**keys) -> DataLoaders:
+    return embedded_loaders(**{"test_crop_size": None, **LOADER_KEYS, **keys})
+
+
 def test_same_seed_same_data_whatever_the_global_rng() -> None:
     kwargs = {"crop_size": 32, "batch_size": 4, "samples_per_epoch": 12}
     torch.manual_seed(0)
-    first = collect(build_dataloaders(seed=5, **kwargs).train, epochs=2)
+    first = collect(embedded(seed=5, **kwargs).train, epochs=2)
     torch.manual_seed(1)
-    second = collect(build_dataloaders(seed=5, **kwargs).train, epochs=2)
-    other = collect(build_dataloaders(seed=6, **kwargs).train, epochs=2)
+    second = collect(embedded(seed=5, **kwargs).train, epochs=2)
+    other = collect(embedded(seed=6, **kwargs).train, epochs=2)
     assert len(first) == 6 and first[0].shape == (4, 3, 32, 32)
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert not torch.equal(first[0], other[0])
@@ -220,8 +230,8 @@ def test_same_seed_same_data_whatever_the_global_rng() -> None:
 
 def test_workers_do_not_change_the_data() -> None:
     kwargs = {"crop_size": 32, "batch_size": 2, "samples_per_epoch": 6, "seed": 3}
-    serial = collect(build_dataloaders(num_workers=0, **kwargs).train, epochs=2)
-    parallel = collect(build_dataloaders(num_workers=2, **kwargs).train, epochs=2)
+    serial = collect(embedded(num_workers=0, **kwargs).train, epochs=2)
+    parallel = collect(embedded(num_workers=2, **kwargs).train, epochs=2)
     assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
 
 
@@ -236,16 +246,16 @@ def test_seeded_sampler_epochs_and_ranks() -> None:
     assert {i for s in shards for i, _ in s} == set(range(10))
 
 
-def test_folder_loaders_and_bad_names(kodak: Path) -> None:
-    loaders = build_dataloaders(
-        "folder", train_dir=kodak, test_dir=kodak, crop_size=64, test_crop_size=256, batch_size=8
-    )
+def test_folder_loaders_and_a_missing_folder(kodak: Path, tmp_path: Path) -> None:
+    keys = {**LOADER_KEYS, "crop_size": 64, "test_crop_size": 256, "batch_size": 8}
+    loaders = folder_loaders(train_dir=kodak, test_dir=kodak, **keys)
     assert next(iter(loaders.train)).shape == (8, 3, 64, 64)
     assert next(iter(loaders.test)).shape == (1, 3, 256, 256)
-    with pytest.raises(DataError, match="train_dir and test_dir"):
-        build_dataloaders("folder", train_dir=kodak)
-    with pytest.raises(ValueError, match="embedded, folder"):
-        build_dataloaders("imagenet")
+    # data=flickr2w: the folders relative to data.root (an absolute one stays as it is)
+    under_root = folder_loaders(root=kodak.parent, train_dir=kodak.name, test_dir=kodak, **keys)
+    assert under_root.train.dataset.paths == loaders.train.dataset.paths
+    with pytest.raises(DataError, match="image folder not found"):
+        folder_loaders(root=tmp_path, train_dir="train", test_dir="test", **keys)
 
 
 # ----------------------------------------------------------------------------- prepared folders

@@ -11,7 +11,6 @@ import torch
 from hpcm.optim import (
     CautiousAdam,
     FAMOWeighting,
-    build_base_optimizer,
     combine_gradients_qp,
     qp_weights,
     snapshot_grads,
@@ -198,7 +197,7 @@ def test_adam_with_famo_trains_two_task_regression() -> None:
     x = torch.randn(64, 3)
     targets = torch.stack([x @ torch.tensor([1.0, -2.0, 0.5]), 2.0 * x[:, 0] - x[:, 2]], dim=1)
     model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Linear(8, 2))  # shared trunk
-    opt = build_base_optimizer("adam", model.parameters(), lr=0.02)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
     famo = FAMOWeighting(2, gamma=0.003, w_lr=0.025, min_losses=-1.0)
 
     def losses() -> torch.Tensor:
@@ -327,15 +326,6 @@ def test_cautious_adam_state_dict_round_trip() -> None:
     train(model_b, opt_b, 5)
     for pa, pb in zip(model_a.parameters(), model_b.parameters(), strict=True):
         assert torch.equal(pa, pb)
-
-
-def test_build_base_optimizer() -> None:
-    p = [torch.zeros(2, requires_grad=True)]
-    assert type(build_base_optimizer("adam", p, lr=1e-3)) is torch.optim.Adam
-    opt = build_base_optimizer("cautious_adam", p, lr=1e-3, max_scale=10.0)
-    assert isinstance(opt, CautiousAdam) and opt.defaults["max_scale"] == 10.0
-    with pytest.raises(ValueError):
-        build_base_optimizer("sgd", p, lr=1e-3)
 
 
 # ----------------------------------------------------------------------------- QP

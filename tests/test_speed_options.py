@@ -7,6 +7,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,11 @@ from hpcm.train.data import to_float
 from hpcm.train.speed import SpeedOptions, channels_last_for
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def speed_options(make_cfg, **changes) -> SpeedOptions:
+    """The default run's speed options (trainer/default.yaml) with ``changes``."""
+    return replace(SpeedOptions.from_config(make_cfg(None).trainer), **changes)
 
 
 def test_bf16_autocast_is_refused_on_the_cpu(make_cfg, tmp_path: Path) -> None:
@@ -74,7 +80,7 @@ def test_channels_last_auto_is_nhwc_on_the_cpu_only(make_cfg, tmp_path: Path) ->
         build_trainer(make_cfg(tmp_path, "trainer.channels_last=fast"))
 
 
-def test_entropy_model_evaluates_likelihoods_in_fp32_under_autocast() -> None:
+def test_entropy_model_evaluates_likelihoods_in_fp32_under_autocast(make_cfg) -> None:
     # CPU autocast stands in for CUDA: whatever dtype the transforms hand over, the CDF
     # difference of the likelihood is taken in fp32 (bf16 would round it for confident
     # predictions); the entropy model does this itself, no wrapper is installed.
@@ -87,12 +93,12 @@ def test_entropy_model_evaluates_likelihoods_in_fp32_under_autocast() -> None:
     assert kept.dtype == torch.float32
     torch.testing.assert_close(kept, likelihood(residual.float(), scales.float()))
     with torch.no_grad():
-        prepared = SpeedOptions(autocast_bf16=True).prepare_model(model)
+        prepared = speed_options(make_cfg, autocast_bf16=True).prepare_model(model)
     assert "likelihood" not in vars(prepared.entropy)  # nothing patched onto the instance
 
 
-def test_float_output_casts_bf16_outputs_for_the_loss() -> None:
-    speed = SpeedOptions(autocast_bf16=True)
+def test_float_output_casts_bf16_outputs_for_the_loss(make_cfg) -> None:
+    speed = speed_options(make_cfg, autocast_bf16=True)
     out = {
         "x_hat": torch.zeros(1, 3, 2, 2, dtype=torch.bfloat16),
         "likelihoods": {"y": torch.ones(1, 2, dtype=torch.bfloat16)},
@@ -101,7 +107,7 @@ def test_float_output_casts_bf16_outputs_for_the_loss() -> None:
     cast = speed.float_output(out)
     assert cast["x_hat"].dtype == cast["likelihoods"]["y"].dtype == torch.float32
     assert cast["y_scale_map"].dtype == torch.long
-    assert SpeedOptions().float_output(out) is out  # off: untouched
+    assert speed_options(make_cfg).float_output(out) is out  # off: untouched
 
 
 @pytest.mark.slow

@@ -14,22 +14,31 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_method
+from hydra.utils import get_class, get_method, instantiate
 from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 from PIL import Image
 
 import hpcm
 from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
+from hpcm.codec.state_dict import LEGACY_TABLE_KEYS
 from hpcm.eval.showcase import show_run
-from hpcm.optim import CautiousAdam, PlainBalancer
 from hpcm.run_layout import read_metrics
 from hpcm.train import loop as engine
-from hpcm.train.build import ConfigError, build_balancer, build_optimizer, build_trainer, train
+from hpcm.train.build import (
+    ConfigError,
+    build_balancer,
+    build_optimizer,
+    build_trainer,
+    check_config,
+    train,
+)
 from hpcm.train.cli import prepare_overrides
 from hpcm.train.data import DataError, DataWarning, to_float
+from hpcm.train.losses import task_names
 from hpcm.train.lr_schedule import LRSchedule
 from hpcm.train.post_step import replay_rng, rng_state
-from hpcm.train.tracking import LOGGERS
+from hpcm.train.tracking import no_logger, start_wandb
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -42,6 +51,21 @@ NEEDS = {
     ("experiment", "compare"): ["data=folder", *FOLDERS],
     ("experiment", "compare_cpu"): FOLDERS,
 }
+# The classes an optimizer option builds (base optimizer, balancer) and its task losses.
+OPTIMIZERS = {
+    "adam": ("torch.optim.Adam", "hpcm.optim.balancer.PlainBalancer", "rd"),
+    "balanced": ("hpcm.optim.CautiousAdam", "hpcm.optim.balancer.FAMOBalancer", "rd"),
+    "balanced_hier": ("hpcm.optim.CautiousAdam", "hpcm.optim.balancer.FAMOBalancer", "scales"),
+    "balanced_qp": ("hpcm.optim.CautiousAdam", "hpcm.optim.balancer.QPBalancer", "rd"),
+    "lambda_replay": ("torch.optim.Adam", "hpcm.optim.lambda_replay.LambdaReplayBalancer", "rd"),
+}
+# The loader function of a data option and its (root, train_dir, test_dir) under NEEDS.
+DATA = {
+    "embedded": ("hpcm.train.data.embedded_loaders", [None, None, None]),
+    "folder": ("hpcm.train.data.folder_loaders", [None, "/tmp/train", "/tmp/test"]),
+    "flickr2w": ("hpcm.train.data.folder_loaders", ["/tmp/flickr", "train", "test"]),
+}
+LOGGERS = {"none": no_logger, "wandb": start_wandb}
 
 
 def options(group: str) -> list[str]:
@@ -57,9 +81,16 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert plain["paths"]["run_dir"] == str(tmp_path)
     if group == "model":
-        assert get_method(cfg.model._target_) is hpcm.build_model and cfg.model.name == option
-        assert cfg.model.name in hpcm.MODEL_CONFIGS
+        assert get_method(cfg.model._target_) is hpcm.build_model
+        with torch.device("meta"):  # shapes only: no memory for HPCM-1B's weights
+            model = instantiate(cfg.model)
+        assert model.name == option and model.config == hpcm.MODEL_CONFIGS[option]
     elif group == "optimizer":
+        base, balancer_target, tasks = OPTIMIZERS[option]
+        assert (cfg.optimizer.base._target_, cfg.optimizer.balancer._target_) == (
+            base,
+            balancer_target,
+        )
         model = torch.nn.Linear(2, 2)
         optimizer = build_optimizer(cfg.optimizer, model.parameters())
         if option == "lambda_replay":  # it replays a run's logged trade-off: give it one
@@ -68,18 +99,26 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
             )
             cfg.optimizer.balancer.source = str(tmp_path)
         balancer = build_balancer(cfg.optimizer)
-        balanced = option.startswith("balanced")
-        assert isinstance(optimizer, CautiousAdam) == balanced
-        assert isinstance(balancer, PlainBalancer) != (balanced or option == "lambda_replay")
-        assert cfg.optimizer.clip_max_norm == 1.0 and cfg.optimizer.lr == 2e-3
+        assert type(optimizer) is get_class(base) and type(balancer) is get_class(balancer_target)
+        assert balancer.task_names == task_names(tasks)
+        assert optimizer.defaults["lr"] == cfg.optimizer.lr == 2e-3  # optimizer.lr is the lr
+        assert cfg.optimizer.clip_max_norm == 1.0
     elif group == "lambda":
         value = float(option.removeprefix("msssim_"))
         assert cfg.lmbda == value
         assert cfg.metric == ("ms-ssim" if option.startswith("msssim_") else "mse")
-    elif group == "data":  # flickr2w is a folder layout under data.root
-        assert cfg.data.name == ("folder" if option == "flickr2w" else option)
+    elif group == "data":
+        target, folders = DATA[option]
+        assert cfg.data._target_ == target and callable(get_method(target))
+        assert [plain["data"].get(k) for k in ("root", "train_dir", "test_dir")] == folders
+        if option == "flickr2w":  # the root is mandatory
+            with pytest.raises(MissingMandatoryValue):
+                OmegaConf.to_container(
+                    make_cfg(tmp_path, "data=flickr2w", short=False).data, throw_on_missing=True
+                )
     elif group == "logger":
-        assert cfg.logger.name == option and option in LOGGERS
+        start = instantiate(cfg.logger)  # a partial: the run adds its directory and name
+        assert start.func is get_method(cfg.logger._target_) is LOGGERS[option]
     elif group == "experiment" and option.startswith("compare"):
         assert cfg.resume == "auto" and cfg.compare.dataset == "/tmp/test"
         overrides = prepare_overrides([f"experiment={option}", *NEEDS[(group, option)]])
@@ -103,11 +142,12 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
 
 def test_defaults_are_the_documented_ones(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, short=False)
-    assert (cfg.model.name, cfg.optimizer.name, cfg.data.name) == ("tiny", "adam", "embedded")
-    assert (cfg.lmbda, cfg.metric, cfg.logger.name, cfg.logger.mode) == (
+    assert (cfg.model.name, cfg.optimizer.name) == ("tiny", "adam")
+    assert cfg.data._target_ == DATA["embedded"][0]
+    assert (cfg.lmbda, cfg.metric, cfg.logger._target_, cfg.logger.mode) == (
         0.013,
         "mse",
-        "wandb",
+        "hpcm.train.tracking.start_wandb",
         "offline",
     )
     assert cfg.trainer.save_every_n_epochs == 500 and cfg.resume is None
@@ -308,7 +348,7 @@ def test_default_run_shortened(make_cfg, tmp_path: Path, caplog: pytest.LogCaptu
         "data.test_crop_size=256",
         short=False,
     )
-    assert cfg.logger.name == "wandb"
+    assert cfg.logger._target_ == "hpcm.train.tracking.start_wandb"
     with caplog.at_level(logging.INFO):
         loss = train(cfg, show=show_run)  # as the command runs it
     # The start-of-run line names the learning rates; the first is optimizer.lr.
@@ -388,6 +428,32 @@ def test_resume_refuses_another_model_or_optimizer(make_cfg, tmp_path: Path) -> 
         train(make_cfg(tmp_path / "new", f"resume={tmp_path / 'missing'}"))
     with pytest.raises(ConfigError, match="resume=true but"):
         train(make_cfg(tmp_path / "other", "resume=true"))
+
+
+def test_unset_data_folders_are_one_line_errors(make_cfg, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^data.train_dir and data.test_dir must be set, e\.g\."):
+        check_config(make_cfg(tmp_path, "data=folder", short=False))
+    with pytest.raises(ConfigError, match=r"^data.root must be set, e\.g\. data.root=DIR$"):
+        check_config(make_cfg(tmp_path, "data=flickr2w", short=False))
+
+
+def test_resume_of_a_checkpoint_in_the_earlier_layout(make_cfg, tmp_path: Path) -> None:
+    # Checkpoints written before the config groups were built with _target_ and the entropy
+    # models owned their tables: optimizer.base a name, the table buffers on the model.
+    build_trainer(make_cfg(tmp_path, "optimizer=balanced")).save(0, is_best=False, periodic=False)
+    ckpt = safe_torch_load(tmp_path / "last.pth.tar")
+    renamed = {new: old for old, new in LEGACY_TABLE_KEYS.items()}
+    ckpt["state_dict"] = {renamed.get(k, k): v for k, v in ckpt["state_dict"].items()}
+    assert "y_cdf" in ckpt["state_dict"]
+    ckpt["config"]["optimizer"]["base"] = "cautious_adam"
+    torch.save(ckpt, tmp_path / "old.pth.tar")
+    trainer = build_trainer(make_cfg(tmp_path, "optimizer=balanced"))
+    trainer.resume(tmp_path / "old.pth.tar")
+    assert trainer.progress.next_epoch == 1
+    with pytest.raises(CheckpointError, match="trained with optimizer=balanced"):
+        build_trainer(make_cfg(tmp_path, "optimizer=balanced", "optimizer/base=adam")).resume(
+            tmp_path / "old.pth.tar"
+        )
 
 
 def save_image(path: Path, height: int, width: int, seed: int) -> None:

@@ -380,7 +380,7 @@ def test_balanced_defaults_are_the_reference_codes(make_cfg, tmp_path: Path) -> 
         )
     )
     assert other.optimizer.defaults["max_scale"] is None and not other.balancer.update.fresh
-    ablation = build_trainer(make_cfg(tmp_path, "optimizer=balanced", "optimizer.base=adam"))
+    ablation = build_trainer(make_cfg(tmp_path, "optimizer=balanced", "optimizer/base=adam"))
     assert type(ablation.optimizer) is torch.optim.Adam  # the cap means nothing to plain Adam
     with pytest.raises(ConfigError, match="unknown optimizer.balancer.post_step_noise 'old'"):
         build_trainer(

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from hpcm.train.cli import CONF_DIR
-from hpcm.train.tracking import Tracker, run_name
+from hpcm.train.tracking import Tracker, run_name, start_wandb
 
 ENV = {"WANDB_MODE": "disabled", "WANDB_PROJECT": "p", "WANDB_ENTITY": "e", "WANDB_RUN_GROUP": "g"}
 
@@ -52,7 +52,9 @@ def test_wandb_dir_from_the_environment(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = logger_cfg()
-    tracker = Tracker(tmp_path / "run", cfg, {"lmbda": 0.013}, run_name="r")
+    assert cfg.pop("_target_") == "hpcm.train.tracking.start_wandb" and cfg.pop("_partial_")
+    run = start_wandb(tmp_path / "run", {"lmbda": 0.013}, "r", None, **cfg)
+    tracker = Tracker(tmp_path / "run", logger_run=run)
     tracker.log({"train/loss": 1.0}, step=1, epoch=0)
     tracker.close()
     assert list((tmp_path / "wandb_files" / "wandb").glob("offline-run-*"))

@@ -11,13 +11,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
     import compressai  # noqa: F401
 
-from hpcm.codec.bitstream import (
-    CodecError,
-    Encoded,
-    decode_image,
-    encode_image,
-    weights_fingerprint,
-)
+from hpcm.codec.bitstream import CodecError, Encoded, decode_image, encode_image
 from hpcm.codec.checkpoint import CheckpointError, load_model
 from hpcm.codec.images import ImageError, find_images, read_image, write_image
 from hpcm.codec.model import (
@@ -51,6 +45,5 @@ __all__ = [
     "load_model",
     "pad_to_multiple",
     "read_image",
-    "weights_fingerprint",
     "write_image",
 ]

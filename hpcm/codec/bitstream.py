@@ -57,23 +57,6 @@ class CodecError(ValueError):
     """A file that is not a valid ``.hpcm`` stream, or that does not decode correctly."""
 
 
-# -- weights fingerprint -------------------------------------------------------------------------
-def weights_fingerprint(model: HPCM) -> int:
-    """CRC32 of every parameter's bytes: tells whether two models hold the same weights."""
-    tensors = [t for t in model.state_dict().values() if t.is_floating_point() and t.numel()]
-    # Cached until any tensor changes in place (an optimizer step, load_state_dict ...);
-    # inference-mode tensors keep no version counter, so those are hashed every time.
-    key = None if any(t.is_inference() for t in tensors) else tuple(t._version for t in tensors)
-    cached = getattr(model, "_fingerprint", None)
-    if key is not None and cached is not None and cached[0] == key:
-        return cached[1]
-    crc = 0
-    for t in tensors:
-        crc = zlib.crc32(t.detach().float().cpu().contiguous().numpy().tobytes(), crc)
-    model._fingerprint = (key, crc)
-    return crc
-
-
 def _content_crc(symbol_crc: int, size: tuple[int, int], version: int) -> int:
     """The stored symbol checksum: version 2 binds the declared image size to the symbols, so
     a changed size field cannot crop the right symbols into an image of another shape."""
@@ -198,7 +181,7 @@ def encode_image(model: HPCM, x: torch.Tensor, checkpoint: str = "") -> Encoded:
     return Encoded(
         model.name,
         checkpoint,
-        weights_fingerprint(model),
+        model.weights_fingerprint(),
         (h, w),
         tuple(out["shape"]),
         _content_crc(out["symbol_crc"][0], (h, w), VERSION),
@@ -229,7 +212,7 @@ def decode_image(model: HPCM, enc: Encoded, max_pixels: int = DEFAULT_MAX_PIXELS
             f"file declares a {h}x{w} image ({hp * wp} pixels once padded), more than "
             f"--max-pixels={max_pixels}; raise it to decode this file"
         )
-    if enc.fingerprint != weights_fingerprint(model):
+    if enc.fingerprint != model.weights_fingerprint():
         raise CodecError("file was encoded with other weights than this checkpoint's")
     zh, zw = enc.z_shape
     y_symbols = model.config.M * (hp // Y_DOWNSAMPLING) * (wp // Y_DOWNSAMPLING)

@@ -6,6 +6,10 @@ mixture/GGM for learned image compression", arXiv 2411.19320, as used by HPCM ar
 ``z`` has a learned mean and scale per channel. The coding tables are built the way the official
 HPCM code builds them, so that our rANS streams (CompressAI's ``compressai.ans``) are the same
 bytes as the official codec's.
+
+- :class:`GGMEntropyModel`: the likelihoods of training and estimation (both latents).
+- :class:`GGMConditional` (``y``) and :class:`GGMChannelPrior` (``z``): the entropy models of
+  coding, each owning its tables and their ``update()`` as CompressAI's entropy models do.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ class CodingTables:
 
 
 class GGMEntropyModel(nn.Module):
-    """Likelihoods and coding tables of a generalized Gaussian with given means and scales."""
+    """Likelihoods of a generalized Gaussian with given scales (training and estimation)."""
 
     def __init__(self, beta: float = DEFAULT_BETA):
         super().__init__()
@@ -93,101 +97,127 @@ class GGMEntropyModel(nn.Module):
             lower = self.cdf((residual - 0.5) / scales)
             return self.likelihood_lower_bound(upper - lower)
 
-    @torch.no_grad()
-    def build_tables(self, scales: torch.Tensor):
-        """Quantized CDF rows for a 1-D tensor of scales: (cdf, cdf_length, offset) as int32.
 
-        Rows cover ``[-c, c]`` with ``c = ceil(scale * q)``, ``q`` the GGM quantile leaving
-        ``TAIL_MASS / 2`` in each tail; the leftover mass of both tails becomes the escape
-        symbol. Constructed like the official HPCM tables (which differ from CompressAI's
-        GaussianConditional.update()).
-        """
-        beta = float(self.beta)
-        scales = torch.clamp_min(scales.detach().float().cpu().reshape(-1), SCALE_BOUND)
-        multiplier = -float(gennorm.ppf(TAIL_MASS / 2, beta))
-        center = torch.ceil(scales * multiplier).int()
-        length = 2 * center + 1
-        max_length = int(length.max())
-        samples = (torch.arange(max_length, dtype=torch.int32)[None, :] - center[:, None]).float()
-        beta_t = self.beta.detach().cpu().float()
-        upper = ggm_cdf((samples + 0.5) / scales[:, None], beta_t)
-        lower = ggm_cdf((samples - 0.5) / scales[:, None], beta_t)
-        pmf = upper - lower
-        tail = lower[:, 0] + (1 - upper[:, -1])
-        cdf = torch.zeros(len(scales), max_length + 2, dtype=torch.int32)
-        for i in range(len(scales)):
-            probs = pmf[i, : length[i]].tolist() + [float(tail[i])]
-            row = pmf_to_quantized_cdf(probs, PRECISION)
-            cdf[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
-        return cdf, (length + 2).int(), (-center).int()
+@torch.no_grad()
+def ggm_tables(scales: torch.Tensor, beta: float):
+    """Quantized CDF rows for a 1-D tensor of scales: (cdf, cdf_length, offset) as int32.
 
-
-# Coding-table buffers of a CompressionModel: empty until update(), saved with the weights.
-TABLE_BUFFERS = (
-    "y_scale_table",
-    "y_cdf",
-    "y_cdf_length",
-    "y_offset",
-    "z_cdf",
-    "z_cdf_length",
-    "z_offset",
-)
+    Rows cover ``[-c, c]`` with ``c = ceil(scale * q)``, ``q`` the GGM quantile leaving
+    ``TAIL_MASS / 2`` in each tail; the leftover mass of both tails becomes the escape symbol.
+    Constructed like the official HPCM tables (which differ from CompressAI's
+    GaussianConditional.update()).
+    """
+    beta_t = torch.tensor([float(beta)])  # fp32, as the likelihoods see it
+    scales = torch.clamp_min(scales.detach().float().cpu().reshape(-1), SCALE_BOUND)
+    multiplier = -float(gennorm.ppf(TAIL_MASS / 2, float(beta_t)))
+    center = torch.ceil(scales * multiplier).int()
+    length = 2 * center + 1
+    max_length = int(length.max())
+    samples = (torch.arange(max_length, dtype=torch.int32)[None, :] - center[:, None]).float()
+    upper = ggm_cdf((samples + 0.5) / scales[:, None], beta_t)
+    lower = ggm_cdf((samples - 0.5) / scales[:, None], beta_t)
+    pmf = upper - lower
+    tail = lower[:, 0] + (1 - upper[:, -1])
+    cdf = torch.zeros(len(scales), max_length + 2, dtype=torch.int32)
+    for i in range(len(scales)):
+        probs = pmf[i, : length[i]].tolist() + [float(tail[i])]
+        row = pmf_to_quantized_cdf(probs, PRECISION)
+        cdf[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
+    return cdf, (length + 2).int(), (-center).int()
 
 
-class CompressionModel(nn.Module):
-    """A model that owns its rANS coding tables, as CompressAI's ``CompressionModel`` owns those
-    of its entropy bottlenecks: buffers that stay empty until :meth:`update` builds them (after
-    training or loading), and their host-side form for the coder (:meth:`tables`).
-
-    Subclasses provide ``entropy`` (a :class:`GGMEntropyModel`) and ``z_scales`` (the learned
-    per-channel scales of ``z``).
+class CodingTableModel(nn.Module):
+    """The rANS coding tables of one latent, owned as CompressAI's ``EntropyModel`` owns its
+    own: ``_quantized_cdf``, ``_cdf_length`` and ``_offset`` buffers that stay empty until
+    ``update()`` builds them (after training or loading) and are saved with the weights, and
+    their host-side form for the coder (:meth:`tables`). Subclasses say what the rows are.
     """
 
-    entropy: GGMEntropyModel
-    z_scales: torch.Tensor
-
-    def __init__(self) -> None:
+    def __init__(self, beta: float = DEFAULT_BETA) -> None:
         super().__init__()
-        for buf in TABLE_BUFFERS:
-            self.register_buffer(buf, torch.empty(0))
-        self._tables: dict[str, CodingTables] | None = None
+        self.beta = float(beta)
+        self.register_buffer("_quantized_cdf", torch.empty(0, dtype=torch.int32))
+        self.register_buffer("_cdf_length", torch.empty(0, dtype=torch.int32))
+        self.register_buffer("_offset", torch.empty(0, dtype=torch.int32))
+        self._host_tables: CodingTables | None = None
 
-    def update(self, scales: torch.Tensor | None = None, force: bool = False) -> bool:
-        """Build the rANS tables (y from the scale table, z from the learned z scales). Returns
-        False when they exist already and ``force`` is not set."""
-        if self.y_cdf.numel() and not force:
-            return False
-        table = scale_table() if scales is None else scales.detach().float().cpu()
-        device = self.z_scales.device
-        y_cdf, y_len, y_off = self.entropy.build_tables(table)
-        z_cdf, z_len, z_off = self.entropy.build_tables(self.z_scales.detach().reshape(-1))
-        for name, t in zip(
-            ("y_scale_table", "y_cdf", "y_cdf_length", "y_offset", "z_cdf", "z_cdf_length"),
-            (table, y_cdf, y_len, y_off, z_cdf, z_len),
-        ):
-            setattr(self, name, t.to(device))
-        self.z_offset = z_off.to(device)
-        self._tables = None
-        return True
+    @property
+    def ready(self) -> bool:
+        """Whether the tables are built (by ``update()`` or loaded with the weights)."""
+        return self._quantized_cdf.numel() > 0
+
+    def _build(self, scales: torch.Tensor) -> None:
+        """One table row per scale of ``scales`` (a GGM of shape ``beta``, zero mean)."""
+        device = self._offset.device
+        cdf, length, offset = ggm_tables(scales, self.beta)
+        self._quantized_cdf = cdf.to(device)
+        self._cdf_length = length.to(device)
+        self._offset = offset.to(device)
+        self._host_tables = None
+
+    def tables(self) -> CodingTables:
+        if not self.ready:
+            raise RuntimeError("coding tables are not built: call model.update() first")
+        if self._host_tables is None:
+            self._host_tables = CodingTables.from_tensors(
+                self._quantized_cdf, self._cdf_length, self._offset
+            )
+        return self._host_tables
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Table buffers are empty until update(): take whatever size the checkpoint holds.
-        for name, _ in self.named_buffers(recurse=False):
+        for name, buf in self.named_buffers(recurse=False):
             key = prefix + name
             if key in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[key], device=self.z_scales.device))
-        self._tables = None
+                setattr(self, name, torch.empty_like(state_dict[key], device=buf.device))
+        self._host_tables = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def tables(self) -> dict[str, CodingTables]:
-        if not self.y_cdf.numel():
-            raise RuntimeError("coding tables are not built: call model.update() first")
-        if self._tables is None:
-            self._tables = {
-                "y": CodingTables.from_tensors(self.y_cdf, self.y_cdf_length, self.y_offset),
-                "z": CodingTables.from_tensors(self.z_cdf, self.z_cdf_length, self.z_offset),
-            }
-        return self._tables
+
+class GGMConditional(CodingTableModel):
+    """The conditional entropy model of ``y`` for coding: each element's scale picks a row of
+    tables built on a fixed scale table (``scale_table``), as CompressAI's
+    ``GaussianConditional`` does with its ``scale_table`` and ``build_indexes``."""
+
+    def __init__(self, beta: float = DEFAULT_BETA) -> None:
+        super().__init__(beta)
+        self.register_buffer("scale_table", torch.empty(0))
+
+    def update_scale_table(self, table: torch.Tensor, force: bool = False) -> bool:
+        """Build the tables on ``table`` (sorted scales). Returns False when they exist
+        already and ``force`` is not set."""
+        if self.ready and not force:
+            return False
+        self.scale_table = table.detach().float().cpu().to(self._offset.device)
+        self._build(self.scale_table)
+        return True
+
+    def update(self, force: bool = False) -> bool:
+        """Build the tables on the official scale table (:func:`scale_table`)."""
+        return self.update_scale_table(scale_table(), force)
+
+    def build_indexes(self, scales: torch.Tensor) -> torch.Tensor:
+        """The table row of each element: see :func:`scale_indexes`."""
+        return scale_indexes(scales, self.scale_table)
+
+
+class GGMChannelPrior(CodingTableModel):
+    """The entropy model of ``z`` for coding: one table per channel, built from the channel's
+    learned scale (the model's ``z_scales``, passed to :meth:`update`)."""
+
+    def update(self, scales: torch.Tensor, force: bool = False) -> bool:
+        """Build one row per channel from ``scales`` (one per channel). Returns False when the
+        tables exist already and ``force`` is not set."""
+        if self.ready and not force:
+            return False
+        self._build(scales.detach().reshape(-1))
+        return True
+
+    @staticmethod
+    def build_indexes(shape) -> torch.Tensor:
+        """The table row of each element of a ``(B, C, H, W)`` latent: its channel."""
+        b, c, h, w = shape
+        return torch.arange(c, dtype=torch.int32).view(1, c, 1, 1).expand(b, c, h, w)
 
 
 def scale_indexes(scales: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -214,15 +244,17 @@ def decode_symbols(decoder: RansDecoder, indexes: torch.Tensor, tables: CodingTa
 
 
 __all__ = [
-    "TABLE_BUFFERS",
     "BufferedRansEncoder",
+    "CodingTableModel",
     "CodingTables",
-    "CompressionModel",
+    "GGMChannelPrior",
+    "GGMConditional",
     "GGMEntropyModel",
     "RansDecoder",
     "decode_symbols",
     "encode_symbols",
     "ggm_cdf",
+    "ggm_tables",
     "scale_indexes",
     "scale_table",
 ]

@@ -22,12 +22,13 @@ from torch.utils.checkpoint import checkpoint
 from hpcm.codec.entropy import (
     BufferedRansEncoder,
     CodingTables,
-    CompressionModel,
+    GGMChannelPrior,
+    GGMConditional,
     GGMEntropyModel,
     RansDecoder,
     decode_symbols,
     encode_symbols,
-    scale_indexes,
+    scale_table,
 )
 from hpcm.codec.layers import (
     Conv1x1,
@@ -51,6 +52,7 @@ from hpcm.codec.state_dict import (
     is_hpcm_state_dict,
     is_official_state_dict,
     official_model_name,
+    rename_legacy_tables,
     unwrap_state_dict,
 )
 
@@ -157,7 +159,7 @@ MODEL_CONFIGS: dict[str, HPCMConfig] = {
 }
 
 
-def build_model(name: str = "hpcm_base", **overrides) -> HPCM:
+def build_model(name: str, **overrides) -> HPCM:
     """Build an untrained model by name (see :data:`MODEL_CONFIGS`); keyword arguments
     override fields of its :class:`HPCMConfig` (e.g. ``M=64`` for a wider tiny)."""
     if name not in MODEL_CONFIGS:
@@ -348,15 +350,20 @@ class _ScaleSums:
         return out
 
 
-class HPCM(CompressionModel):
+class HPCM(nn.Module):
     """HPCM codec. ``forward(x)`` returns ``{"x_hat", "likelihoods": {"y", "z"}}`` (CompressAI's
     convention); ``compress``/``decompress`` produce and read real rANS bitstreams after
-    ``update()`` has built the coding tables (:class:`hpcm.codec.entropy.CompressionModel`)."""
+    ``update()`` has built the coding tables of the entropy models ``y_entropy`` and
+    ``z_entropy`` (as a CompressAI ``CompressionModel`` updates its entropy models)."""
 
     def __init__(self, config: HPCMConfig | None = None, name: str = "custom"):
         super().__init__()
         cfg = config or HPCMConfig()
         self.config, self.name = cfg, name
+        # Coding entropy models first: the float tensors of the state dict keep the order that
+        # weights_fingerprint() hashes (z_means, z_scales, the y scale table, the transforms ...).
+        self.y_entropy = GGMConditional(cfg.beta)
+        self.z_entropy = GGMChannelPrior(cfg.beta)
         self.g_a = _analysis(cfg)
         self.g_s = _synthesis(cfg)
         self.h_a = _hyper_analysis(cfg)
@@ -369,6 +376,35 @@ class HPCM(CompressionModel):
         self.entropy = GGMEntropyModel(cfg.beta)
         self.noise = UniformNoise()  # the training-mode quantization noise
         self.set_official_numerics(False)
+        self._fingerprint: tuple[tuple[int, ...] | None, int] | None = None
+
+    def update(self, scales: torch.Tensor | None = None, force: bool = False) -> bool:
+        """Build the rANS tables of both entropy models (y on ``scales``, by default the official
+        scale table; z from the learned z scales). Returns False when they exist already and
+        ``force`` is not set."""
+        table = scale_table() if scales is None else scales
+        updated = self.y_entropy.update_scale_table(table, force)
+        return self.z_entropy.update(self.z_scales, force) or updated
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        rename_legacy_tables(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def weights_fingerprint(self) -> int:
+        """CRC32 of every floating-point tensor of the state dict, in its order (the weights,
+        the y scale table, the GGM constants): tells whether two models hold the same weights;
+        ``.hpcm`` files carry it."""
+        tensors = [t for t in self.state_dict().values() if t.is_floating_point() and t.numel()]
+        # Cached until any tensor changes in place (an optimizer step, load_state_dict ...);
+        # inference-mode tensors keep no version counter, so those are hashed every time.
+        key = None if any(t.is_inference() for t in tensors) else tuple(t._version for t in tensors)
+        if key is not None and self._fingerprint is not None and self._fingerprint[0] == key:
+            return self._fingerprint[1]
+        crc = 0
+        for t in tensors:
+            crc = zlib.crc32(t.detach().float().cpu().contiguous().numpy().tobytes(), crc)
+        self._fingerprint = (key, crc)
+        return crc
 
     @classmethod
     def from_state_dict(cls, state_dict: dict, name: str | None = None) -> HPCM:
@@ -390,14 +426,17 @@ class HPCM(CompressionModel):
             if name is not None and name != ckpt_name:
                 raise CheckpointError(f"checkpoint holds model {ckpt_name!r}, not {name!r}")
             model = cls(HPCMConfig.from_dict(source["model_config"]), name=ckpt_name)
-            state, strict = source["state_dict"], True
+            state, strict = rename_legacy_tables(dict(source["state_dict"])), True
         else:
             state = unwrap_state_dict(source)
             official = is_official_state_dict(state)
             if not is_hpcm_state_dict(state):
                 raise CheckpointError("neither a project checkpoint nor an HPCM state dict")
             guess = official_model_name(state) if official else None  # from the keys: cheap
-            state = convert_official_state_dict(state) if official else state
+            if official:
+                state = convert_official_state_dict(state)
+            else:
+                state = rename_legacy_tables(dict(state))
             strict = not official
             # When no model fits, hpcm_base's check below names the first mismatch.
             name = name or guess or infer_model_name(state, strict) or "hpcm_base"
@@ -559,7 +598,7 @@ class HPCM(CompressionModel):
         "symbol_crc": [crc32 of each image's coded symbols]}``. Runs with the numeric settings
         pinned (:func:`hpcm.codec.numerics.coding_numerics`), whatever the caller's."""
         self._check_size(x)
-        tables = self.tables()
+        y_tables, z_tables = self.y_entropy.tables(), self.z_entropy.tables()
         y = self._analysis(x)
         z = self.h_a(y)
         z_q = torch.round(z - self.z_means)
@@ -573,9 +612,7 @@ class HPCM(CompressionModel):
             q = torch.round((y_by_scale[step.scale.index] - means) * mask)
             symbols.append(plan.combine(q, step.scale).flatten(1))
             indexes.append(
-                scale_indexes(plan.combine(scales * mask, step.scale), self.y_scale_table).flatten(
-                    1
-                )
+                self.y_entropy.build_indexes(plan.combine(scales * mask, step.scale)).flatten(1)
             )
             return q + means
 
@@ -584,9 +621,9 @@ class HPCM(CompressionModel):
         y_sym = torch.cat(symbols, 1).int().cpu()
         y_idx = torch.cat(indexes, 1).cpu()
         z_sym = z_q.int().cpu()
-        z_idx = _z_indexes(z_q.shape)
-        strings = [[_encode(y_sym[b], y_idx[b], tables["y"]) for b in range(len(y_sym))]]
-        strings.append([_encode(z_sym[b], z_idx[b], tables["z"]) for b in range(len(z_sym))])
+        z_idx = self.z_entropy.build_indexes(z_q.shape)
+        strings = [[_encode(y_sym[b], y_idx[b], y_tables) for b in range(len(y_sym))]]
+        strings.append([_encode(z_sym[b], z_idx[b], z_tables) for b in range(len(z_sym))])
         crcs = [_symbol_crc(z_sym[b], y_sym[b]) for b in range(len(y_sym))]
         return {"strings": strings, "shape": tuple(z.shape[-2:]), "symbol_crc": crcs}
 
@@ -596,21 +633,21 @@ class HPCM(CompressionModel):
         """Decode ``strings = [y_strings, z_strings]`` with z size ``shape``. Returns
         ``{"x_hat": clamped reconstruction, "symbol_crc": [...]}``; numerics pinned as in
         :meth:`compress`."""
-        tables = self.tables()
+        y_tables, z_tables = self.y_entropy.tables(), self.z_entropy.tables()
         y_strings, z_strings = strings
         device = self.z_means.device
         n, (h, w) = len(y_strings), shape
-        z_idx = _z_indexes((1, self.config.N, h, w))
-        z_q = torch.cat([decode_symbols(_decoder(z), z_idx, tables["z"]) for z in z_strings])
+        z_idx = self.z_entropy.build_indexes((1, self.config.N, h, w))
+        z_q = torch.cat([decode_symbols(_decoder(z), z_idx, z_tables) for z in z_strings])
         z_q, y_decoders = z_q.to(device), [_decoder(y) for y in y_strings]
         y_decoded: list[list[torch.Tensor]] = [[] for _ in range(n)]
         params = self.h_s((z_q + self.z_means).contiguous(memory_format=self._entropy_format))
 
         def decode(step, plan, scales, means, mask):
-            idx = scale_indexes(plan.combine(scales * mask, step.scale), self.y_scale_table).cpu()
+            idx = self.y_entropy.build_indexes(plan.combine(scales * mask, step.scale)).cpu()
             q = []
             for b in range(n):
-                sym = decode_symbols(y_decoders[b], idx[b : b + 1], tables["y"])
+                sym = decode_symbols(y_decoders[b], idx[b : b + 1], y_tables)
                 y_decoded[b].append(sym.flatten())
                 q.append(sym)
             q = torch.cat(q).to(device)
@@ -637,12 +674,6 @@ def infer_model_name(state: dict, strict: bool = True) -> str | None:
             continue
         return name
     return None
-
-
-def _z_indexes(shape) -> torch.Tensor:
-    """z is coded with one table per channel: the channel index of every element."""
-    b, c, h, w = shape
-    return torch.arange(c, dtype=torch.int32).view(1, c, 1, 1).expand(b, c, h, w)
 
 
 def _encode(symbols: torch.Tensor, indexes: torch.Tensor, tables: CodingTables) -> bytes:

@@ -53,6 +53,28 @@ _OFFICIAL_SKIPPED = (
 )
 
 
+# State-dict keys of the coding tables in checkpoints written before the entropy models owned
+# them (the pretrained tiny_base, project runs): old key -> key now. Loading renames them.
+LEGACY_TABLE_KEYS = {
+    "y_scale_table": "y_entropy.scale_table",
+    "y_cdf": "y_entropy._quantized_cdf",
+    "y_cdf_length": "y_entropy._cdf_length",
+    "y_offset": "y_entropy._offset",
+    "z_cdf": "z_entropy._quantized_cdf",
+    "z_cdf_length": "z_entropy._cdf_length",
+    "z_offset": "z_entropy._offset",
+}
+
+
+def rename_legacy_tables(state_dict: dict, prefix: str = "") -> dict:
+    """``state_dict`` with the table keys of :data:`LEGACY_TABLE_KEYS` renamed (in place
+    when it is a dict that may be changed, as ``load_state_dict`` passes one)."""
+    for old, new in LEGACY_TABLE_KEYS.items():
+        if prefix + old in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
+    return state_dict
+
+
 def is_official_state_dict(state_dict: dict) -> bool:
     return "means_hyper" in state_dict and any(k.startswith("g_a.") for k in state_dict)
 
@@ -143,7 +165,8 @@ def check_fits(model: Any, state: dict, strict: bool) -> None:
     of ``model`` in its shape; ``strict=False`` (official checkpoints) lets the adaptive gains
     be missing. Coding tables are never required: ``update()`` rebuilds them."""
     own = model.state_dict()
-    tables = {k for k in own if k.startswith(("y_", "z_cdf", "z_offset", "entropy."))}
+    # Coding tables (built by update() when absent) and the GGM constants are optional.
+    tables = {k for k in own if k.startswith(("y_entropy.", "z_entropy.", "entropy."))}
     missing = [k for k in own if k not in state and k not in tables]
     if not strict:  # official checkpoints may lack the adaptive gains (they stay 1)
         missing = [k for k in missing if not k.startswith("adaptive_params.")]

@@ -49,6 +49,8 @@ def evaluate_and_report(
     status = evaluate.main(argv)
     if status:
         return status
+    replicates = settings.get("bootstrap")  # null: the report's own default
+    bootstrap = [] if replicates is None else ["--bootstrap", str(replicates)]
     for metric in settings.metrics:
         status = report.main(
             [
@@ -57,8 +59,7 @@ def evaluate_and_report(
                 reference,
                 "--metric",
                 str(metric),
-                "--bootstrap",
-                str(settings.bootstrap),
+                *bootstrap,
                 "--out",
                 str(report_dir),
             ]

@@ -24,10 +24,9 @@ from torch import nn
 from hpcm.codec.checkpoint import CheckpointError, check_same_model, load_model
 from hpcm.codec.model import SIZE_MULTIPLE
 from hpcm.device import DeviceError, resolve_device
-from hpcm.optim import build_base_optimizer
 from hpcm.optim.balancer import Balancer
 from hpcm.run_layout import CONFIG, LAST_CHECKPOINT, finished_result, mark_finished
-from hpcm.train.data import DataError, as_size, build_dataloaders
+from hpcm.train.data import DataError, as_size
 from hpcm.train.distributed import (
     DistContext,
     DistributedError,
@@ -157,6 +156,9 @@ def check_config(cfg: DictConfig) -> None:
     """One-line errors for every numeric value the model and the run constrain, before any
     data is loaded (else they fail at the first step or epoch, with a traceback)."""
     t, d, o = cfg.trainer, cfg.data, cfg.optimizer
+    missing = [f"data.{key}" for key in d if OmegaConf.is_missing(d, key)]
+    if missing:  # data=folder's folders, data=flickr2w's root
+        raise ConfigError(f"{' and '.join(missing)} must be set, e.g. {missing[0]}=DIR")
     for key in ("epochs", "val_every_n_epochs", "save_every_n_epochs", "log_every_n_steps"):
         _number(t[key], f"trainer.{key}", 1)
     _number(t.max_steps_per_epoch, "trainer.max_steps_per_epoch", 1, optional=True)
@@ -183,15 +185,12 @@ def check_config(cfg: DictConfig) -> None:
 
 # ----------------------------------------------------------------------------- building
 def build_optimizer(cfg: DictConfig, params: Any) -> torch.optim.Optimizer:
-    """The model optimizer of an ``optimizer`` config group (``base``, ``max_scale``, ``kwargs``)."""
-    kwargs = OmegaConf.to_container(cfg.kwargs, resolve=True)
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    cap = cfg.get("max_scale")
+    """The model optimizer of an ``optimizer`` config group: ``optimizer.base`` names its class
+    with ``_target_`` and holds its keys (``lr`` is ``optimizer.lr``); built on ``params``."""
     try:
-        return build_base_optimizer(
-            cfg.base, params, float(cfg.lr), None if cap is None else float(cap), **kwargs
-        )
+        return instantiate(cfg.base, _convert_="all")(params)
+    except InstantiationException as error:
+        raise ConfigError(f"optimizer: {error.__cause__ or error}") from None
     except (ValueError, TypeError) as error:
         raise ConfigError(f"optimizer: {error}") from None
 
@@ -274,30 +273,23 @@ def build_trainer(
 
 
 def _build_loaders(cfg: DictConfig, device: torch.device, dist: DistContext) -> Any:
-    d = cfg.data
+    """The loaders of the ``data`` config group (its ``_target_`` and keys), with what the run
+    adds: the seed, pinned memory on CUDA, this rank's shard."""
     try:
-        return build_dataloaders(
-            name=d.name,
-            train_dir=d.get("train_dir"),
-            test_dir=d.get("test_dir"),
-            crop_size=d.crop_size,
-            test_crop_size=d.test_crop_size,
-            batch_size=int(d.batch_size),
-            test_batch_size=int(d.test_batch_size),
-            num_workers=int(d.num_workers),
+        return instantiate(
+            cfg.data,
             seed=int(cfg.seed),
-            samples_per_epoch=d.get("samples_per_epoch"),
-            skip_bad_images=bool(d.get("skip_bad_images", False)),
             pin_memory=device.type == "cuda",
             # A compiled step would recompile for a smaller last batch.
-            drop_last=bool(d.drop_last) or bool(cfg.trainer.compile),
+            drop_last=bool(cfg.data.drop_last) or bool(cfg.trainer.compile),
             num_replicas=dist.world_size,
             rank=dist.rank,
+            _convert_="all",
         )
-    except DataError:
-        raise
-    except ValueError as error:
-        raise ConfigError(f"data: {error}") from None
+    except InstantiationException as error:
+        if isinstance(error.__cause__, DataError):
+            raise error.__cause__ from None
+        raise ConfigError(f"data: {error.__cause__ or error}") from None
 
 
 def train(

@@ -51,8 +51,9 @@ def prepare_overrides(args: Sequence[str], conf_dir: str | Path = CONF_DIR) -> l
     conf_dir = Path(conf_dir)
     out = []
     for arg in args:
-        match = re.fullmatch(r"(\w+)=([\w.\-,]+)", arg)
-        if not match or not (conf_dir / match[1]).is_dir():
+        match = re.fullmatch(r"(\w+(?:/\w+)*)=([\w.\-,]+)", arg)  # group or group/subgroup
+        # hydra/... groups have options in Hydra's plugins too: Hydra checks those.
+        if not match or match[1].startswith("hydra/") or not (conf_dir / match[1]).is_dir():
             out.append(arg)
             continue
         group = match[1]

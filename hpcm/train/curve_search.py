@@ -28,6 +28,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpcm.configs import CONF_DIR
@@ -79,15 +81,25 @@ def train_points(
 
 
 def reference_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with the reference optimizer's shipped config in place of the trial's."""
+    """``cfg`` with the reference optimizer's shipped config in place of the trial's: the
+    ``optimizer`` group as ``optimizer=NAME`` composes it (its base optimizer included)."""
     name = str(cfg.curve.reference)
-    path = CONF_DIR / "optimizer" / f"{name}.yaml"
-    if not path.is_file():
+    if not (CONF_DIR / "optimizer" / f"{name}.yaml").is_file():
         raise CurveError(f"curve.reference: no optimizer config {name!r}")
     ref = cfg.copy()
     with open_dict(ref):
-        ref.optimizer = OmegaConf.load(path)
+        ref.optimizer = _shipped_optimizer(name)
     return ref
+
+
+def _shipped_optimizer(name: str) -> DictConfig:
+    """The ``optimizer`` group that ``optimizer=NAME`` composes, alone: composed by the running
+    train command's Hydra, or by one started on the shipped configs outside the command."""
+    overrides = [f"optimizer={name}"]
+    if GlobalHydra.instance().is_initialized():
+        return compose("train", overrides=overrides).optimizer
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides).optimizer
 
 
 def reference_key(ref: DictConfig) -> str:

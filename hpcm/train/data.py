@@ -436,52 +436,58 @@ class DataLoaders(NamedTuple):
     test: DataLoader
 
 
-def build_datasets(
-    name: str = "embedded",
-    train_dir: str | Path | None = None,
-    test_dir: str | Path | None = None,
-    crop_size: CropSize | None = 256,
-    test_crop_size: CropSize | None = None,
-    samples_per_epoch: int | None = None,
+def embedded_loaders(
+    *,
+    crop_size: CropSize,
+    test_crop_size: CropSize | None,
+    samples_per_epoch: int,
+    **loader: Any,
+) -> DataLoaders:
+    """``data=embedded``: :class:`EmbeddedSamples`, ``samples_per_epoch`` training crops and the
+    held-out test photos; ``loader`` are the keyword arguments of :func:`build_dataloaders`."""
+    train = EmbeddedSamples("train", crop_size, samples_per_epoch)
+    return build_dataloaders(train, EmbeddedSamples("test", test_crop_size), **loader)
+
+
+def folder_loaders(
+    *,
+    train_dir: str | Path,
+    test_dir: str | Path,
+    crop_size: CropSize,
+    test_crop_size: CropSize | None,
+    root: str | Path | None = None,
     skip_bad_images: bool = False,
-) -> tuple[Dataset, Dataset]:
-    """``(train, test)`` datasets for ``name`` = ``"embedded"`` or ``"folder"``
-    (``skip_bad_images``: see :class:`ImageFolder`)."""
-    if name == "embedded":
-        return (
-            EmbeddedSamples("train", crop_size, samples_per_epoch),
-            EmbeddedSamples("test", test_crop_size),
-        )
-    if name == "folder":
-        if train_dir is None or test_dir is None:
-            raise DataError("data 'folder' needs both train_dir and test_dir")
-        return (
-            ImageFolder(train_dir, crop_size, train=True, skip_bad_images=skip_bad_images),
-            ImageFolder(test_dir, test_crop_size, train=False, skip_bad_images=skip_bad_images),
-        )
-    raise ValueError(f"unknown dataset {name!r}; allowed: embedded, folder")
+    **loader: Any,
+) -> DataLoaders:
+    """``data=folder`` and ``data=flickr2w``: :class:`ImageFolder` of ``train_dir`` and
+    ``test_dir`` (relative to ``root`` when it is given: CompressAI's layout ROOT/train,
+    ROOT/test; ``skip_bad_images``: see :class:`ImageFolder`); ``loader`` are the keyword
+    arguments of :func:`build_dataloaders`."""
+    base = Path(root) if root is not None else Path()
+    skip = bool(skip_bad_images)
+    train = ImageFolder(base / train_dir, crop_size, train=True, skip_bad_images=skip)
+    test = ImageFolder(base / test_dir, test_crop_size, train=False, skip_bad_images=skip)
+    return build_dataloaders(train, test, **loader)
 
 
 def build_dataloaders(
-    name: str = "embedded",
+    train_set: Dataset,
+    test_set: Dataset,
     *,
-    batch_size: int = 8,
-    test_batch_size: int = 1,
-    num_workers: int = 0,
-    seed: int = 0,
+    batch_size: int,
+    test_batch_size: int,
+    num_workers: int,
+    seed: int,
+    drop_last: bool,
     pin_memory: bool = False,
-    drop_last: bool = False,
     num_replicas: int = 1,
     rank: int = 0,
-    **datasets: Any,
 ) -> DataLoaders:
-    """Train and test loaders with a data order and crops fixed by ``seed`` (see module doc);
-    ``datasets`` are the keyword arguments of :func:`build_datasets` (folders, crop sizes ...).
+    """Train and test loaders with a data order and crops fixed by ``seed`` (see module doc).
 
-    Test images of different sizes (no ``test_crop_size``) need ``test_batch_size=1``. The test
-    loader is not sharded across ranks. ``loaders.train.sampler.set_epoch(e)`` resumes epoch e.
+    Test images of different sizes (no test crop) need ``test_batch_size=1``. The test loader
+    is not sharded across ranks. ``loaders.train.sampler.set_epoch(e)`` resumes epoch e.
     """
-    train_set, test_set = build_datasets(name, **datasets)
     sampler = SeededSampler(len(train_set), seed, True, num_replicas, rank)
     common = {
         "num_workers": num_workers,

@@ -44,14 +44,17 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    autocast_bf16: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    compile_mode: str | None = None
-    compile_backend: str = "inductor"
-    activation_checkpointing: bool = False
-    num_threads: int | None = None  # torch's CPU threads; None: torch's default
-    keep_freed_host_memory: bool = True  # hpcm.device.keep_freed_host_memory
+    """The speed keys of the ``trainer`` config group, whose defaults live in
+    conf/trainer/default.yaml (:meth:`from_config`)."""
+
+    autocast_bf16: bool
+    channels_last: bool
+    compile: bool
+    compile_mode: str | None
+    compile_backend: str
+    activation_checkpointing: bool
+    num_threads: int | None  # torch's CPU threads; None: torch's default
+    keep_freed_host_memory: bool  # hpcm.device.keep_freed_host_memory
 
     @classmethod
     def from_config(

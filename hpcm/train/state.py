@@ -56,9 +56,16 @@ def write(
     atomic_torch_save(ckpt, run_dir / LAST_CHECKPOINT)
 
 
+# optimizer.base of run configs that named the base optimizer instead of its ``_target_``.
+NAMED_BASE_OPTIMIZERS = {"adam": "torch.optim.Adam", "cautious_adam": "hpcm.optim.CautiousAdam"}
+
+
 def _optimizer_of(config: dict[str, Any]) -> tuple[Any, Any]:
+    """The classes of a run config's base optimizer and balancer."""
     optimizer = config.get("optimizer") or {}
-    return optimizer.get("base"), (optimizer.get("balancer") or {}).get("_target_")
+    base = optimizer.get("base")
+    base = base.get("_target_") if isinstance(base, dict) else NAMED_BASE_OPTIMIZERS.get(base, base)
+    return base, (optimizer.get("balancer") or {}).get("_target_")
 
 
 def read_resumable(path: str | Path, model: nn.Module, sharded: bool, cfg: DictConfig) -> dict:

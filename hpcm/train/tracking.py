@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
 from hpcm.run_layout import METRICS_FILE, RunDirError, read_metrics
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-LOGGERS = ("wandb", "none")
 
 
 class MetricsFile:
@@ -95,61 +96,48 @@ class MetricWindow:
 
 
 class Tracker:
-    """Sends metrics to ``RUN_DIR/metrics.jsonl`` and to wandb when ``logger.name == "wandb"``.
+    """Sends metrics to ``RUN_DIR/metrics.jsonl`` and to an experiment tracker's run, if any.
 
     Args:
         run_dir: the run directory.
-        logger_cfg: the ``logger`` config group (name, mode, project, entity, group, tags).
-        config: the resolved run configuration (stored with the wandb run).
-        run_name: display name of the wandb run.
         resume_step: global step of the checkpoint a resumed run starts from.
-        run_id: wandb id of the run being resumed (continues the same wandb run).
+        logger_run: the run of the ``logger`` config group (a wandb run: ``log``, ``finish``,
+            ``id``), or None (``logger=none``).
     """
 
     def __init__(
-        self,
-        run_dir: str | os.PathLike,
-        logger_cfg: Mapping[str, Any],
-        config: Mapping[str, Any],
-        run_name: str | None = None,
-        resume_step: int | None = None,
-        run_id: str | None = None,
+        self, run_dir: str | os.PathLike, resume_step: int | None = None, logger_run: Any = None
     ) -> None:
-        name = logger_cfg.get("name", "none")
-        if name not in LOGGERS:
-            raise ValueError(f"unknown logger {name!r}; choose from {', '.join(LOGGERS)}")
         self.run_dir = Path(run_dir)
         self.file = MetricsFile(self.run_dir / METRICS_FILE, resume_step)
-        self._wandb_run = None
-        if name == "wandb":
-            self._wandb_run = _start_wandb(self.run_dir, logger_cfg, config, run_name, run_id)
+        self._logger_run = logger_run
 
     @classmethod
     def for_run(
         cls, cfg: Any, run_dir: Path, resume_step: int | None, run_id: str | None
     ) -> Tracker:
-        """The tracker of a training run with the composed config ``cfg`` (its ``logger``
-        group, the resolved config stored with the wandb run, the run's name)."""
-        from omegaconf import OmegaConf
-
+        """The tracker of a training run with the composed config ``cfg``: its ``logger``
+        group (a ``_target_`` called with the run directory, the resolved config, the run's
+        name and the id of the run it continues)."""
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        return cls(run_dir, cfg.logger, resolved, run_name(resolved), resume_step, run_id)
+        start = instantiate(cfg.logger, _convert_="all")
+        return cls(run_dir, resume_step, start(Path(run_dir), resolved, run_name(resolved), run_id))
 
     @property
     def run_id(self) -> str | None:
         """The wandb run id (stored in checkpoints so that a resumed run continues it)."""
-        return None if self._wandb_run is None else self._wandb_run.id
+        return None if self._logger_run is None else self._logger_run.id
 
     def log(self, metrics: Mapping[str, float], step: int, epoch: int) -> None:
         self.file.write({"step": step, "epoch": epoch, **metrics})
-        if self._wandb_run is not None:
-            self._wandb_run.log({**metrics, "epoch": epoch}, step=step)
+        if self._logger_run is not None:
+            self._logger_run.log({**metrics, "epoch": epoch}, step=step)
 
     def close(self) -> None:
         self.file.close()
-        if self._wandb_run is not None:
-            self._wandb_run.finish()
-            self._wandb_run = None
+        if self._logger_run is not None:
+            self._logger_run.finish()
+            self._logger_run = None
 
 
 def run_name(cfg: Mapping[str, Any]) -> str:
@@ -163,25 +151,40 @@ def run_name(cfg: Mapping[str, Any]) -> str:
     return name
 
 
-def _start_wandb(
+def no_logger(
+    run_dir: Path, config: Mapping[str, Any], run_name: str, run_id: str | None, **settings: Any
+) -> None:
+    """``logger=none``: no tracker run. ``settings`` are logger keys other presets set for
+    wandb (a sweep's ``logger.group``), which mean nothing here."""
+
+
+def start_wandb(
     run_dir: Path,
-    cfg: Mapping[str, Any],
     config: Mapping[str, Any],
-    run_name: str | None,
+    run_name: str,
     run_id: str | None,
+    *,
+    mode: str,
+    project: str | None,
+    entity: str | None,
+    dir: str | None,
+    group: str | None,
+    tags: list[str],
 ):
+    """``logger=wandb``: a wandb run of this training run (continuing ``run_id`` when given),
+    its files under ``dir`` or else the run directory; the keys are those of
+    ``conf/logger/wandb.yaml``."""
     import wandb  # imported here: a slow import that logger=none runs do not need
 
-    mode = cfg.get("mode", "offline")
     if mode not in ("offline", "online", "disabled"):
         raise ValueError(f"unknown logger.mode {mode!r}; choose from offline, online, disabled")
-    wandb_dir = Path(cfg.get("dir") or run_dir)  # files go to WANDB_DIR/wandb or RUN_DIR/wandb
+    wandb_dir = Path(dir or run_dir)  # files go to WANDB_DIR/wandb or RUN_DIR/wandb
     wandb_dir.mkdir(parents=True, exist_ok=True)
     return wandb.init(
-        project=cfg.get("project"),
-        entity=cfg.get("entity"),
-        group=cfg.get("group"),
-        tags=list(cfg.get("tags") or []),
+        project=project,
+        entity=entity,
+        group=group,
+        tags=list(tags),
         name=run_name,
         dir=str(wandb_dir),
         mode=mode,

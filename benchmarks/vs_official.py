@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 import hpcm
 from hpcm.codec import read_image
 from hpcm.codec.entropy import scale_table
+from hpcm.configs import CONF_DIR
 from hpcm.train.losses import RateDistortionLoss
 from hpcm.train.speed import SpeedOptions
 
@@ -143,7 +144,7 @@ def our_models(official: torch.nn.Module | None, gain: float) -> tuple:
         non_trivial_weights(model, gain)
         train_model = copy.deepcopy(model)
         model.eval().update()
-    trainer_cfg = OmegaConf.load(ROOT / "hpcm" / "conf" / "trainer" / "default.yaml")
+    trainer_cfg = OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")
     SpeedOptions.from_config(trainer_cfg, torch.device("cpu")).prepare_model(train_model)
     return model, train_model.train()
 

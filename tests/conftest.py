@@ -4,11 +4,13 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -130,3 +132,16 @@ FOLDER_RUN = (
 def folder_run() -> list[str]:
     """The overrides of one short run on the folders data/train and data/test."""
     return list(FOLDER_RUN)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A working directory for :data:`FOLDER_RUN`: two training images and one test image of
+    noise; sweeps write multirun/ and optuna.db here."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 2), ("test", 1)):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for i in range(count):
+            pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / split / f"{i}.png")
+    return tmp_path

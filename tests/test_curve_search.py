@@ -9,26 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
-from PIL import Image
 
 from hpcm.train.curve_search import CurveError, reference_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    """A working directory with two training images and one test image of noise."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 2), ("test", 1)):
-        (tmp_path / "data" / split).mkdir(parents=True)
-        for i in range(count):
-            pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "data" / split / f"{i}.png")
-    return tmp_path
 
 
 def search(cwd: Path, *args: str) -> str:

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
@@ -22,7 +21,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
 from hpcm.eval import evaluate as evaluation
 from hpcm.run_layout import read_metrics
@@ -33,18 +31,6 @@ SEARCH = ["-m", "hparams_search=balanced_optuna", "lambda=0.013"]
 STUDY = "balanced_tiny_mse_0.013"  # balanced_MODEL_METRIC_LAMBDA
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    """A working directory with a tiny image folder; sweeps write multirun/ and optuna.db here."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 2), ("test", 1)):
-        (tmp_path / "data" / split).mkdir(parents=True)
-        for i in range(count):
-            pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "data" / split / f"{i}.png")
-    return tmp_path
 
 
 def train(workdir: Path, *args: str) -> str:

@@ -27,6 +27,7 @@ from torch.distributed.tensor import DTensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hpcm.configs import CONF_DIR
 from hpcm.optim import FAMOWeighting
 from hpcm.train import build as training
 from hpcm.train import loop as engine
@@ -43,7 +44,7 @@ def _whole(value: torch.Tensor) -> torch.Tensor:
 def main(out_dir: Path, overrides: list[str]) -> None:
     rank = int(os.environ["RANK"])
     overrides = [*overrides, f"paths.run_dir={out_dir / f'run{rank}'}"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
 
     first_losses: list[torch.Tensor] = []

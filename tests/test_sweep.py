@@ -22,11 +22,11 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from hpcm.configs import CONF_DIR
 from hpcm.eval import evaluate as evaluation
 from hpcm.run_layout import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
 SEARCH = ["-m", "hparams_search=balanced_optuna", "lambda=0.013"]
 STUDY = "balanced_tiny_mse_0.013"  # balanced_MODEL_METRIC_LAMBDA
 

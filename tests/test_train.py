@@ -22,6 +22,7 @@ from PIL import Image
 import hpcm
 from hpcm.codec.checkpoint import CheckpointError, safe_torch_load
 from hpcm.codec.state_dict import LEGACY_TABLE_KEYS
+from hpcm.configs import CONF_DIR
 from hpcm.eval.showcase import show_run
 from hpcm.run_layout import read_metrics
 from hpcm.train import loop as engine
@@ -41,7 +42,6 @@ from hpcm.train.post_step import replay_rng, rng_state
 from hpcm.train.tracking import no_logger, start_wandb
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
 GROUPS = ("model", "optimizer", "lambda", "data", "logger", "trainer", "experiment")
 # Extra overrides an option needs to resolve (mandatory paths).
 FOLDERS = ["data.train_dir=/tmp/train", "data.test_dir=/tmp/test"]

@@ -22,7 +22,13 @@ A variant is ``OPTIMIZER[:UPDATE_MODE][+OPTION...]``: ``adam`` or ``balanced`` (
 ``conf/optimizer`` option), an ``optimizer.balancer.update_mode`` (``exact``, ``subbatch``,
 ``next_batch``), and speed options ``+bf16`` (trainer.autocast_bf16, CUDA only), ``+cl`` and ``+nchw``
 (trainer.channels_last true and false; the default ``auto`` is NHWC on the CPU, NCHW on CUDA) and
-``+compile`` (trainer.compile).
+``+compile`` (trainer.compile), and ``+tN``: this variant's steps run with N torch CPU threads
+(``adam+t1 adam+t2``: one process of 2 threads against the step time one of 2 single-thread
+processes would have, as a sweep with ``hydra.launcher.n_jobs=2 trainer.num_threads=1`` runs).
+
+``--profile N`` profiles N more steps of each variant after the timed rounds
+(``torch.profiler``) and prints its top operators by self CPU time, grouped by operator and
+input shapes, with their share of the profiled time: where the step's time goes.
 """
 
 from __future__ import annotations
@@ -59,8 +65,10 @@ class Variant:
     name: str
     overrides: list[str]
     times: list[float] = field(default_factory=list)
+    threads: int | None = None  # +tN: torch CPU threads of this variant's steps
     first: float = 0.0  # the first step, compilation included
     trainer: Any = None
+    profile: list[dict[str, Any]] = field(default_factory=list)
 
 
 def parse_variant(spec: str) -> Variant:
@@ -70,11 +78,17 @@ def parse_variant(spec: str) -> Variant:
     overrides = [f"optimizer={optimizer}"]
     if mode:
         overrides.append(f"optimizer.balancer.update_mode={mode}")
+    threads = None
     for option in options:
-        if option not in OPTIONS:
-            raise SystemExit(f"error: unknown option +{option} in {spec!r}; use {list(OPTIONS)}")
-        overrides.append(OPTIONS[option])
-    return Variant(spec, overrides)
+        if option[:1] == "t" and option[1:].isdigit() and int(option[1:]) > 0:
+            threads = int(option[1:])
+        elif option in OPTIONS:
+            overrides.append(OPTIONS[option])
+        else:
+            raise SystemExit(
+                f"error: unknown option +{option} in {spec!r}; use {list(OPTIONS)} or tN (threads)"
+            )
+    return Variant(spec, overrides, threads=threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=DEFAULT_VARIANTS,
         metavar="VARIANT",
-        help="OPTIMIZER[:MODE][+bf16][+cl][+nchw][+compile]; the first is the reference of the ratios "
+        help="OPTIMIZER[:MODE][+bf16][+cl][+nchw][+compile][+tN]; the first is the reference of "
+        "the ratios "
         f"(default: {' '.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument(
@@ -109,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="more Hydra overrides for all"
     )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after timing, profile N steps of each variant and print its top operators",
+    )
+    parser.add_argument("--profile-rows", type=int, default=15, help="operators listed (15)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     return parser
 
@@ -169,10 +192,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 
+        threads = torch.get_num_threads()
         rounds = args.warmup + args.steps
         for r in range(rounds):
             shift = r % len(variants)
             for variant in variants[shift:] + variants[:shift]:
+                torch.set_num_threads(variant.threads or threads)
                 sync()
                 start = time.perf_counter()
                 values = variant.trainer.train_step(batch)
@@ -184,7 +209,35 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     variant.first = elapsed
                 if r >= args.warmup:
                     variant.times.append(elapsed)
-    return report(args, variants, device)
+        for variant in variants if args.profile else []:
+            torch.set_num_threads(variant.threads or threads)
+            variant.profile = profile_steps(variant.trainer, batch, args.profile, sync)
+        torch.set_num_threads(threads)
+    return report(args, variants, device, threads)
+
+
+def profile_steps(trainer: Any, batch: Any, steps: int, sync: Any) -> list[dict[str, Any]]:
+    """The operators of ``steps`` training steps (``torch.profiler``, CPU activity), grouped by
+    operator and input shapes, by self CPU time (largest first), each with its share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            trainer.train_step(batch)
+            sync()
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    rows = [
+        {
+            "op": e.key,
+            "shapes": str(e.input_shapes),
+            "calls_per_step": e.count / steps,
+            "ms_per_step": e.self_cpu_time_total / 1000.0 / steps,
+            "share": e.self_cpu_time_total / total,
+        }
+        for e in events
+    ]
+    return sorted(rows, key=lambda row: -row["ms_per_step"])
 
 
 def balanced_keys(variant: Variant, common: list[str]) -> list[str]:
@@ -196,7 +249,9 @@ def balanced_keys(variant: Variant, common: list[str]) -> list[str]:
     return [o for o in common if o.startswith("optimizer.")]
 
 
-def report(args: argparse.Namespace, variants: list[Variant], device: Any) -> dict[str, Any]:
+def report(
+    args: argparse.Namespace, variants: list[Variant], device: Any, threads: int
+) -> dict[str, Any]:
     import torch
 
     reference = variants[0]
@@ -226,7 +281,7 @@ def report(args: argparse.Namespace, variants: list[Variant], device: Any) -> di
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
-        where = f"CPU, {torch.get_num_threads()} thread(s)"
+        where = f"CPU, {threads} thread(s)"
     header = (
         f"model {args.model}, batch {args.batch_size}x3x{args.crop}x{args.crop}, {where}, "
         f"torch {torch.__version__}; {args.steps} timed rounds after {args.warmup} warm-up; "
@@ -246,13 +301,23 @@ def report(args: argparse.Namespace, variants: list[Variant], device: Any) -> di
             f"{row['min_ratio']:>7.3f} {row['first_s']:>8.2f} {compile_s:>9} "
             f"{row['images_per_s']:>7.1f}"
         )
-    return {"setup": header, "device": where, "rows": rows}
+    profiles = {}
+    for variant in variants if args.profile else []:
+        profiles[variant.name] = variant.profile[: args.profile_rows]
+        print(f"\n{variant.name}: top operators by self CPU time, {args.profile} profiled step(s)")
+        print(f"{'share':>6} {'ms/step':>9} {'calls':>6}  operator  input shapes")
+        for op in profiles[variant.name]:
+            print(
+                f"{100 * op['share']:>5.1f}% {op['ms_per_step']:>9.1f} "
+                f"{op['calls_per_step']:>6.1f}  {op['op']}  {op['shapes']}"
+            )
+    return {"setup": header, "device": where, "rows": rows, "profiles": profiles}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
-        raise SystemExit("error: --steps >= 1, --warmup >= 0, --batch-size >= 1")
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or args.profile < 0:
+        raise SystemExit("error: --steps >= 1, --warmup >= 0, --batch-size >= 1, --profile >= 0")
     sys.path.insert(0, str(ROOT))
     result = measure(args)
     if args.json:

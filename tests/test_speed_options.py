@@ -197,6 +197,19 @@ def test_compiled_runs_drop_the_smaller_last_batch(make_cfg, tmp_path: Path) -> 
     assert [len(x) for x in compiled.loaders.train] == [2, 2]
 
 
+def test_compiled_runs_checkpoint_the_bare_model(make_cfg, tmp_path: Path) -> None:
+    # The compiled module wraps the model (its keys would gain "_orig_mod."); checkpoints, and
+    # so resume, evaluate.py and init_from, must see the model's own keys.
+    trainer = build_trainer(
+        make_cfg(tmp_path, "trainer.compile=true", "trainer.compile_backend=eager")
+    )
+    assert trainer.train_model is not trainer.model
+    assert any(k.startswith("_orig_mod.") for k in trainer.train_model.state_dict())
+    keys = list(trainer.state_dict(0)["state_dict"])
+    assert keys == list(trainer.model.state_dict())
+    assert not any("_orig_mod" in k for k in keys)
+
+
 def test_rates_are_computed_in_fp32_under_autocast() -> None:
     # CPU autocast stands in for CUDA bf16: the transforms run in bf16, but the residuals, the
     # noise and the likelihoods of y and z must be fp32 (bf16 rounds 150.3 + 0.37 to 150).

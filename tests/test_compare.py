@@ -177,6 +177,34 @@ def test_an_ms_ssim_comparison_finds_its_reference_curves(tmp_path: Path, monkey
     assert compare.reference_curve("adam-msssim", "ms-ssim") == "adam-msssim"
 
 
+def test_every_reading_of_compare_pairs_pairs_its_own_curves(tmp_path: Path, monkeypatch) -> None:
+    # experiment=factorial_cpu's readings: each [CURVE, REFERENCE] pair gets its own report,
+    # seed by seed against that reference (not compare.reference); a pair naming an optimizer
+    # without curves is an error, not a silent gap.
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    for s in (0, 1):
+        write(ev / f"adam_seed{s}.json", per_image_curve("adam", s))
+        write(ev / f"famo_adam_seed{s}.json", per_image_curve("famo_adam", s, 0.9))
+        write(ev / f"replay_famo_adam_seed{s}.json", per_image_curve("replay_famo_adam", s, 0.8))
+    monkeypatch.setattr(compare.evaluate, "main", lambda argv: 0)  # the curves are made above
+    settings = {"dataset": "/none", "reference": "adam", "metrics": ["psnr"], "bootstrap": 0}
+    pairs = [["famo_adam", "replay_famo_adam"], ["replay_famo_adam", "adam"]]
+    ok = OmegaConf.create(settings | {"pairs": pairs})
+    assert compare.evaluate_and_report(tmp_path, ok, None) == 0
+    reading = tmp_path / "report" / "famo_adam_vs_replay_famo_adam" / "bdrate_psnr.csv"
+    rows = [line.split(",") for line in reading.read_text().splitlines()]
+    mean = next(r for r in rows if r[:2] == ["famo_adam", "mean"])
+    assert mean[3] == "replay_famo_adam" and float(mean[6]) == pytest.approx(12.5, abs=1e-6)
+    assert {r[0] for r in rows[1:]} == {"famo_adam"}  # the reading's own curve only
+    other = (tmp_path / "report" / "replay_famo_adam_vs_adam" / "bdrate_psnr.csv").read_text()
+    row = next(line.split(",") for line in other.splitlines() if ",mean," in line)
+    assert row[:4] == ["replay_famo_adam", "mean", "4", "adam"]
+    assert float(row[6]) == pytest.approx(-20.0, abs=1e-6)
+    missing = OmegaConf.create(settings | {"pairs": [["balanced", "adam"]]})
+    assert compare.evaluate_and_report(tmp_path, missing, None) == 1
+
+
 def test_a_mean_without_every_seed_says_how_many_lack_a_value(tmp_path: Path, capsys) -> None:
     ev = tmp_path / "eval"
     ev.mkdir()

@@ -50,6 +50,12 @@ NEEDS = {
     ("data", "flickr2w"): ["data.root=/tmp/flickr"],
     ("experiment", "compare"): ["data=folder", *FOLDERS],
     ("experiment", "compare_cpu"): FOLDERS,
+    ("experiment", "factorial_cpu"): FOLDERS,
+    ("experiment", "factorial_lr_cpu"): FOLDERS,
+    # a replay twin names its source in the sweep directory (hydra's), which plain composition
+    # does not have: give the source
+    ("optimizer", "replay_balanced"): ["optimizer.balancer.source=/tmp/source"],
+    ("optimizer", "replay_famo_adam"): ["optimizer.balancer.source=/tmp/source"],
 }
 # The classes an optimizer option builds (base optimizer, balancer) and its task losses.
 OPTIMIZERS = {
@@ -58,6 +64,14 @@ OPTIMIZERS = {
     "balanced_hier": ("hpcm.optim.CautiousAdam", "hpcm.optim.balancer.FAMOBalancer", "scales"),
     "balanced_qp": ("hpcm.optim.CautiousAdam", "hpcm.optim.balancer.QPBalancer", "rd"),
     "lambda_replay": ("torch.optim.Adam", "hpcm.optim.lambda_replay.LambdaReplayBalancer", "rd"),
+    "adam_cautious": ("hpcm.optim.CautiousAdam", "hpcm.optim.balancer.PlainBalancer", "rd"),
+    "famo_adam": ("torch.optim.Adam", "hpcm.optim.balancer.FAMOBalancer", "rd"),
+    "replay_balanced": (
+        "hpcm.optim.CautiousAdam",
+        "hpcm.optim.lambda_replay.LambdaReplayBalancer",
+        "rd",
+    ),
+    "replay_famo_adam": ("torch.optim.Adam", "hpcm.optim.lambda_replay.LambdaReplayBalancer", "rd"),
 }
 # The loader function of a data option and its (root, train_dir, test_dir) under NEEDS.
 DATA = {
@@ -70,6 +84,42 @@ LOGGERS = {"none": no_logger, "wandb": start_wandb}
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _check_factorial_preset(option: str, cfg) -> None:
+    """What experiment=factorial_cpu and its lr search resolve to for every arm: the arm's grid,
+    its lr, and the replay twin's source in the same sweep directory."""
+    lambdas = cfg.factorial.lambdas
+    overrides = prepare_overrides([f"experiment={option}", *FOLDERS])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        full = compose("train", overrides=overrides, return_hydra_config=True)
+        params = full.hydra.sweeper.params
+        arms = params.optimizer.split(",")
+        for arm in arms:
+            run = compose("train", overrides=[*overrides, f"optimizer={arm}", "point='1'"])
+            grid = lambdas.famo if "famo" in arm or "balanced" in arm else lambdas.fixed
+            source = arm.removeprefix("replay_")
+            if option == "factorial_cpu":
+                assert run.lmbda == grid[1]
+                assert run.optimizer.lr == cfg.factorial.lr[source]
+    assert full.trainer.max_steps_per_epoch * full.trainer.epochs == 600
+    if option == "factorial_lr_cpu":
+        assert arms == ["adam", "adam_cautious", "famo_adam", "balanced"]
+        assert len(params["optimizer.lr"].split(",")) == 3
+        assert "compare" not in full.hydra.callbacks
+        assert full.hydra.callbacks.lr_search._target_ == "hpcm.eval.lr_search.LrSearchReport"
+        assert cfg.lr_search.target_lambda == lambdas.fixed[2] and cfg.seed == 100
+    else:
+        assert arms.index("replay_balanced") > arms.index("balanced")  # sources first
+        assert arms.index("replay_famo_adam") > arms.index("famo_adam")
+        assert params.seed == "0,1,2,3" and params.point == "'0','1','2','3'"
+        assert [list(p) for p in full.compare.pairs] == [
+            ["adam_cautious", "adam"],
+            ["famo_adam", "adam"],
+            ["balanced", "adam_cautious"],
+            ["famo_adam", "replay_famo_adam"],
+            ["balanced", "replay_balanced"],
+        ]
 
 
 # ----------------------------------------------------------------------------- configs
@@ -93,11 +143,11 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
         )
         model = torch.nn.Linear(2, 2)
         optimizer = build_optimizer(cfg.optimizer, model.parameters())
-        if option == "lambda_replay":  # it replays a run's logged trade-off: give it one
+        if "replay" in option:  # it replays a run's logged trade-off: give it one
             (tmp_path / "metrics.jsonl").write_text(
                 '{"step": 10, "train/effective_lambda": 0.01}\n'
             )
-            cfg.optimizer.balancer.source = str(tmp_path)
+            cfg.optimizer.balancer.source = str(tmp_path / "metrics.jsonl")
         balancer = build_balancer(cfg.optimizer)
         assert type(optimizer) is get_class(base) and type(balancer) is get_class(balancer_target)
         assert balancer.task_names == task_names(tasks)
@@ -119,6 +169,8 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
     elif group == "logger":
         start = instantiate(cfg.logger)  # a partial: the run adds its directory and name
         assert start.func is get_method(cfg.logger._target_) is LOGGERS[option]
+    elif group == "experiment" and option.startswith("factorial"):
+        _check_factorial_preset(option, cfg)
     elif group == "experiment" and option.startswith("compare"):
         assert cfg.resume == "auto" and cfg.compare.dataset == "/tmp/test"
         overrides = prepare_overrides([f"experiment={option}", *NEEDS[(group, option)]])

@@ -50,7 +50,9 @@ NEEDS = {
     ("data", "flickr2w"): ["data.root=/tmp/flickr"],
     ("experiment", "compare"): ["data=folder", *FOLDERS],
     ("experiment", "compare_cpu"): FOLDERS,
+    ("experiment", "factorial"): ["data=folder", *FOLDERS],
     ("experiment", "factorial_cpu"): FOLDERS,
+    ("experiment", "factorial_lr"): ["data=folder", *FOLDERS],
     ("experiment", "factorial_lr_cpu"): FOLDERS,
     # a replay twin names its source in the sweep directory (hydra's), which plain composition
     # does not have: give the source
@@ -87,10 +89,10 @@ def options(group: str) -> list[str]:
 
 
 def _check_factorial_preset(option: str, cfg) -> None:
-    """What experiment=factorial_cpu and its lr search resolve to for every arm: the arm's grid,
-    its lr, and the replay twin's source in the same sweep directory."""
-    lambdas = cfg.factorial.lambdas
-    overrides = prepare_overrides([f"experiment={option}", *FOLDERS])
+    """What experiment=factorial, its lr search and their CPU sizes resolve to for every arm: the
+    arm's grid and lr (a replay twin's are its source's), the readings, the search's target."""
+    lambdas, lrs = cfg.factorial.lambdas, cfg.factorial.lr
+    overrides = prepare_overrides([f"experiment={option}", *NEEDS[("experiment", option)]])
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         full = compose("train", overrides=overrides, return_hydra_config=True)
         params = full.hydra.sweeper.params
@@ -98,14 +100,21 @@ def _check_factorial_preset(option: str, cfg) -> None:
         for arm in arms:
             run = compose("train", overrides=[*overrides, f"optimizer={arm}", "point='1'"])
             grid = lambdas.famo if "famo" in arm or "balanced" in arm else lambdas.fixed
-            source = arm.removeprefix("replay_")
-            if option == "factorial_cpu":
+            if "lr" not in option:
                 assert run.lmbda == grid[1]
-                assert run.optimizer.lr == cfg.factorial.lr[source]
-    assert full.trainer.max_steps_per_epoch * full.trainer.epochs == 600
-    if option == "factorial_lr_cpu":
+                assert run.optimizer.lr == lrs[arm.removeprefix("replay_")]
+    assert full.resume == "auto" and str(full.hydra.mode) == "RunMode.MULTIRUN"
+    if option.endswith("_cpu"):
+        assert (full.model.name, full.trainer.num_threads, full.hydra.launcher.n_jobs) == (
+            "tiny",
+            1,
+            2,
+        )
+        assert full.trainer.max_steps_per_epoch * full.trainer.epochs == 600
+    if "lr" in option:
         assert arms == ["adam", "adam_cautious", "famo_adam", "balanced"]
-        assert len(params["optimizer.lr"].split(",")) == 3
+        searched = [float(v) for v in params["optimizer.lr"].split(",")]
+        assert len(searched) == 3 and float(lrs.adam) in searched
         assert "compare" not in full.hydra.callbacks
         assert full.hydra.callbacks.lr_search._target_ == "hpcm.eval.lr_search.LrSearchReport"
         assert cfg.lr_search.target_lambda == lambdas.fixed[2] and cfg.seed == 100

@@ -54,6 +54,7 @@ NEEDS = {
     ("experiment", "factorial_cpu"): FOLDERS,
     ("experiment", "factorial_lr"): ["data=folder", *FOLDERS],
     ("experiment", "factorial_lr_cpu"): FOLDERS,
+    ("experiment", "qp_finetune_cpu"): FOLDERS,
     # a replay twin names its source in the sweep directory (hydra's), which plain composition
     # does not have: give the source
     ("optimizer", "replay_balanced"): ["optimizer.balancer.source=/tmp/source"],
@@ -180,6 +181,11 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
         assert start.func is get_method(cfg.logger._target_) is LOGGERS[option]
     elif group == "experiment" and option.startswith("factorial"):
         _check_factorial_preset(option, cfg)
+    elif group == "experiment" and option == "qp_finetune_cpu":
+        # each lambda's own adam model of the factorial, fine-tuned at the paper's small lr
+        assert cfg.init_from == f"multirun/factorial_tiny_mse/adam_{cfg.lmbda}_seed0/last.pth.tar"
+        assert cfg.lmbda == cfg.factorial.lambdas.fixed[0] and cfg.optimizer.lr == 5e-5
+        assert [list(p) for p in cfg.compare.pairs] == [["balanced_qp", "adam_cautious"]]
     elif group == "experiment" and option.startswith("compare"):
         assert cfg.resume == "auto" and cfg.compare.dataset == "/tmp/test"
         overrides = prepare_overrides([f"experiment={option}", *NEEDS[(group, option)]])

@@ -362,6 +362,25 @@ def test_the_shipped_base_model_loads_and_starts_a_run(make_cfg, tmp_path: Path)
             assert torch.equal(trainer.model.state_dict()[key], value), key
 
 
+def test_the_nominal_grid_that_lands_on_target_effective_lambdas(
+    tmp_path: Path, capsys, write_trade_off_run
+) -> None:
+    # effective = nominal / 2 at 0.002 and nominal / 4 at 0.008 (the ratios the runs end at):
+    # in log-log the line of slope 1/2 through (0.002, 0.001) and (0.008, 0.002), so the
+    # nominal lambda of a target is 0.002 * (target / 0.001)^2 (0.004: beyond the measured)
+    sweep = tmp_path / "sweep"
+    for lmbda, ratio in ((0.002, 0.5), (0.008, 0.25)):
+        write_trade_off_run(sweep / f"b_{lmbda}_seed0", "balanced", lmbda, 0, ratio)
+    runs = trade_off.read_sweep(sweep, tail=0.01)  # the last record only: nominal * ratio
+    grid = trade_off.nominal_for(runs, "balanced", [0.001, 0.0015, 0.002, 0.004])
+    assert [n for _, n, _ in grid] == pytest.approx([0.002, 0.0045, 0.008, 0.032], rel=1e-6)
+    assert [outside for *_, outside in grid] == [False, False, False, True]
+    assert trade_off.main([str(sweep), "--tail", "0.01", "--grid", "balanced", "0.0015"]) == 0
+    assert "grid: [0.0045]" in capsys.readouterr().out
+    assert trade_off.main([str(sweep), "--grid", "adam", "0.001"]) == 1
+    assert "adam: 0 lambda(s) measured, the grid needs 2" in capsys.readouterr().err
+
+
 def test_trade_off_report_of_a_sweep(tmp_path: Path, capsys, write_trade_off_run) -> None:
     sweep = tmp_path / "sweep"
     for seed in (0, 1):

@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # Does Balanced R-D beat Adam for HPCM-Base? The GPU-scale comparison (docs/compare.md), ready for
-# the day a GPU is lent. Two recipes; run one with  bash recipes/compare_hpcm_base.sh finetune|scratch
+# the day a GPU is lent. Run one recipe with  bash recipes/compare_hpcm_base.sh RECIPE
 #
 #   finetune  every optimizer x the six official lambdas x 3 seeds, each run fine-tuned from the
 #             official HPCM-Base checkpoint of its lambda (experiment=finetune: lr 5e-5, 50 epochs,
 #             x0.1 for the last 10): the setting of the paper's second method.
 #   scratch   every optimizer x 4 lambdas x 3 seeds from scratch, on a shortened schedule (300
 #             epochs, the official milestones scaled to it).
+#   factorial_pilot, factorial_lr, factorial   the design of experiment=factorial_cpu (docs/compare.md,
+#             "From scratch") for hpcm_base on the same 300-epoch schedule, in three stages:
+#             factorial_pilot  adam and balanced on the fixed grid, seed 0: where FAMO's effective
+#                              lambda lands (SWEEP/report/effective_lambda.md); choose the FAMO
+#                              grid from it and export FAMO_GRID=[l1,l2,l3,l4]
+#             factorial_lr     the four trained arms x 3 learning rates (5e-5, 1e-4, 2e-4) at the
+#                              grid's third lambda, seed 100, validated on VAL_DIR (not the test
+#                              set); export the chosen LR_ADAM LR_CAUTIOUS LR_FAMO_ADAM LR_BALANCED
+#                              (SWEEP/report/lr_search.json)
+#             factorial        {adam, cautious} x {fixed, FAMO} + 2 replay twins x 4 lambdas x 4 seeds
 #
 # Needs: TRAIN_DIR / TEST_DIR (Flickr2W train and Kodak, CompressAI layout), and for finetune
 # CKPT_DIR holding the official checkpoints as HPCM_Base_<lambda>.pth.tar (rename if needed).
@@ -21,10 +31,13 @@
 #             54 runs ~48 GPU-hours.
 #   scratch:  300 epochs = 195k steps: adam ~4.1 h, balanced ~5.1 h, balanced_qp ~6.8 h;
 #             36 runs ~190 GPU-hours (the official 3001 epochs would be ten times that).
+#   factorial (300 epochs, replay twins cost as adam): pilot 8 runs ~37 GPU-hours; lr search 12
+#             runs ~55 GPU-hours; the factorial's 96 runs (per seed 8 adam-like, 8 FAMO, 8 replay)
+#             ~425 GPU-hours, ~520 in all; a 100-epoch schedule (trainer.epochs=100) is a third.
 # Replace these with measured step times: bash benchmarks/gpu_check.sh (batch-32 rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-recipe="${1:?usage: bash recipes/compare_hpcm_base.sh finetune|scratch}"
+recipe="${1:?usage: bash recipes/compare_hpcm_base.sh finetune|scratch|factorial_pilot|factorial_lr|factorial}"
 : "${TRAIN_DIR:?set TRAIN_DIR}" "${TEST_DIR:?set TEST_DIR}"
 common=(
   model=hpcm_base data=folder "data.train_dir=$TRAIN_DIR" "data.test_dir=$TEST_DIR"
@@ -42,8 +55,28 @@ case "$recipe" in
     python train.py -m experiment=compare trainer=hpcm trainer.epochs=300 "${common[@]}" \
       "hydra.sweep.dir=multirun/compare_hpcm_base_scratch"
     ;;
+  factorial_pilot)
+    python train.py -m experiment=factorial trainer=hpcm trainer.epochs=300 "${common[@]}" \
+      optimizer=adam,balanced seed=0 'factorial.lambdas.famo=${factorial.lambdas.fixed}' \
+      '~hydra.callbacks.compare' "hydra.sweep.dir=multirun/factorial_hpcm_base_pilot"
+    python -m hpcm.eval.trade_off multirun/factorial_hpcm_base_pilot
+    ;;
+  factorial_lr)
+    : "${VAL_DIR:?set VAL_DIR (a selection set, not the test set)}" "${FAMO_GRID:?set FAMO_GRID}"
+    python train.py -m experiment=factorial_lr trainer=hpcm trainer.epochs=300 "${common[@]}" \
+      "data.test_dir=$VAL_DIR" data.test_crop_size=512 "factorial.lambdas.famo=$FAMO_GRID" \
+      "hydra.sweep.dir=multirun/factorial_lr_hpcm_base"
+    ;;
+  factorial)
+    : "${FAMO_GRID:?set FAMO_GRID}" "${LR_ADAM:?set LR_ADAM}" "${LR_CAUTIOUS:?set LR_CAUTIOUS}"
+    : "${LR_FAMO_ADAM:?set LR_FAMO_ADAM}" "${LR_BALANCED:?set LR_BALANCED}"
+    python train.py -m experiment=factorial trainer=hpcm trainer.epochs=300 "${common[@]}" \
+      "factorial.lambdas.famo=$FAMO_GRID" "factorial.lr.adam=$LR_ADAM" \
+      "factorial.lr.adam_cautious=$LR_CAUTIOUS" "factorial.lr.famo_adam=$LR_FAMO_ADAM" \
+      "factorial.lr.balanced=$LR_BALANCED" "hydra.sweep.dir=multirun/factorial_hpcm_base"
+    ;;
   *)
-    echo "error: unknown recipe '$recipe' (finetune or scratch)" >&2
+    echo "error: unknown recipe '$recipe' (finetune, scratch, factorial_pilot, factorial_lr or factorial)" >&2
     exit 2
     ;;
 esac

@@ -295,7 +295,10 @@ def test_lambda_replay_reproduces_a_logged_trajectory(tmp_path):
             {"step": 12, "epoch": 1, "train/effective_lambda": 0.04},
         ],
     )
-    replay = LambdaReplayBalancer(["distortion", "bpp_loss"], str(tmp_path), lmbda=0.02)
+    with pytest.raises(ValueError, match="has not finished"):  # a run directory still training
+        LambdaReplayBalancer(["distortion", "bpp_loss"], str(tmp_path), lmbda=0.02)
+    source = str(tmp_path / "metrics.jsonl")  # what it logged so far
+    replay = LambdaReplayBalancer(["distortion", "bpp_loss"], source, lmbda=0.02)
     p = torch.zeros(2, requires_grad=True)
     got = []
     for _ in range(12):
@@ -312,12 +315,12 @@ def test_lambda_replay_reproduces_a_logged_trajectory(tmp_path):
     state = replay.state_dict()
     with pytest.raises(ValueError, match="logged 12 steps, this run needs step 13"):
         replay.backward(torch.stack([p[0] + 1.0, p[1] + 2.0]), [p])
-    again = LambdaReplayBalancer(["distortion", "bpp_loss"], str(tmp_path), lmbda=0.02)
+    again = LambdaReplayBalancer(["distortion", "bpp_loss"], source, lmbda=0.02)
     again.load_state_dict(state)
     assert again.step == 12
     _write_series(tmp_path / "metrics.jsonl", [{"step": 4, "test/loss": 3.0}])
     with pytest.raises(ValueError, match="logs no train/effective_lambda series"):
-        LambdaReplayBalancer(["distortion", "bpp_loss"], str(tmp_path), lmbda=0.02)
+        LambdaReplayBalancer(["distortion", "bpp_loss"], source, lmbda=0.02)
 
 
 def test_a_replay_twin_trains_on_its_famo_runs_trade_off(make_cfg, tmp_path):

@@ -177,6 +177,34 @@ def test_an_ms_ssim_comparison_finds_its_reference_curves(tmp_path: Path, monkey
     assert compare.reference_curve("adam-msssim", "ms-ssim") == "adam-msssim"
 
 
+def test_every_reading_of_compare_pairs_pairs_its_own_curves(tmp_path: Path, monkeypatch) -> None:
+    # experiment=factorial_cpu's readings: each [CURVE, REFERENCE] pair gets its own report,
+    # seed by seed against that reference (not compare.reference); a pair naming an optimizer
+    # without curves is an error, not a silent gap.
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    for s in (0, 1):
+        write(ev / f"adam_seed{s}.json", per_image_curve("adam", s))
+        write(ev / f"famo_adam_seed{s}.json", per_image_curve("famo_adam", s, 0.9))
+        write(ev / f"replay_famo_adam_seed{s}.json", per_image_curve("replay_famo_adam", s, 0.8))
+    monkeypatch.setattr(compare.evaluate, "main", lambda argv: 0)  # the curves are made above
+    settings = {"dataset": "/none", "reference": "adam", "metrics": ["psnr"], "bootstrap": 0}
+    pairs = [["famo_adam", "replay_famo_adam"], ["replay_famo_adam", "adam"]]
+    ok = OmegaConf.create(settings | {"pairs": pairs})
+    assert compare.evaluate_and_report(tmp_path, ok, None) == 0
+    reading = tmp_path / "report" / "famo_adam_vs_replay_famo_adam" / "bdrate_psnr.csv"
+    rows = [line.split(",") for line in reading.read_text().splitlines()]
+    mean = next(r for r in rows if r[:2] == ["famo_adam", "mean"])
+    assert mean[3] == "replay_famo_adam" and float(mean[6]) == pytest.approx(12.5, abs=1e-6)
+    assert {r[0] for r in rows[1:]} == {"famo_adam"}  # the reading's own curve only
+    other = (tmp_path / "report" / "replay_famo_adam_vs_adam" / "bdrate_psnr.csv").read_text()
+    row = next(line.split(",") for line in other.splitlines() if ",mean," in line)
+    assert row[:4] == ["replay_famo_adam", "mean", "4", "adam"]
+    assert float(row[6]) == pytest.approx(-20.0, abs=1e-6)
+    missing = OmegaConf.create(settings | {"pairs": [["balanced", "adam"]]})
+    assert compare.evaluate_and_report(tmp_path, missing, None) == 1
+
+
 def test_a_mean_without_every_seed_says_how_many_lack_a_value(tmp_path: Path, capsys) -> None:
     ev = tmp_path / "eval"
     ev.mkdir()
@@ -332,6 +360,25 @@ def test_the_shipped_base_model_loads_and_starts_a_run(make_cfg, tmp_path: Path)
     for key, value in model.state_dict().items():
         if not key.startswith(("y_entropy.", "z_entropy.")):  # coding tables: by update()
             assert torch.equal(trainer.model.state_dict()[key], value), key
+
+
+def test_the_nominal_grid_that_lands_on_target_effective_lambdas(
+    tmp_path: Path, capsys, write_trade_off_run
+) -> None:
+    # effective = nominal / 2 at 0.002 and nominal / 4 at 0.008 (the ratios the runs end at):
+    # in log-log the line of slope 1/2 through (0.002, 0.001) and (0.008, 0.002), so the
+    # nominal lambda of a target is 0.002 * (target / 0.001)^2 (0.004: beyond the measured)
+    sweep = tmp_path / "sweep"
+    for lmbda, ratio in ((0.002, 0.5), (0.008, 0.25)):
+        write_trade_off_run(sweep / f"b_{lmbda}_seed0", "balanced", lmbda, 0, ratio)
+    runs = trade_off.read_sweep(sweep, tail=0.01)  # the last record only: nominal * ratio
+    grid = trade_off.nominal_for(runs, "balanced", [0.001, 0.0015, 0.002, 0.004])
+    assert [n for _, n, _ in grid] == pytest.approx([0.002, 0.0045, 0.008, 0.032], rel=1e-6)
+    assert [outside for *_, outside in grid] == [False, False, False, True]
+    assert trade_off.main([str(sweep), "--tail", "0.01", "--grid", "balanced", "0.0015"]) == 0
+    assert "grid: [0.0045]" in capsys.readouterr().out
+    assert trade_off.main([str(sweep), "--grid", "adam", "0.001"]) == 1
+    assert "adam: 0 lambda(s) measured, the grid needs 2" in capsys.readouterr().err
 
 
 def test_trade_off_report_of_a_sweep(tmp_path: Path, capsys, write_trade_off_run) -> None:

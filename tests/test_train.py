@@ -50,6 +50,15 @@ NEEDS = {
     ("data", "flickr2w"): ["data.root=/tmp/flickr"],
     ("experiment", "compare"): ["data=folder", *FOLDERS],
     ("experiment", "compare_cpu"): FOLDERS,
+    ("experiment", "factorial"): ["data=folder", *FOLDERS],
+    ("experiment", "factorial_cpu"): FOLDERS,
+    ("experiment", "factorial_lr"): ["data=folder", *FOLDERS],
+    ("experiment", "factorial_lr_cpu"): FOLDERS,
+    ("experiment", "qp_finetune_cpu"): FOLDERS,
+    # a replay twin names its source in the sweep directory (hydra's), which plain composition
+    # does not have: give the source
+    ("optimizer", "replay_balanced"): ["optimizer.balancer.source=/tmp/source"],
+    ("optimizer", "replay_famo_adam"): ["optimizer.balancer.source=/tmp/source"],
 }
 # The classes an optimizer option builds (base optimizer, balancer) and its task losses.
 OPTIMIZERS = {
@@ -58,6 +67,14 @@ OPTIMIZERS = {
     "balanced_hier": ("hpcm.optim.CautiousAdam", "hpcm.optim.balancer.FAMOBalancer", "scales"),
     "balanced_qp": ("hpcm.optim.CautiousAdam", "hpcm.optim.balancer.QPBalancer", "rd"),
     "lambda_replay": ("torch.optim.Adam", "hpcm.optim.lambda_replay.LambdaReplayBalancer", "rd"),
+    "adam_cautious": ("hpcm.optim.CautiousAdam", "hpcm.optim.balancer.PlainBalancer", "rd"),
+    "famo_adam": ("torch.optim.Adam", "hpcm.optim.balancer.FAMOBalancer", "rd"),
+    "replay_balanced": (
+        "hpcm.optim.CautiousAdam",
+        "hpcm.optim.lambda_replay.LambdaReplayBalancer",
+        "rd",
+    ),
+    "replay_famo_adam": ("torch.optim.Adam", "hpcm.optim.lambda_replay.LambdaReplayBalancer", "rd"),
 }
 # The loader function of a data option and its (root, train_dir, test_dir) under NEEDS.
 DATA = {
@@ -70,6 +87,49 @@ LOGGERS = {"none": no_logger, "wandb": start_wandb}
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _check_factorial_preset(option: str, cfg) -> None:
+    """What experiment=factorial, its lr search and their CPU sizes resolve to for every arm: the
+    arm's grid and lr (a replay twin's are its source's), the readings, the search's target."""
+    lambdas, lrs = cfg.factorial.lambdas, cfg.factorial.lr
+    overrides = prepare_overrides([f"experiment={option}", *NEEDS[("experiment", option)]])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        full = compose("train", overrides=overrides, return_hydra_config=True)
+        params = full.hydra.sweeper.params
+        arms = params.optimizer.split(",")
+        for arm in arms:
+            run = compose("train", overrides=[*overrides, f"optimizer={arm}", "point='1'"])
+            grid = lambdas.famo if "famo" in arm or "balanced" in arm else lambdas.fixed
+            if "lr" not in option:
+                assert run.lmbda == grid[1]
+                assert run.optimizer.lr == lrs[arm.removeprefix("replay_")]
+    assert full.resume == "auto" and str(full.hydra.mode) == "RunMode.MULTIRUN"
+    if option.endswith("_cpu"):
+        assert (full.model.name, full.trainer.num_threads, full.hydra.launcher.n_jobs) == (
+            "tiny",
+            1,
+            2,
+        )
+        assert full.trainer.max_steps_per_epoch * full.trainer.epochs == 600
+    if "lr" in option:
+        assert arms == ["adam", "adam_cautious", "famo_adam", "balanced"]
+        searched = [float(v) for v in params["optimizer.lr"].split(",")]
+        assert len(searched) == 3 and float(lrs.adam) in searched
+        assert "compare" not in full.hydra.callbacks
+        assert full.hydra.callbacks.lr_search._target_ == "hpcm.eval.lr_search.LrSearchReport"
+        assert cfg.lr_search.target_lambda == lambdas.fixed[2] and cfg.seed == 100
+    else:
+        assert arms.index("replay_balanced") > arms.index("balanced")  # sources first
+        assert arms.index("replay_famo_adam") > arms.index("famo_adam")
+        assert params.seed == "0,1,2,3" and params.point == "'0','1','2','3'"
+        assert [list(p) for p in full.compare.pairs] == [
+            ["adam_cautious", "adam"],
+            ["famo_adam", "adam"],
+            ["balanced", "adam_cautious"],
+            ["famo_adam", "replay_famo_adam"],
+            ["balanced", "replay_balanced"],
+        ]
 
 
 # ----------------------------------------------------------------------------- configs
@@ -93,11 +153,11 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
         )
         model = torch.nn.Linear(2, 2)
         optimizer = build_optimizer(cfg.optimizer, model.parameters())
-        if option == "lambda_replay":  # it replays a run's logged trade-off: give it one
+        if "replay" in option:  # it replays a run's logged trade-off: give it one
             (tmp_path / "metrics.jsonl").write_text(
                 '{"step": 10, "train/effective_lambda": 0.01}\n'
             )
-            cfg.optimizer.balancer.source = str(tmp_path)
+            cfg.optimizer.balancer.source = str(tmp_path / "metrics.jsonl")
         balancer = build_balancer(cfg.optimizer)
         assert type(optimizer) is get_class(base) and type(balancer) is get_class(balancer_target)
         assert balancer.task_names == task_names(tasks)
@@ -119,6 +179,13 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
     elif group == "logger":
         start = instantiate(cfg.logger)  # a partial: the run adds its directory and name
         assert start.func is get_method(cfg.logger._target_) is LOGGERS[option]
+    elif group == "experiment" and option.startswith("factorial"):
+        _check_factorial_preset(option, cfg)
+    elif group == "experiment" and option == "qp_finetune_cpu":
+        # each lambda's own adam model of the factorial, fine-tuned at the paper's small lr
+        assert cfg.init_from == f"multirun/factorial_tiny_mse/adam_{cfg.lmbda}_seed0/last.pth.tar"
+        assert cfg.lmbda == cfg.factorial.lambdas.fixed[0] and cfg.optimizer.lr == 5e-5
+        assert [list(p) for p in cfg.compare.pairs] == [["balanced_qp", "adam_cautious"]]
     elif group == "experiment" and option.startswith("compare"):
         assert cfg.resume == "auto" and cfg.compare.dataset == "/tmp/test"
         overrides = prepare_overrides([f"experiment={option}", *NEEDS[(group, option)]])

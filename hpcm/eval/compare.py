@@ -66,11 +66,50 @@ def evaluate_and_report(
         )
         if status:
             return status
+    for curve, against in settings.get("pairs") or []:
+        status = report_pair(eval_dir, report_dir, str(curve), str(against), settings, trained_for)
+        if status:
+            return status
     try:
         trade_off.write_report(sweep_dir, report_dir)
     except trade_off.TradeOffError as error:  # e.g. runs that logged no training step
         log.warning("no effective-lambda report: %s", error)
     return 0
+
+
+def report_pair(
+    eval_dir: Path,
+    report_dir: Path,
+    curve: str,
+    against: str,
+    settings: DictConfig,
+    trained_for: str = "mse",
+) -> int:
+    """One reading of ``compare.pairs``: the curves of optimizer ``curve`` against those of
+    ``against``, seed by seed, into ``report_dir/CURVE_vs_AGAINST`` (exit status of the report;
+    1 when either has no curve in ``eval_dir``)."""
+    curve, against = reference_curve(curve, trained_for), reference_curve(against, trained_for)
+    files = {name: _curve_files(eval_dir, name) for name in (curve, against)}
+    missing = [name for name, found in files.items() if not found]
+    if missing:
+        log.error("compare.pairs: no curve of %s in %s", " or ".join(missing), eval_dir)
+        return 1
+    replicates = settings.get("bootstrap")
+    bootstrap = [] if replicates is None else ["--bootstrap", str(replicates)]
+    out = report_dir / f"{curve}_vs_{against}"
+    for metric in settings.metrics:
+        argv = [*map(str, files[curve]), "--reference", str(eval_dir / f"{against}_seed*.json")]
+        if len(files[against]) == 1:  # one curve without seeds serves every seed
+            argv[-1] = str(files[against][0])
+        status = report.main([*argv, "--metric", str(metric), *bootstrap, "--out", str(out)])
+        if status:
+            return status
+    return 0
+
+
+def _curve_files(eval_dir: Path, name: str) -> list[Path]:
+    """The curves evaluate.py wrote for optimizer ``name``: NAME_seedN.json, or NAME.json."""
+    return sorted(eval_dir.glob(f"{name}_seed*.json")) or sorted(eval_dir.glob(f"{name}.json"))
 
 
 class CompareReport(Callback):

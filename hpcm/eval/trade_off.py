@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import math
 import statistics
 import sys
@@ -227,6 +228,35 @@ def write_report(sweep_dirs: Path | Sequence[Path], out: Path, tail: float = 0.2
     ]
 
 
+def nominal_for(runs: Sequence[RunTradeOff], optimizer: str, targets: Sequence[float]) -> list:
+    """For each target effective lambda, the nominal lambda at which ``optimizer`` trains there:
+    ``(target, nominal, extrapolated)``, by linear interpolation of log(nominal) in
+    log(effective) through the cells' means over seeds (beyond the measured ones, the line
+    through the two nearest cells; ``extrapolated`` says so). Needs two cells whose effective
+    lambda rises with the nominal one."""
+    cells = sorted(
+        (lmbda, statistics.fmean(r.effective for r in members))
+        for (name, lmbda), members in by_cell(runs).items()
+        if name == optimizer
+    )
+    if len(cells) < 2:
+        raise TradeOffError(f"{optimizer}: {len(cells)} lambda(s) measured, the grid needs 2")
+    effective = [e for _, e in cells]
+    if any(b <= a for a, b in itertools.pairwise(effective)):
+        raise TradeOffError(f"{optimizer}: the effective lambda does not rise with the nominal one")
+    logs = [(math.log(e), math.log(n)) for n, e in cells]
+    grid = []
+    for target in targets:
+        t = math.log(target)
+        i = min(
+            max(next((k for k, (e, _) in enumerate(logs) if e >= t), len(logs)), 1), len(logs) - 1
+        )
+        (e0, n0), (e1, n1) = logs[i - 1], logs[i]
+        nominal = math.exp(n0 + (t - e0) * (n1 - n0) / (e1 - e0))
+        grid.append((target, nominal, not logs[0][0] <= t <= logs[-1][0]))
+    return grid
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not (0.0 < value <= 1.0) or math.isnan(value):
@@ -247,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tail", type=_fraction, default=0.2, help="fraction of training to average (0.2)"
     )
+    parser.add_argument(
+        "--grid",
+        nargs=2,
+        metavar=("OPTIMIZER", "TARGETS"),
+        help="print the nominal lambdas at which OPTIMIZER trains at the effective lambdas "
+        "TARGETS (comma-separated), e.g. --grid balanced 0.0018,0.0035,0.0067,0.013",
+    )
     return parser
 
 
@@ -263,6 +300,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(paths[1].read_text(), end="")
     print(f"written: {', '.join(str(p) for p in paths)}")
+    if args.grid:
+        optimizer, text = args.grid
+        try:
+            targets = [float(t) for t in text.split(",")]
+            grid = nominal_for(read_sweep(args.sweeps, args.tail), optimizer, targets)
+        except ValueError:
+            print(f"error: --grid TARGETS must be numbers, got {text!r}", file=sys.stderr)
+            return 1
+        except TradeOffError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"\nnominal lambdas of {optimizer} for the effective lambdas {text}:")
+        for target, nominal, outside in grid:
+            note = " (extrapolated beyond the measured lambdas)" if outside else ""
+            print(f"  {target:g} -> {nominal:.3g}{note}")
+        print(f"grid: [{', '.join(f'{n:.3g}' for _, n, _ in grid)}]")
     return 0
 
 

@@ -12,7 +12,10 @@ feedback, or a recording of it.
 Each logged record is the mean over the steps since the previous record; it is placed at the
 middle of those steps and the trajectory is interpolated linearly in ``log lambda`` between
 records (held flat before the first middle and after the last). A step past the source's last
-logged step is an error: the source is shorter than this run.
+logged step is an error: the source is shorter than this run. A source given as a run directory
+must have finished (its ``finished.json``), so that a twin never starts on the first part of a
+trajectory still being written; give the ``metrics.jsonl`` file itself to replay an unfinished
+run.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hpcm.run_layout import RunDirError, read_metrics, series
+from hpcm.run_layout import FINISHED, RunDirError, read_metrics, series
 
 ReduceFn = Callable[[Tensor], Tensor]
 
@@ -71,7 +74,7 @@ class LambdaReplayBalancer:
 
     Args:
         task_names: must be ``("distortion", "bpp_loss")`` (``optimizer.tasks=rd``).
-        source: the source run's directory (or its ``metrics.jsonl``).
+        source: the source run's directory (finished) or its ``metrics.jsonl``.
         lmbda: this run's nominal lambda (the ``distortion`` task is ``lmbda * 255^2 * MSE``).
         reduce_fn: unused (every rank reads the same trajectory).
     """
@@ -92,6 +95,11 @@ class LambdaReplayBalancer:
         if not lmbda > 0:
             raise ValueError(f"lambda_replay needs a positive lambda, got {lmbda}")
         self.source = str(source)
+        if Path(self.source).is_dir() and not (Path(self.source) / FINISHED).is_file():
+            raise ValueError(
+                f"lambda_replay: the source run {self.source} has not finished (no {FINISHED}): "
+                "finish it first, or give its metrics.jsonl to replay what it logged so far"
+            )
         self.lmbda = float(lmbda)
         self.steps, self.lambdas, self.last_step = read_trajectory(self.source)
         self.step = 0  # steps taken (skipped batches included, as the loop's global step)

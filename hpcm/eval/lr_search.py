@@ -1,0 +1,271 @@
+"""Which learning rate each optimizer gets in a comparison: the runs of a learning-rate search
+(``experiment=factorial_lr_cpu``), scored alike.
+
+Every run of the search trained one optimizer at one learning rate toward one target trade-off
+``lambda_t`` and validated at its end on a selection set (not the test set). A fixed-lambda
+optimizer trains at ``lambda_t`` itself; an adaptive one (FAMO) at the nominal lambda whose
+effective lambda is ``lambda_t`` (the comparison's lambda grids, docs/compare.md). Every run is
+scored by the same validation loss at the target, whatever its nominal lambda:
+
+    J = bpp + lambda_t * 255^2 * MSE = test/bpp_loss + (lambda_t / lambda) * test/distortion
+
+(``test/distortion`` is ``lambda * 255^2 * MSE`` of the run's own lambda), the mean over the
+seeds of a cell. Each optimizer gets the learning rate of its lowest J; one at the edge of the
+searched values is flagged, since the optimum may lie outside them.
+
+``python -m hpcm.eval.lr_search SWEEP_DIR [--target LAMBDA] [--out DIR]`` writes
+``lr_search.csv`` (one row per run), ``lr_search.md`` (J per optimizer and lr, the choice),
+``lr_search.json`` (``{optimizer: lr}``) and ``lr_search.png`` (J against lr); the search preset
+runs it at the end of its sweep (:class:`LrSearchReport`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from hpcm.eval.evaluate import lambda_of, optimizer_of
+from hpcm.eval.plots import curve_colors, rd_figure
+from hpcm.eval.report import training_seed
+from hpcm.run_layout import METRICS_FILE, RunDirError, read_config, read_metrics
+
+log = logging.getLogger(__name__)
+
+STEM = "lr_search"
+TARGET_KEY = ("lr_search", "target_lambda")  # where the search preset records lambda_t
+
+
+class LrSearchError(Exception):
+    """Nothing to score; the message is one line."""
+
+
+@dataclass
+class ScoredRun:
+    name: str  # the run directory's name
+    optimizer: str
+    lr: float
+    seed: int | None
+    lmbda: float  # the run's nominal lambda
+    bpp: float  # test/bpp_loss of the last validation
+    mse: float  # 255^2 MSE, from test/distortion / lambda
+    step: int  # the step of that validation
+
+    def score(self, target: float) -> float:
+        """``J = bpp + lambda_t * 255^2 * MSE`` at the target trade-off ``lambda_t``."""
+        return self.bpp + target * self.mse
+
+
+def _last_validation(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    tested = [r for r in records if isinstance(r.get("test/bpp_loss"), (int, float))]
+    return max(tested, key=lambda r: r["step"]) if tested else None
+
+
+def read_run(run_dir: Path) -> tuple[ScoredRun, float | None] | None:
+    """The scored run of ``run_dir`` and the target lambda its config records, or ``None`` for a
+    directory that is not a finished, validated training run."""
+    config = read_config(run_dir)
+    if config is None:
+        return None
+    optimizer, lmbda = optimizer_of(config), lambda_of(config)
+    lr = (config.get("optimizer") or {}).get("lr")
+    try:
+        last = _last_validation(read_metrics(run_dir))
+    except RunDirError:
+        return None
+    if optimizer is None or not lmbda or not isinstance(lr, (int, float)) or last is None:
+        return None
+    target = config.get(TARGET_KEY[0], {}) or {}
+    target = target.get(TARGET_KEY[1]) if isinstance(target, dict) else None
+    mse = float(last["test/distortion"]) / lmbda
+    run = ScoredRun(
+        run_dir.name,
+        optimizer,
+        float(lr),
+        training_seed(config.get("seed")),
+        lmbda,
+        float(last["test/bpp_loss"]),
+        mse,
+        int(last["step"]),
+    )
+    return run, (float(target) if isinstance(target, (int, float)) else None)
+
+
+def read_search(sweep_dir: Path, target: float | None = None) -> tuple[list[ScoredRun], float]:
+    """The validated runs below ``sweep_dir`` and the target lambda (``target``, else the one
+    the runs' configs record, which must agree)."""
+    runs, targets = [], set()
+    for metrics in sorted(sweep_dir.rglob(METRICS_FILE)):
+        found = read_run(metrics.parent)
+        if found is not None:
+            runs.append(found[0])
+            if found[1] is not None:
+                targets.add(found[1])
+    if not runs:
+        raise LrSearchError(f"{sweep_dir}: no validated training run below it")
+    if target is None:
+        if len(targets) != 1:
+            recorded = ", ".join(map(str, sorted(targets))) or "none"
+            raise LrSearchError(
+                f"{sweep_dir}: the runs record target lambdas {recorded}; give --target LAMBDA"
+            )
+        target = targets.pop()
+    return sorted(runs, key=lambda r: (r.optimizer, r.lr, r.seed or 0)), target
+
+
+def table(runs: Sequence[ScoredRun], target: float) -> dict[str, dict[float, list[float]]]:
+    """``{optimizer: {lr: [J of each seed]}}``."""
+    cells: dict[str, dict[float, list[float]]] = {}
+    for run in runs:
+        cells.setdefault(run.optimizer, {}).setdefault(run.lr, []).append(run.score(target))
+    return cells
+
+
+def choose(cells: dict[str, dict[float, list[float]]]) -> dict[str, tuple[float, bool]]:
+    """Per optimizer the lr of the lowest mean J (ties: the smaller lr), and whether it lies at
+    an edge of the searched values (True when more than one value was searched)."""
+    chosen = {}
+    for optimizer, by_lr in cells.items():
+        finite = {lr: statistics.fmean(j) for lr, j in by_lr.items() if all(map(math.isfinite, j))}
+        if not finite:
+            continue
+        best = min(sorted(finite), key=lambda lr: finite[lr])
+        lrs = sorted(by_lr)
+        chosen[optimizer] = (best, len(lrs) > 1 and best in (lrs[0], lrs[-1]))
+    return chosen
+
+
+def markdown(runs: Sequence[ScoredRun], target: float) -> str:
+    cells = table(runs, target)
+    chosen = choose(cells)
+    lrs = sorted({run.lr for run in runs})
+    head = "| optimizer | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |"
+    lines = [
+        f"Validation J = bpp + {target:g} * 255^2 * MSE (mean over seeds; lower is better)",
+        "",
+        head,
+        "|---|" + "---:|" * len(lrs) + "---|",
+    ]
+    for optimizer, by_lr in sorted(cells.items()):
+        best = chosen.get(optimizer)
+        row = []
+        for lr in lrs:
+            values = by_lr.get(lr)
+            text = "" if values is None else f"{statistics.fmean(values):.4f}"
+            if values is not None and len(values) > 1:
+                text += f" ({len(values)} seeds)"
+            row.append(f"**{text}**" if best and best[0] == lr else text)
+        note = "none (no finite J)" if best is None else f"{best[0]:g}"
+        if best and best[1]:
+            note += " (at the edge of the searched values: widen them)"
+        lines.append(f"| {optimizer} | " + " | ".join(row) + f" | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep_dir: Path, out: Path, target: float | None = None) -> list[Path]:
+    """CSV, Markdown, JSON and plot of the search in ``sweep_dir`` into ``out``."""
+    runs, target = read_search(sweep_dir, target)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{STEM}.{ext}" for ext in ("csv", "md", "json", "png")]
+    with paths[0].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "optimizer", "lr", "seed", "lambda", "step", "bpp", "mse", "J"])
+        for r in runs:
+            j = r.score(target)
+            writer.writerow([r.name, r.optimizer, r.lr, r.seed, r.lmbda, r.step, r.bpp, r.mse, j])
+    paths[1].write_text(markdown(runs, target))
+    chosen = choose(table(runs, target))
+    paths[2].write_text(
+        json.dumps(
+            {
+                "target_lambda": target,
+                "lr": {name: lr for name, (lr, _) in sorted(chosen.items())},
+                "at_edge": sorted(name for name, (_, edge) in chosen.items() if edge),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    plot(runs, target, paths[3])
+    return paths
+
+
+def plot(runs: Sequence[ScoredRun], target: float, path: Path) -> Path:
+    """J against the learning rate (log x), one line per optimizer through the seed means, every
+    seed a dot."""
+    cells = table(runs, target)
+    colors = curve_colors(sorted(cells))
+    fig, ax = rd_figure((6.4, 4.4))
+    for optimizer, by_lr in sorted(cells.items()):
+        lrs = sorted(by_lr)
+        color = colors[optimizer]
+        for lr in lrs:
+            ax.scatter([lr] * len(by_lr[lr]), by_lr[lr], s=12, color=color, alpha=0.5)
+        ax.plot(
+            lrs, [statistics.fmean(by_lr[lr]) for lr in lrs], "-o", color=color, label=optimizer
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (optimizer.lr)")
+    ax.set_ylabel(f"validation bpp + {target:g} * 255^2 MSE")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+class LrSearchReport(Callback):
+    """``on_multirun_end``: the search's report into ``SWEEP/report``."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            paths = write_report(sweep_dir, sweep_dir / "report")
+        except LrSearchError as error:
+            log.error("no learning-rate report: %s", error)
+            return
+        log.info("learning-rate search:\n%s", paths[1].read_text())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hpcm.eval.lr_search",
+        description="Score the runs of a learning-rate search at one target lambda and choose "
+        "each optimizer's learning rate.",
+    )
+    parser.add_argument("sweep", type=Path, help="the search's sweep directory")
+    parser.add_argument(
+        "--target", type=float, help="target lambda (default: the one the runs' configs record)"
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default: SWEEP/report)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.sweep.is_dir():
+        print(f"error: {args.sweep}: no such sweep directory", file=sys.stderr)
+        return 1
+    try:
+        paths = write_report(args.sweep, args.out or args.sweep / "report", args.target)
+    except LrSearchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(paths[1].read_text(), end="")
+    print(f"written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

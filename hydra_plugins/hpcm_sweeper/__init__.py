@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import optuna
 from hydra.errors import CompactHydraException
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig
-from optuna.trial import TrialState
 
 
 class NoTrialCompleted(CompactHydraException):
@@ -47,6 +45,11 @@ class OptunaSearchSweeper(OptunaSweeper):
         except ValueError:  # Optuna's "Record does not exist" when there is no best trial
             if not (self.storage and self.study_name):
                 raise
+            # Imported here, as the plugin imports its implementation: every train.py command
+            # loads this module, and Optuna (with SQLAlchemy) is for searches only.
+            import optuna
+            from optuna.trial import TrialState
+
             study = optuna.load_study(study_name=self.study_name, storage=self.storage)
             states = [t.state for t in study.get_trials(deepcopy=False)]
             if TrialState.COMPLETE in states:

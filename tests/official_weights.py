@@ -69,13 +69,21 @@ def official_formula_state_dict(model: str = "HPCM_Base", gain: float = 0.7) -> 
 
 def formula_model(model: str, name: str, gain: float = 0.7):
     """``hpcm.build_model(name)`` holding the formula weights of the official ``model``, written
-    into the parameters one tensor at a time (HPCM_1B's state dict alone is 4 GB)."""
+    into the parameters one tensor at a time (HPCM_1B's state dict alone is 4 GB). Built on the
+    meta device, so that no time goes into a random initialisation the formula overwrites; its
+    few buffers (constants, empty entropy tables) are those of a fresh ``tiny`` model."""
     shapes = official_shapes(model)
     ours = convert_official_state_dict({k: k for k in shapes})  # our key -> official key
-    net = hpcm.build_model(name)
+    with torch.device("meta"):
+        net = hpcm.build_model(name)
+    net.to_empty(device="cpu")
     params = dict(net.named_parameters())
     assert set(params) == set(ours), set(params) ^ set(ours)
+    buffers, fresh = dict(net.named_buffers()), dict(hpcm.build_model("tiny").named_buffers())
+    assert set(buffers) == set(fresh), set(buffers) ^ set(fresh)
     with torch.no_grad():
         for key, official in ours.items():
             params[key].copy_(_formula_value(official, shapes[official], gain))
+        for key, value in fresh.items():
+            buffers[key].set_(value)
     return net.eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpcm.train.curve_search import CurveError, reference_config
+from hpcm.train.curve_search import CurveError, reference_config, reference_key
 
 
 def test_the_reference_is_the_shipped_optimizer_group_with_its_base(make_cfg) -> None:
@@ -20,3 +20,18 @@ def test_the_reference_is_the_shipped_optimizer_group_with_its_base(make_cfg) ->
     trial.curve.reference = "sgd"
     with pytest.raises(CurveError, match="no optimizer config 'sgd'"):
         reference_config(trial)
+
+
+def test_the_reference_cache_key_holds_what_defines_the_runs(make_cfg, tmp_path) -> None:
+    def key(*overrides: str) -> str:
+        return reference_key(
+            reference_config(make_cfg(None, "hparams_search=balanced_bdrate", *overrides))
+        )
+
+    same = key()
+    # Where the runs write and report, and the trial's own optimizer, leave the reference alone.
+    assert key(f"paths.run_dir={tmp_path}", "logger=wandb", "optimizer.balancer.gamma=0.02") == same
+    assert key("seed=1") != same  # another seed is another reference
+    assert key("curve.lambdas=[0.001,0.002,0.004,0.008]") != same
+    assert key("trainer.max_steps_per_epoch=3") != same
+    assert key("curve.reference=balanced") != same

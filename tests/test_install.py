@@ -42,7 +42,7 @@ def test_a_wheel_install_ships_every_module_and_config(tmp_path: Path) -> None:
     environment): every module and config is in it, and hpcm-train runs from any directory."""
     src = tmp_path / "src"  # the build writes build/ and *.egg-info: not into the checkout
     ignore = shutil.ignore_patterns("__pycache__")
-    for name in ("hpcm", "conf"):
+    for name in ("hpcm", "conf", "hydra_plugins"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -52,7 +52,11 @@ def test_a_wheel_install_ships_every_module_and_config(tmp_path: Path) -> None:
     (wheel,) = dist.glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hpcm").rglob("*.py")}
+    modules = {
+        p.relative_to(ROOT).as_posix()
+        for package in ("hpcm", "hydra_plugins")
+        for p in (ROOT / package).rglob("*.py")
+    }
     configs = {f"hpcm/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
     assert "hpcm/conf/train.yaml" in configs
     assert modules - names == set() and configs - names == set()

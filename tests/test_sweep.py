@@ -33,10 +33,13 @@ STUDY = "balanced_tiny_mse_0.013"  # balanced_MODEL_METRIC_LAMBDA
 pytestmark = pytest.mark.slow
 
 
-def train(workdir: Path, *args: str, accept: str | None = None) -> str:
-    """``python train.py ARGS`` in ``workdir``; returns its output, fails the test on an error
-    (but for a failure whose output holds ``accept``)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+def run_train(workdir: Path, *args: str, full_error: bool = True) -> tuple[int, str]:
+    """``python train.py ARGS`` in ``workdir``: its exit status and output. ``full_error``:
+    Hydra prints whole tracebacks (``HYDRA_FULL_ERROR=1``), else what a user sees."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    if full_error:
+        env["HYDRA_FULL_ERROR"] = "1"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=workdir,
@@ -46,8 +49,13 @@ def train(workdir: Path, *args: str, accept: str | None = None) -> str:
         text=True,
         timeout=300,
     )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0 or (accept and accept in output), output[-4000:]
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def train(workdir: Path, *args: str) -> str:
+    """``python train.py ARGS`` in ``workdir``, which must succeed; returns its output."""
+    status, output = run_train(workdir, *args)
+    assert status == 0, output[-4000:]
     return output
 
 
@@ -155,6 +163,25 @@ def test_failed_and_diverged_trials_are_recorded_and_the_search_goes_on(
     assert not (workdir / "optuna.db").exists()  # the storage override was used
 
 
+def test_a_search_where_no_trial_completes_ends_with_one_line(
+    workdir: Path, folder_run: list[str]
+) -> None:
+    # Every trial fails its config check (no epochs) before it reads any data.
+    args = [*SEARCH, *folder_run, "trainer.epochs=0", "hydra.sweeper.n_trials=2"]
+    status, output = run_train(workdir, *args, full_error=False)
+    assert status == 1, output[-4000:]
+    assert "Record does not exist" not in output and "Traceback" not in output
+    assert output.count("Failed experiment: trainer.epochs must be >= 1, got 0") == 2
+    (sweep,) = sweep_dirs(workdir / "multirun" / STUDY)
+    assert (
+        f"\nno trial completed: study {STUDY} holds 2 failed trial(s) and no result; each "
+        f"failure's error is logged above ('Failed experiment') and in multirun/{STUDY}/"
+        f"{sweep.name}\n"
+    ) in output, output[-4000:]
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{workdir / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+
+
 def running_trials(db: Path) -> int:
     if not db.is_file():
         return 0
@@ -240,6 +267,9 @@ def test_search_config_composes_with_the_joblib_launcher() -> None:
     assert cfg.hydra.sweeper.study_name == "balanced_tiny_mse_0.013"
     assert cfg.hydra.sweeper.storage == "sqlite:///optuna.db"
     assert cfg.hydra.sweeper.sampler._target_ == "hpcm.train.sweep.ResumableTPESampler"
+    # Optuna's sweeper with the one-line end of a study without a completed trial.
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.hpcm_sweeper.OptunaSearchSweeper"
+    assert cfg.hydra.sweeper.max_failure_rate == 1.0  # the plugin's keys, ours set
     assert get_class(cfg.hydra.launcher._target_).__name__ == "JoblibLauncher"
     # Another sampler replaces the resumable TPE entirely.
     cfg = compose_sweep("hparams_search=balanced_optuna", "hydra/sweeper/sampler=random")
@@ -262,8 +292,8 @@ def test_bdrate_search_scores_curves_against_one_cached_reference(
     args = ["-m", "hparams_search=balanced_bdrate", *folder_run, "trainer.epochs=1"]
     args += ["curve.lambdas=[0.0001,0.001,0.013,0.1]", "hydra.sweeper.n_trials=2"]
     # One step of training from random weights need not give a curve whose quality rises with
-    # rate, so every trial may fail; Optuna's sweeper then ends asking for the best trial.
-    output = train(workdir, *args, accept="Record does not exist")
+    # rate, so any trial may fail; a study with no completed trial ends in one line, status 1.
+    status, output = run_train(workdir, *args)
     assert output.count("training it once") == 1  # the second trial reads the cache
     (folder,) = (workdir / "reference_curves").iterdir()
     reference = json.loads((folder / "curve.json").read_text())
@@ -273,6 +303,10 @@ def test_bdrate_search_scores_curves_against_one_cached_reference(
         study_name="balanced_bdrate_tiny_mse", storage=f"sqlite:///{workdir / 'optuna.db'}"
     )
     assert len(study.trials) == 2
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert status == (0 if completed else 1), output[-4000:]
+    if not completed:
+        assert "no trial completed: study balanced_bdrate_tiny_mse holds 2 failed" in output
     (sweep,) = (workdir / "multirun" / "balanced_bdrate_tiny_mse").iterdir()
     trials = sorted(p for p in sweep.iterdir() if (p / "curve.json").is_file())
     assert len(trials) == 2
@@ -283,6 +317,3 @@ def test_bdrate_search_scores_curves_against_one_cached_reference(
             assert trial.value == pytest.approx(scored["bd_rate"])
         else:  # one step of training need not give a curve whose quality rises with rate
             assert scored["bd_rate"] is None and scored["note"].startswith("n/a")
-    # Another seed is another reference (the cache key holds all that defines the runs).
-    train(workdir, *args[:-1], "hydra.sweeper.n_trials=1", "seed=1", accept="Record does not exist")
-    assert len(list((workdir / "reference_curves").iterdir())) == 2

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -37,6 +38,7 @@ from hpcm.train.interrupt import (
     read_stop_file,
     signal_exit_code,
 )
+from hydra_plugins.hpcm_sweeper import OptunaSearchSweeper
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,8 @@ def main() -> None:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    # Hydra's plugin scan misses a hydra_plugins package of an editable install: named here.
+    Plugins.instance().register(OptunaSearchSweeper)
     try:
         _app()
     except SystemExit:

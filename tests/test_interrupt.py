@@ -246,7 +246,9 @@ def test_sigterm_to_a_joblib_sweep_saves_its_running_jobs_and_starts_no_other(
     for run in first_two:
         assert "stopped by SIGTERM at step" in (run / "train.log").read_text(), out[-3000:]
         assert not (run / FINISHED).exists()
-        assert safe_torch_load(run / "last.pth.tar")["global_step"] < 12
+        # 12: the signal came in the last epoch's validation or save (an idle machine can get
+        # there first), which leaves the run saved and unfinished, as any other step does
+        assert safe_torch_load(run / "last.pth.tar")["global_step"] <= 12
     third = sweep / "2_tiny_adam_mse_0.003"
     assert not (third / "last.pth.tar").exists() and not (third / "metrics.jsonl").exists()
     assert "not started: the sweep was stopped by SIGTERM" in (third / "train.log").read_text()

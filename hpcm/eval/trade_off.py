@@ -218,7 +218,11 @@ def plot(runs: Sequence[RunTradeOff], path: Path) -> Path:
 
 def write_report(sweep_dirs: Path | Sequence[Path], out: Path, tail: float = 0.2) -> list[Path]:
     """CSV, Markdown and plot of the sweeps' trade-offs into ``out``; returns their paths."""
-    runs = read_sweep(sweep_dirs, tail)
+    return write_runs(read_sweep(sweep_dirs, tail), out, tail)
+
+
+def write_runs(runs: Sequence[RunTradeOff], out: Path, tail: float) -> list[Path]:
+    """CSV, Markdown and plot of runs read by :func:`read_sweep` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{STEM}.md").write_text(markdown(runs, tail))
     return [
@@ -294,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {', '.join(missing)}: no such sweep directory", file=sys.stderr)
         return 1
     try:
-        paths = write_report(args.sweeps, args.out or args.sweeps[0] / "report", args.tail)
+        runs = read_sweep(args.sweeps, args.tail)
+        paths = write_runs(runs, args.out or args.sweeps[0] / "report", args.tail)
     except TradeOffError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -304,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         optimizer, text = args.grid
         try:
             targets = [float(t) for t in text.split(",")]
-            grid = nominal_for(read_sweep(args.sweeps, args.tail), optimizer, targets)
+            grid = nominal_for(runs, optimizer, targets)
         except ValueError:
             print(f"error: --grid TARGETS must be numbers, got {text!r}", file=sys.stderr)
             return 1

@@ -49,8 +49,7 @@ def evaluate_and_report(
     status = evaluate.main(argv)
     if status:
         return status
-    replicates = settings.get("bootstrap")  # null: the report's own default
-    bootstrap = [] if replicates is None else ["--bootstrap", str(replicates)]
+    bootstrap = _bootstrap_args(settings)
     for metric in settings.metrics:
         status = report.main(
             [
@@ -94,17 +93,23 @@ def report_pair(
     if missing:
         log.error("compare.pairs: no curve of %s in %s", " or ".join(missing), eval_dir)
         return 1
-    replicates = settings.get("bootstrap")
-    bootstrap = [] if replicates is None else ["--bootstrap", str(replicates)]
+    bootstrap = _bootstrap_args(settings)
     out = report_dir / f"{curve}_vs_{against}"
+    # one reference curve without seeds serves every seed
+    seeded = len(files[against]) > 1
+    reference = eval_dir / f"{against}_seed*.json" if seeded else files[against][0]
+    argv = [*map(str, files[curve]), "--reference", str(reference)]
     for metric in settings.metrics:
-        argv = [*map(str, files[curve]), "--reference", str(eval_dir / f"{against}_seed*.json")]
-        if len(files[against]) == 1:  # one curve without seeds serves every seed
-            argv[-1] = str(files[against][0])
         status = report.main([*argv, "--metric", str(metric), *bootstrap, "--out", str(out)])
         if status:
             return status
     return 0
+
+
+def _bootstrap_args(settings: DictConfig) -> list[str]:
+    """``--bootstrap N`` of ``compare.bootstrap``; none when null (the report's own default)."""
+    replicates = settings.get("bootstrap")
+    return [] if replicates is None else ["--bootstrap", str(replicates)]
 
 
 def _curve_files(eval_dir: Path, name: str) -> list[Path]:

@@ -107,6 +107,12 @@ def series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list
     return steps, [points[s] for s in steps]
 
 
+def last_validation_record(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's last logged validation record (``test/...`` metrics), in logging order (after
+    a resume, the latest), or None when it logged none."""
+    return next((r for r in reversed(records) if "test/bpp_loss" in r), None)
+
+
 def mark_finished(run_dir: Path, epochs: int, best_loss: float) -> None:
     """Record that the run in ``run_dir`` trained ``epochs`` epochs (atomic write)."""
     best = best_loss if math.isfinite(best_loss) else None  # JSON has no NaN

@@ -39,7 +39,13 @@ from omegaconf import DictConfig
 from hpcm.eval.evaluate import lambda_of, optimizer_of
 from hpcm.eval.plots import curve_colors, rd_figure
 from hpcm.eval.report import training_seed
-from hpcm.run_layout import METRICS_FILE, RunDirError, read_config, read_metrics
+from hpcm.run_layout import (
+    METRICS_FILE,
+    RunDirError,
+    last_validation_record,
+    read_config,
+    read_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +73,6 @@ class ScoredRun:
         return self.bpp + target * self.mse
 
 
-def _last_validation(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    tested = [r for r in records if isinstance(r.get("test/bpp_loss"), (int, float))]
-    return max(tested, key=lambda r: r["step"]) if tested else None
-
-
 def read_run(run_dir: Path) -> tuple[ScoredRun, float | None] | None:
     """The scored run of ``run_dir`` and the target lambda its config records, or ``None`` for a
     directory that is not a finished, validated training run."""
@@ -81,7 +82,7 @@ def read_run(run_dir: Path) -> tuple[ScoredRun, float | None] | None:
     optimizer, lmbda = optimizer_of(config), lambda_of(config)
     lr = (config.get("optimizer") or {}).get("lr")
     try:
-        last = _last_validation(read_metrics(run_dir))
+        last = last_validation_record(read_metrics(run_dir))
     except RunDirError:
         return None
     if optimizer is None or not lmbda or not isinstance(lr, (int, float)) or last is None:

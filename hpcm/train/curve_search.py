@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpcm.configs import CONF_DIR
 from hpcm.eval.report import MIN_POINTS, bd_delta
-from hpcm.run_layout import METRICS_FILE, read_metrics
+from hpcm.run_layout import METRICS_FILE, last_validation_record, read_metrics
 from hpcm.train.build import train
 from hpcm.train.interrupt import StopRequest
 
@@ -61,10 +61,10 @@ def _point_config(cfg: DictConfig, lmbda: float, run_dir: Path) -> DictConfig:
 def last_validation(run_dir: Path) -> tuple[float, float]:
     """``(bpp, psnr)`` of a run's last logged validation."""
     path = run_dir / METRICS_FILE
-    tests = [r for r in read_metrics(path) if "test/psnr" in r] if path.is_file() else []
-    if not tests:
+    last = last_validation_record(read_metrics(path)) if path.is_file() else None
+    if last is None:
         raise CurveError(f"{run_dir}: no validation logged")
-    return float(tests[-1]["test/bpp_loss"]), float(tests[-1]["test/psnr"])
+    return float(last["test/bpp_loss"]), float(last["test/psnr"])
 
 
 def train_points(

@@ -1,4 +1,5 @@
 import json
+import os
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -13,6 +14,12 @@ from omegaconf import DictConfig
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # pytest-xdist runs one worker per core: each (and each command it starts) computes on one
+    # thread, so that two workers do not fight over the cores (OpenMP threads spin while waiting).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 from official_weights import KODAK
 

@@ -26,7 +26,7 @@ def test_codec_vectors_run_without_the_shared_folder(tmp_path: Path) -> None:
     ids = [f"tests/test_codec.py::{name}" for name in [*SELF_CONTAINED, NEEDS_KODAK]]
     env = {**os.environ, "HPCM_SHARED": str(tmp_path / "no-shared")}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *ids],
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-n", "0", "-p", "no:cacheprovider", *ids],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     out = result.stdout

@@ -13,7 +13,12 @@ def test_the_reference_is_the_shipped_optimizer_group_with_its_base(make_cfg) ->
     ref = reference_config(trial)
     assert (ref.optimizer.name, ref.optimizer.base._target_) == ("adam", "torch.optim.Adam")
     assert ref.optimizer.base.lr == ref.optimizer.lr == 2e-3 and ref.optimizer.max_scale is None
-    assert ref.model == trial.model and ref.curve == trial.curve  # the rest is the trial's
+    assert ref.model == trial.model  # the rest is the trial's
+    # The reference trains at its own, wider lambdas; the trial's curve is left as it was.
+    assert ref.curve.lambdas == trial.curve.reference_lambdas != trial.curve.lambdas
+    assert min(ref.curve.lambdas) < min(trial.curve.lambdas)
+    trial.curve.reference_lambdas = None  # null: the reference trains at the trial's lambdas
+    assert reference_config(trial).curve.lambdas == trial.curve.lambdas
     assert trial.optimizer.base._target_ == "hpcm.optim.CautiousAdam"  # left as it was
     trial.curve.reference = "balanced"
     assert reference_config(trial).optimizer.base.max_scale == 10.0  # as shipped, not 3.0
@@ -32,6 +37,11 @@ def test_the_reference_cache_key_holds_what_defines_the_runs(make_cfg, tmp_path)
     # Where the runs write and report, and the trial's own optimizer, leave the reference alone.
     assert key(f"paths.run_dir={tmp_path}", "logger=wandb", "optimizer.balancer.gamma=0.02") == same
     assert key("seed=1") != same  # another seed is another reference
-    assert key("curve.lambdas=[0.001,0.002,0.004,0.008]") != same
+    # The reference's lambdas define it; the trial's do not, unless the reference uses them.
+    assert key("curve.reference_lambdas=[0.001,0.002,0.004,0.008]") != same
+    assert key("curve.lambdas=[0.001,0.002,0.004,0.008]") == same
+    assert key("curve.reference_lambdas=null", "curve.lambdas=[0.001,0.002,0.004,0.008]") != key(
+        "curve.reference_lambdas=null"
+    )
     assert key("trainer.max_steps_per_epoch=3") != same
     assert key("curve.reference=balanced") != same

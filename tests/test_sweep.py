@@ -290,7 +290,8 @@ def test_bdrate_search_scores_curves_against_one_cached_reference(
     workdir: Path, folder_run: list[str]
 ) -> None:
     args = ["-m", "hparams_search=balanced_bdrate", *folder_run, "trainer.epochs=1"]
-    args += ["curve.lambdas=[0.0001,0.001,0.013,0.1]", "hydra.sweeper.n_trials=2"]
+    args += ["curve.lambdas=[0.0002,0.002,0.02,0.2]", "hydra.sweeper.n_trials=2"]
+    args += ["curve.reference_lambdas=[0.0001,0.001,0.013,0.1]"]
     # One step of training from random weights need not give a curve whose quality rises with
     # rate, so any trial may fail; a study with no completed trial ends in one line, status 1.
     status, output = run_train(workdir, *args)
@@ -312,7 +313,8 @@ def test_bdrate_search_scores_curves_against_one_cached_reference(
     assert len(trials) == 2
     for trial, record in zip(study.trials, trials, strict=True):
         scored = json.loads((record / "curve.json").read_text())
-        assert scored["reference"] == reference and len(scored["curve"]["bpp"]) == 4
+        assert scored["reference"] == reference
+        assert sorted(scored["curve"]["lambda"]) == [0.0002, 0.002, 0.02, 0.2]
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert trial.value == pytest.approx(scored["bd_rate"])
         else:  # one step of training need not give a curve whose quality rises with rate

@@ -8,10 +8,14 @@ the config (the preset sets it), ``train.py`` runs :func:`train_curve` instead o
 
 - the trial's runs: one per ``curve.lambdas`` (at least 4, what a BD-rate fit needs), in ``RUN_DIR/lambda_<value>``;
 - the reference: the same config with ``optimizer=curve.reference`` (its config file as
-  shipped), trained once per configuration and cached in ``curve.cache_dir/<key>/`` with its
-  curve in ``curve.json``; the key is a hash of everything that defines the runs (model, data,
-  trainer, seed, initial weights, metric, the lambdas, the reference optimizer), so another
-  model or seed gets its own reference and a resumed search reuses it;
+  shipped), one run per ``curve.reference_lambdas``, trained once per configuration and cached
+  in ``curve.cache_dir/<key>/`` with its curve in ``curve.json``; the key is a hash of
+  everything that defines the runs (model, data, trainer, seed, initial weights, metric, the
+  reference lambdas, the reference optimizer), so another model or seed gets its own reference
+  and a resumed search reuses it. Balancing moves the trade-off a run trains at (from scratch,
+  FAMO trained at 0.06-0.3x its nominal lambda in docs/compare.md's pilot), so the reference
+  spans a wider range than the trial's lambdas: the trial's curve then lies inside it and its
+  BD-rate covers the trial's whole quality range;
 - the score: the BD-rate (%) of the trial's curve against the reference's, from the last
   validation of each run (estimated bpp from the likelihoods, PSNR); lower is better.
 
@@ -81,14 +85,16 @@ def train_points(
 
 
 def reference_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with the reference optimizer's shipped config in place of the trial's: the
-    ``optimizer`` group as ``optimizer=NAME`` composes it (its base optimizer included)."""
+    """``cfg`` with the reference optimizer's shipped config in place of the trial's (the
+    ``optimizer`` group as ``optimizer=NAME`` composes it, its base optimizer included) and
+    ``curve.reference_lambdas``, when set, in place of ``curve.lambdas``."""
     name = str(cfg.curve.reference)
     if not (CONF_DIR / "optimizer" / f"{name}.yaml").is_file():
         raise CurveError(f"curve.reference: no optimizer config {name!r}")
     ref = cfg.copy()
     with open_dict(ref):
         ref.optimizer = _shipped_optimizer(name)
+        ref.curve.lambdas = ref.curve.get("reference_lambdas") or ref.curve.lambdas
     return ref
 
 
@@ -110,7 +116,7 @@ def reference_key(ref: DictConfig) -> str:
         for key in ref
         if key not in NOT_DEFINING
     }  # fmt: skip
-    defining["lambdas"] = [float(v) for v in ref.curve.lambdas]
+    defining["lambdas"] = [float(v) for v in ref.curve.lambdas]  # the reference's own
     text = json.dumps(defining, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -132,8 +138,9 @@ def reference_curve(
 
 def train_curve(cfg: DictConfig, multirun: bool = False, stop: StopRequest | None = None) -> float:
     """Trains the trial's curve and returns its BD-rate (%) against the reference curve."""
-    if len(cfg.curve.lambdas) < MIN_POINTS:
-        raise CurveError(f"curve.lambdas needs at least {MIN_POINTS} values (a BD-rate's fit)")
+    for key in ("lambdas", "reference_lambdas"):
+        if len(cfg.curve.get(key) or cfg.curve.lambdas) < MIN_POINTS:
+            raise CurveError(f"curve.{key} needs at least {MIN_POINTS} values (a BD-rate's fit)")
     reference = reference_curve(cfg, multirun, stop)
     out = Path(str(cfg.paths.run_dir))
     curve = train_points(cfg, out, multirun, stop)

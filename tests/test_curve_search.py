@@ -3,9 +3,13 @@ in tests/test_sweep.py, with the other sweeps)."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import threading
+
 import pytest
 
-from hpcm.train.curve_search import CurveError, reference_config, reference_key
+from hpcm.train.curve_search import CurveError, reference_config, reference_curve, reference_key
 
 
 def test_the_reference_is_the_shipped_optimizer_group_with_its_base(make_cfg) -> None:
@@ -45,3 +49,22 @@ def test_the_reference_cache_key_holds_what_defines_the_runs(make_cfg, tmp_path)
     )
     assert key("trainer.max_steps_per_epoch=3") != same
     assert key("curve.reference=balanced") != same
+
+
+def test_a_trial_waits_for_the_reference_another_trial_is_training(make_cfg, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    cfg = make_cfg(tmp_path / "run", "hparams_search=balanced_bdrate", f"curve.cache_dir={cache}")
+    folder = cache / reference_key(reference_config(cfg))
+    folder.mkdir(parents=True)
+    trained = {"bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [20.0, 21, 22, 23], "lambda": [1, 2, 3, 4]}
+    got: dict = {}
+    with (folder / ".lock").open("w") as other_trial:  # another trial is training it
+        fcntl.flock(other_trial, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=lambda: got.update(reference_curve(cfg, True)))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not got  # it waits, training nothing
+        (folder / "curve.json").write_text(json.dumps(trained))
+    waiting.join(timeout=60)
+    assert got == trained  # the other trial's curve, read once the lock is released
+    assert not list(folder.glob("lambda_*"))

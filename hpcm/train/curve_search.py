@@ -12,10 +12,11 @@ the config (the preset sets it), ``train.py`` runs :func:`train_curve` instead o
   in ``curve.cache_dir/<key>/`` with its curve in ``curve.json``; the key is a hash of
   everything that defines the runs (model, data, trainer, seed, initial weights, metric, the
   reference lambdas, the reference optimizer), so another model or seed gets its own reference
-  and a resumed search reuses it. Balancing moves the trade-off a run trains at (from scratch,
-  FAMO trained at 0.06-0.3x its nominal lambda in docs/compare.md's pilot), so the reference
-  spans a wider range than the trial's lambdas: the trial's curve then lies inside it and its
-  BD-rate covers the trial's whole quality range;
+  and a resumed search reuses it; trials in parallel train it once (a file lock) and share
+  it. Balancing moves the trade-off a run trains at (from scratch, FAMO trained at 0.06-0.3x
+  its nominal lambda in docs/compare.md's pilot), so the reference spans a wider range than
+  the trial's lambdas: the trial's curve then lies inside it and its BD-rate covers the
+  trial's whole quality range;
 - the score: the BD-rate (%) of the trial's curve against the reference's, from the last
   validation of each run (estimated bpp from the likelihoods, PSNR); lower is better.
 
@@ -26,6 +27,7 @@ too little has no BD-rate: the trial fails (recorded as FAIL; the search goes on
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -130,9 +132,20 @@ def reference_curve(
     cached = folder / CURVE_FILE
     if cached.is_file():
         return json.loads(cached.read_text())
-    log.info("reference curve (%s): training it once into %s", cfg.curve.reference, folder)
-    curve = train_points(ref, folder, multirun, stop)
-    cached.write_text(json.dumps(curve, indent=1))
+    folder.mkdir(parents=True, exist_ok=True)
+    # Trials running in parallel (hydra.sweeper.n_jobs > 1) share the cache: one trains the
+    # reference, the others wait for it instead of training the same runs into the same folders.
+    with (folder / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("reference curve: another trial is training it into %s; waiting", folder)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if cached.is_file():
+            return json.loads(cached.read_text())
+        log.info("reference curve (%s): training it once into %s", cfg.curve.reference, folder)
+        curve = train_points(ref, folder, multirun, stop)
+        cached.write_text(json.dumps(curve, indent=1))
     return curve
 
 

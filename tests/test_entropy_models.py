@@ -2,6 +2,8 @@
 the tables on the model itself still load and code to the same bytes."""
 
 import hashlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -82,3 +84,39 @@ def test_entropy_models_own_tables_and_update():
     prior.update(model.z_scales)
     assert torch.equal(prior._offset, z._offset)
     assert prior.build_indexes((1, 3, 2, 2))[0, :, 0, 0].tolist() == [0, 1, 2]
+
+
+def test_lower_bound_has_compressais_values_gradients_and_state_dict_key():
+    from compressai.ops import LowerBound as CompressAILowerBound
+
+    from hpcm.codec.entropy import LowerBound
+
+    x = torch.tensor([-1.0, 0.05, 0.12, 0.3, 0.01, 2.0])
+    upstream = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+    outputs, grads = [], []
+    for module in (LowerBound(0.12), CompressAILowerBound(0.12)):
+        xi = x.clone().requires_grad_()
+        out = module(xi)
+        out.backward(upstream)
+        outputs.append(out.detach())
+        grads.append(xi.grad)
+        assert list(module.state_dict()) == ["bound"]
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(grads[0], grads[1])
+    # Below the bound the gradient flows only where the step would raise x (a negative one).
+    assert grads[0].tolist() == [0.0, -1.0, 1.0, -1.0, 0.0, -1.0]
+
+
+def test_training_imports_no_compressai():
+    """CompressAI's package import (torch_geometric, torch._dynamo: ~3.6 s a process) is for
+    coding only: a training command's imports and a training step leave it out."""
+    script = (
+        "import sys, torch, hpcm, hpcm.train.cli\n"
+        "model = hpcm.build_model('tiny')\n"
+        "out = model(torch.rand(1, 3, 256, 256))\n"
+        "sum(v.sum() for v in out['likelihoods'].values()).backward()\n"
+        "print(sorted(m for m in ('compressai', 'torch_geometric') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert done.stdout.strip() == "[]"

@@ -9,6 +9,7 @@ import torch
 from compressai.registry import MODELS
 
 import hpcm
+import hpcm.codec.zoo  # registers the models in compressai.registry.MODELS
 from hpcm.codec.checkpoint import model_checkpoint
 from hpcm.eval.evaluate import build_parser
 

@@ -1,15 +1,8 @@
 """The HPCM codec, usable without any training code: the model (every family member is a
 configuration of :class:`HPCM`), its one coding schedule, entropy models, checkpoints and the
-``.hpcm`` file format (``python -m hpcm.codec encode|decode``)."""
-
-import warnings
-
-# compressai 1.2.8 applies torch.jit.script to a helper when it is imported, which torch 2.14
-# deprecates with a FutureWarning on every command. Import it once here, that warning silenced
-# (only that one, only during this import); every other module of the package imports it later.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
-    import compressai  # noqa: F401
+``.hpcm`` file format (``python -m hpcm.codec encode|decode``). ``import hpcm.codec.zoo``
+registers the models with CompressAI (:mod:`hpcm.codec.zoo`); CompressAI itself is imported
+only when coding starts (:mod:`hpcm.codec.backend`)."""
 
 from hpcm.codec.bitstream import CodecError, Encoded, decode_image, encode_image
 from hpcm.codec.checkpoint import CheckpointError, load_model
@@ -24,7 +17,6 @@ from hpcm.codec.model import (
     pad_to_multiple,
 )
 from hpcm.codec.numerics import coding_numerics
-from hpcm.codec.zoo import ModelFactory  # importing it registers HPCM with CompressAI
 
 __all__ = [
     "HPCM",
@@ -35,7 +27,6 @@ __all__ = [
     "Encoded",
     "HPCMConfig",
     "ImageError",
-    "ModelFactory",
     "build_model",
     "coding_numerics",
     "crop_center",

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from compressai._CXX import pmf_to_quantized_cdf
-from compressai.ans import BufferedRansEncoder, RansDecoder
-from compressai.ops import LowerBound
-from scipy.stats import gennorm
 from torch import nn
+
+if TYPE_CHECKING:
+    from hpcm.codec.backend import BufferedRansEncoder, RansDecoder
 
 DEFAULT_BETA = 1.5
 SCALE_BOUND = 0.12
@@ -56,6 +56,35 @@ class _GGMCdf(torch.autograd.Function):
         v, beta = ctx.saved_tensors
         density = beta / (2 * torch.exp(torch.lgamma(1 / beta))) * torch.exp(-(v.abs() ** beta))
         return grad * density, None
+
+
+class _LowerBound(torch.autograd.Function):
+    """``max(x, bound)`` whose gradient still flows where ``x`` is below the bound if the step
+    would raise it (the gradient is negative), so that a bounded value can come back up: the
+    "identity if towards" gradient of Balle et al.'s lower bound (tensorflow-compression's
+    ``lower_bound``; CompressAI's ``LowerBound`` has the same forward and gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, bound)
+        return torch.max(x, bound)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, bound = ctx.saved_tensors
+        return grad * ((x >= bound) | (grad < 0)), None
+
+
+class LowerBound(nn.Module):
+    """:class:`_LowerBound` at a fixed ``bound``, kept as a buffer named ``bound`` (the state-dict
+    key of CompressAI's module and of the official checkpoints)."""
+
+    def __init__(self, bound: float) -> None:
+        super().__init__()
+        self.register_buffer("bound", torch.tensor([float(bound)]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _LowerBound.apply(x, self.bound)
 
 
 @dataclass
@@ -107,6 +136,11 @@ def ggm_tables(scales: torch.Tensor, beta: float):
     Constructed like the official HPCM tables (which differ from CompressAI's
     GaussianConditional.update()).
     """
+    # Coding needs these; training does not (hpcm.codec.backend says what importing them costs).
+    from scipy.stats import gennorm
+
+    from hpcm.codec.backend import pmf_to_quantized_cdf
+
     beta_t = torch.tensor([float(beta)])  # fp32, as the likelihoods see it
     scales = torch.clamp_min(scales.detach().float().cpu().reshape(-1), SCALE_BOUND)
     multiplier = -float(gennorm.ppf(TAIL_MASS / 2, float(beta_t)))
@@ -244,13 +278,12 @@ def decode_symbols(decoder: RansDecoder, indexes: torch.Tensor, tables: CodingTa
 
 
 __all__ = [
-    "BufferedRansEncoder",
     "CodingTableModel",
     "CodingTables",
     "GGMChannelPrior",
     "GGMConditional",
     "GGMEntropyModel",
-    "RansDecoder",
+    "LowerBound",
     "decode_symbols",
     "encode_symbols",
     "ggm_cdf",

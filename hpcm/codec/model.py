@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +21,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from hpcm.codec.entropy import (
-    BufferedRansEncoder,
     CodingTables,
     GGMChannelPrior,
     GGMConditional,
     GGMEntropyModel,
-    RansDecoder,
     decode_symbols,
     encode_symbols,
     scale_table,
@@ -61,6 +60,9 @@ from hpcm.codec.state_dict import (
 SIZE_MULTIPLE = 256
 # y is 1/16 of the (padded) image (g_a), z 1/64 (h_a down-samples by 4 more).
 Y_DOWNSAMPLING, Z_DOWNSAMPLING = 16, 64
+
+if TYPE_CHECKING:
+    from hpcm.codec.backend import RansDecoder
 
 
 def padded_size(h: int, w: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
@@ -678,12 +680,16 @@ def infer_model_name(state: dict, strict: bool = True) -> str | None:
 
 def _encode(symbols: torch.Tensor, indexes: torch.Tensor, tables: CodingTables) -> bytes:
     """One rANS stream of one image's symbols."""
+    from hpcm.codec.backend import BufferedRansEncoder  # coding only (see hpcm.codec.backend)
+
     encoder = BufferedRansEncoder()
     encode_symbols(encoder, symbols, indexes, tables)
     return encoder.flush()
 
 
 def _decoder(stream: bytes) -> RansDecoder:
+    from hpcm.codec.backend import RansDecoder  # coding only (see hpcm.codec.backend)
+
     decoder = RansDecoder()
     decoder.set_stream(stream)
     return decoder

@@ -1,7 +1,7 @@
 """HPCM in CompressAI's model registry (``compressai.registry.MODELS``).
 
 CompressAI-Trainer builds its model as ``MODELS[conf.model.name](**conf.hp)``; importing
-:mod:`hpcm.codec` (which imports this module) registers every model of
+this module (``import hpcm.codec.zoo``) registers every model of
 :data:`~hpcm.codec.model.MODEL_CONFIGS`: ``hpcm_base``, ``hpcm_large``, ``hpcm_phi_context``,
 ``hpcm_1b``, ``hpcm_tiny`` and ``hpcm_tiny_phi`` (our ``tiny`` and ``tiny_phi``, prefixed
 because the registry is shared with every other package).
@@ -14,8 +14,7 @@ use ``evaluate.py`` (the official HPCM protocol) or ``hpcm.load_model`` there.
 
 from __future__ import annotations
 
-from compressai.registry import MODELS, register_model
-
+from hpcm.codec.backend import MODELS, register_model
 from hpcm.codec.model import HPCM, MODEL_CONFIGS, build_model
 
 REGISTRY_PREFIX = "hpcm_"

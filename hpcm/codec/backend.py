@@ -3,10 +3,10 @@ quantizer (``pmf_to_quantized_cdf``), the same ones the official HPCM code uses,
 streams are its bytes, and the model registry (:mod:`hpcm.codec.zoo`).
 
 The codec imports this module only when it codes or builds coding tables (and the zoo when it
-is imported). Importing
-``compressai`` loads its whole package (its point-cloud datasets import torch_geometric, which
-imports torch._dynamo): about 3.6 s of CPU per process on the 2-core machine, more than half of
-what every ``train.py`` command spent starting up, and training never needs it.
+is imported). Importing ``compressai`` loads its whole package (its point-cloud datasets import
+torch_geometric, which imports torch._dynamo): about 3.6 s of CPU per process on the 2-core
+machine, more than half of what every ``train.py`` command spent starting up, and training
+never needs it.
 """
 
 from __future__ import annotations

@@ -55,14 +55,14 @@ from hpcm.codec.state_dict import (
     unwrap_state_dict,
 )
 
+if TYPE_CHECKING:
+    from hpcm.codec.backend import RansDecoder
+
 # Image sides must be multiples of this: y is 1/16 of the image and the s1 attention windows
 # (4x4 at 1/4 of y) must tile it.
 SIZE_MULTIPLE = 256
 # y is 1/16 of the (padded) image (g_a), z 1/64 (h_a down-samples by 4 more).
 Y_DOWNSAMPLING, Z_DOWNSAMPLING = 16, 64
-
-if TYPE_CHECKING:
-    from hpcm.codec.backend import RansDecoder
 
 
 def padded_size(h: int, w: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:

@@ -137,6 +137,17 @@ def write(path: Path, data: dict) -> Path:
     return path
 
 
+def evaluated_sweep(sweep: Path, monkeypatch, scales: dict[str, float]) -> None:
+    """``sweep/eval`` as the real-bitstream evaluation leaves it: one curve per optimizer and seed
+    (0 and 1), each rate scaled by ``scales[optimizer]``; the evaluation itself is skipped."""
+    ev = sweep / "eval"
+    ev.mkdir()
+    for s in (0, 1):
+        for name, scale in scales.items():
+            write(ev / f"{name}_seed{s}.json", per_image_curve(name, s, scale))
+    monkeypatch.setattr(compare.evaluate, "main", lambda argv: 0)  # the curves are made above
+
+
 def test_bdrate_pairs_seeds_and_writes_table_csv_and_plot(tmp_path: Path, capsys) -> None:
     ev = tmp_path / "eval"
     ev.mkdir()
@@ -161,12 +172,7 @@ def test_bdrate_pairs_seeds_and_writes_table_csv_and_plot(tmp_path: Path, capsys
 def test_an_ms_ssim_comparison_finds_its_reference_curves(tmp_path: Path, monkeypatch) -> None:
     # evaluate.py names the curves of MS-SSIM-trained runs OPTIMIZER-msssim; compare.reference
     # names the optimizer (adam), as with MSE runs.
-    ev = tmp_path / "eval"
-    ev.mkdir()
-    for s in (0, 1):
-        write(ev / f"adam-msssim_seed{s}.json", per_image_curve("adam-msssim", s))
-        write(ev / f"balanced-msssim_seed{s}.json", per_image_curve("balanced-msssim", s, 0.9))
-    monkeypatch.setattr(compare.evaluate, "main", lambda argv: 0)  # the curves are made above
+    evaluated_sweep(tmp_path, monkeypatch, {"adam-msssim": 1.0, "balanced-msssim": 0.9})
     settings = OmegaConf.create(
         {"dataset": "/none", "reference": "adam", "metrics": ["psnr"], "bootstrap": 0}
     )
@@ -181,13 +187,7 @@ def test_every_reading_of_compare_pairs_pairs_its_own_curves(tmp_path: Path, mon
     # experiment=factorial_cpu's readings: each [CURVE, REFERENCE] pair gets its own report,
     # seed by seed against that reference (not compare.reference); a pair naming an optimizer
     # without curves is an error, not a silent gap.
-    ev = tmp_path / "eval"
-    ev.mkdir()
-    for s in (0, 1):
-        write(ev / f"adam_seed{s}.json", per_image_curve("adam", s))
-        write(ev / f"famo_adam_seed{s}.json", per_image_curve("famo_adam", s, 0.9))
-        write(ev / f"replay_famo_adam_seed{s}.json", per_image_curve("replay_famo_adam", s, 0.8))
-    monkeypatch.setattr(compare.evaluate, "main", lambda argv: 0)  # the curves are made above
+    evaluated_sweep(tmp_path, monkeypatch, {"adam": 1.0, "famo_adam": 0.9, "replay_famo_adam": 0.8})
     settings = {"dataset": "/none", "reference": "adam", "metrics": ["psnr"], "bootstrap": 0}
     pairs = [["famo_adam", "replay_famo_adam"], ["replay_famo_adam", "adam"]]
     ok = OmegaConf.create(settings | {"pairs": pairs})

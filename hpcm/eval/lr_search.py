@@ -147,10 +147,12 @@ def choose(cells: dict[str, dict[float, list[float]]]) -> dict[str, tuple[float,
     return chosen
 
 
-def markdown(runs: Sequence[ScoredRun], target: float) -> str:
-    cells = table(runs, target)
-    chosen = choose(cells)
-    lrs = sorted({run.lr for run in runs})
+def markdown(
+    cells: dict[str, dict[float, list[float]]],
+    chosen: dict[str, tuple[float, bool]],
+    target: float,
+) -> str:
+    lrs = sorted({lr for by_lr in cells.values() for lr in by_lr})
     head = "| optimizer | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |"
     lines = [
         f"Validation J = bpp + {target:g} * 255^2 * MSE (mean over seeds; lower is better)",
@@ -185,8 +187,9 @@ def write_report(sweep_dir: Path, out: Path, target: float | None = None) -> lis
         for r in runs:
             j = r.score(target)
             writer.writerow([r.name, r.optimizer, r.lr, r.seed, r.lmbda, r.step, r.bpp, r.mse, j])
-    paths[1].write_text(markdown(runs, target))
-    chosen = choose(table(runs, target))
+    cells = table(runs, target)
+    chosen = choose(cells)
+    paths[1].write_text(markdown(cells, chosen, target))
     paths[2].write_text(
         json.dumps(
             {
@@ -198,14 +201,13 @@ def write_report(sweep_dir: Path, out: Path, target: float | None = None) -> lis
         )
         + "\n"
     )
-    plot(runs, target, paths[3])
+    plot(cells, target, paths[3])
     return paths
 
 
-def plot(runs: Sequence[ScoredRun], target: float, path: Path) -> Path:
+def plot(cells: dict[str, dict[float, list[float]]], target: float, path: Path) -> Path:
     """J against the learning rate (log x), one line per optimizer through the seed means, every
     seed a dot."""
-    cells = table(runs, target)
     colors = curve_colors(sorted(cells))
     fig, ax = rd_figure((6.4, 4.4))
     for optimizer, by_lr in sorted(cells.items()):

@@ -73,3 +73,67 @@ def test_no_runs_or_disagreeing_targets_are_one_line_errors(tmp_path, capsys):
     assert lr_search.main([str(sweep)]) == 1
     assert "target lambdas 0.0067, 0.013; give --target" in capsys.readouterr().err
     assert lr_search.main([str(sweep), "--target", "0.0067"]) == 0
+
+
+def _train_losses(run: Path, losses: list[float]) -> None:
+    """Replace the run's training records by one per 10 steps with these losses."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    kept = [r for r in records if "train/loss" not in r]
+    train = [{"step": 10 * (i + 1), "train/loss": loss} for i, loss in enumerate(losses)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train + kept))
+
+
+def test_divergence_is_a_loss_that_fell_and_rose_or_a_non_finite_one():
+    falling = [5.0, 2.0, 1.2, 1.0, 0.95, 0.97, 0.93, 1.0, 0.9, 0.92]
+    assert (
+        lr_search.divergence([{"step": i, "train/loss": x} for i, x in enumerate(falling)]) is None
+    )
+    rising = [5.0, 2.0, 1.0, 0.9, 1.0, 1.5, 4.0, 17.0, 8.0, 3.0]
+    why = lr_search.divergence([{"step": i, "train/loss": x} for i, x in enumerate(rising)])
+    assert why is not None and "around step 6" in why and "4.4x its lowest 0.9" in why
+    # a resumed run logs a step twice: its latest record counts
+    resumed = [{"step": 0, "train/loss": 1.0}, {"step": 1, "train/loss": 9.0}]
+    assert lr_search.divergence(resumed + [{"step": 1, "train/loss": 0.9}]) is None
+    assert lr_search.divergence(resumed) is not None
+    nan = [{"step": 1, "train/loss": 1.0}, {"step": 2, "test/loss": float("nan")}]
+    assert lr_search.divergence(nan) == "non-finite test/loss at step 2"
+
+
+def test_an_lr_that_diverges_at_a_grid_extreme_is_excluded(tmp_path, capsys):
+    sweep, check = tmp_path / "sweep", tmp_path / "extremes"
+    for lr, bpp, mse in [(1e-3, 0.40, 40.0), (2e-3, 0.30, 52.0), (4e-3, 0.26, 53.0)]:
+        _run(sweep, "balanced", lr, 0.02, bpp, mse)
+    _run(sweep, "adam", 2e-3, 0.0067, 0.3, 50.0)
+    healthy = [5.0, 2.0, 1.2, 1.0, 0.95, 0.9, 0.9, 0.88, 0.87, 0.86]
+    for lr, lmbda, losses in [
+        (4e-3, 0.001, [5.0, 2.0, 1.0, 0.9, 1.0, 1.5, 4.0, 17.0, 8.0, 3.0]),  # diverges
+        (4e-3, 0.05, healthy),
+        (2e-3, 0.001, healthy),
+        (2e-3, 0.05, healthy),
+        (1e-2, 0.001, [float("nan")]),  # an lr the search did not score: ignored
+    ]:
+        _run(check / str(lmbda), "balanced", lr, lmbda, 0.1, 50.0)
+        _train_losses(check / str(lmbda) / f"balanced_lr{lr}", losses)
+    # without the check, balanced's best J (4e-3) at the edge; with it, 2e-3, not at an edge
+    # since the lr above it diverged
+    assert json.loads(lr_search.write_report(sweep, tmp_path / "a")[2].read_text())["lr"] == {
+        "adam": 2e-3,
+        "balanced": 4e-3,
+    }
+    assert lr_search.main([str(sweep), "--check", str(check), "--out", str(tmp_path / "b")]) == 0
+    choice = json.loads((tmp_path / "b" / "lr_search.json").read_text())
+    assert choice["lr"] == {"adam": 2e-3, "balanced": 2e-3}
+    assert choice["at_edge"] == []
+    assert list(choice["excluded"]["balanced"]) == ["0.004"]
+    assert "diverged at lambda 0.001: training loss" in choice["excluded"]["balanced"]["0.004"]
+    table = capsys.readouterr().out
+    assert (
+        "| balanced | 0.6680 | **0.6484** | 0.6151 (diverged) | 0.002 (checked at 0.001, 0.05) |"
+        in table
+    )
+    assert "| adam | " in table and "(unchecked)" in table
+    assert "| balanced | 0.004 | 0.05 | 100 | 0.1000 | 50.0 | no |" in table
+    # a check folder with nothing of the search in it is a one-line error
+    (tmp_path / "other").mkdir()
+    assert lr_search.main([str(sweep), "--check", str(tmp_path / "other")]) == 1
+    assert "no validated run of a searched optimizer and lr" in capsys.readouterr().err

@@ -24,6 +24,8 @@ def test_the_reference_is_the_shipped_optimizer_group_with_its_base(make_cfg) ->
     trial.curve.reference_lambdas = None  # null: the reference trains at the trial's lambdas
     assert reference_config(trial).curve.lambdas == trial.curve.lambdas
     assert trial.optimizer.base._target_ == "hpcm.optim.CautiousAdam"  # left as it was
+    trial.curve.reference_lr = 5e-4  # its own learning rate, the base optimizer's too
+    assert reference_config(trial).optimizer.base.lr == 5e-4 != trial.optimizer.lr
     trial.curve.reference = "balanced"
     assert reference_config(trial).optimizer.base.max_scale == 10.0  # as shipped, not 3.0
     trial.curve.reference = "sgd"
@@ -49,6 +51,7 @@ def test_the_reference_cache_key_holds_what_defines_the_runs(make_cfg, tmp_path)
     )
     assert key("trainer.max_steps_per_epoch=3") != same
     assert key("curve.reference=balanced") != same
+    assert key("curve.reference_lr=1e-3") != same
 
 
 def test_a_trial_waits_for_the_reference_another_trial_is_training(make_cfg, tmp_path) -> None:
@@ -68,3 +71,16 @@ def test_a_trial_waits_for_the_reference_another_trial_is_training(make_cfg, tmp
     waiting.join(timeout=60)
     assert got == trained  # the other trial's curve, read once the lock is released
     assert not list(folder.glob("lambda_*"))
+
+
+def test_the_cpu_study_searches_in_the_factorials_regime(make_cfg) -> None:
+    trial = make_cfg(None, "experiment=balanced_bdrate_cpu", short=False)
+    assert (trial.model.name, trial.optimizer.name, trial.seed) == ("tiny", "balanced", 100)
+    grid = trial.factorial
+    assert trial.optimizer.lr == grid.lr.balanced and list(trial.curve.lambdas) == list(
+        grid.lambdas.famo
+    )
+    ref = reference_config(trial)
+    assert (ref.optimizer.name, ref.optimizer.lr) == ("adam", grid.lr.adam)
+    assert list(ref.curve.lambdas) == list(grid.lambdas.fixed)
+    assert trial.trainer.max_steps_per_epoch * trial.trainer.epochs == 600

@@ -88,14 +88,17 @@ def train_points(
 
 def reference_config(cfg: DictConfig) -> DictConfig:
     """``cfg`` with the reference optimizer's shipped config in place of the trial's (the
-    ``optimizer`` group as ``optimizer=NAME`` composes it, its base optimizer included) and
-    ``curve.reference_lambdas``, when set, in place of ``curve.lambdas``."""
+    ``optimizer`` group as ``optimizer=NAME`` composes it, its base optimizer included; its
+    learning rate ``curve.reference_lr`` when set) and ``curve.reference_lambdas``, when set,
+    in place of ``curve.lambdas``."""
     name = str(cfg.curve.reference)
     if not (CONF_DIR / "optimizer" / f"{name}.yaml").is_file():
         raise CurveError(f"curve.reference: no optimizer config {name!r}")
     ref = cfg.copy()
     with open_dict(ref):
         ref.optimizer = _shipped_optimizer(name)
+        if ref.curve.get("reference_lr") is not None:
+            ref.optimizer.lr = float(ref.curve.reference_lr)
         ref.curve.lambdas = ref.curve.get("reference_lambdas") or ref.curve.lambdas
     return ref
 

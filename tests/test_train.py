@@ -55,6 +55,8 @@ NEEDS = {
     ("experiment", "factorial_lr"): ["data=folder", *FOLDERS],
     ("experiment", "factorial_lr_cpu"): FOLDERS,
     ("experiment", "qp_finetune_cpu"): FOLDERS,
+    # the study names the logger's group after itself (hydra's), which plain composition lacks
+    ("experiment", "balanced_bdrate_cpu"): [*FOLDERS, "logger.group=study"],
     # a replay twin names its source in the sweep directory (hydra's), which plain composition
     # does not have: give the source
     ("optimizer", "replay_balanced"): ["optimizer.balancer.source=/tmp/source"],
@@ -104,6 +106,11 @@ def _check_factorial_preset(option: str, cfg) -> None:
             if "lr" not in option:
                 assert run.lmbda == grid[1]
                 assert run.optimizer.lr == lrs[arm.removeprefix("replay_")]
+        # the held-out arm of the gamma/w_lr search: balanced's grid and lr under its own name
+        tuned = ["optimizer=balanced", "optimizer.name=balanced_tuned", "point='1'"]
+        run = compose("train", overrides=[*overrides, *tuned])
+        if "lr" not in option:
+            assert (run.lmbda, run.optimizer.lr) == (lambdas.famo[1], lrs.balanced)
     assert full.resume == "auto" and str(full.hydra.mode) == "RunMode.MULTIRUN"
     if option.endswith("_cpu"):
         assert (full.model.name, full.trainer.num_threads, full.hydra.launcher.n_jobs) == (
@@ -195,6 +202,19 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
         params = full.hydra.sweeper.params
         assert set(params.optimizer.split(",")) == {"adam", "balanced", "balanced_qp"}
         assert len(params.seed.split(",")) == 3 and len(str(params.lmbda).split(",")) == 4
+    elif group == "experiment" and option == "balanced_bdrate_cpu":
+        # the study in the factorial's regime (tests/test_curve_search.py: its curves), two
+        # single-thread trials at a time
+        overrides = prepare_overrides([f"experiment={option}", *NEEDS[(group, option)]])
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            full = compose("train", overrides=overrides, return_hydra_config=True)
+        sweeper, launcher = full.hydra.sweeper, full.hydra.launcher
+        assert (sweeper.study_name, sweeper.n_jobs, sweeper.n_trials) == (
+            "balanced_bdrate_factorial_cpu",
+            2,
+            12,
+        )
+        assert (launcher.n_jobs, cfg.trainer.num_threads) == (2, 1)
     elif group == "experiment":
         assert cfg.optimizer.lr < 1e-4 and cfg.trainer.epochs < 3001
     else:

@@ -97,6 +97,10 @@ def test_divergence_is_a_loss_that_fell_and_rose_or_a_non_finite_one():
     assert lr_search.divergence(resumed) is not None
     nan = [{"step": 1, "train/loss": 1.0}, {"step": 2, "test/loss": float("nan")}]
     assert lr_search.divergence(nan) == "non-finite test/loss at step 2"
+    # as metrics.jsonl holds it (JSON has no NaN: the trainer writes the string)
+    assert lr_search.divergence([nan[0], {"step": 3, "train/loss": "inf"}]) == (
+        "non-finite train/loss at step 3"
+    )
 
 
 def test_an_lr_that_diverges_at_a_grid_extreme_is_excluded(tmp_path, capsys):

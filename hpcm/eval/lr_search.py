@@ -95,8 +95,8 @@ def divergence(records: Sequence[dict[str, Any]]) -> str | None:
     by_step: dict[int, float] = {}  # after a resume, a step's latest record
     for record in records:
         for key in ("train/loss", "test/loss"):
-            value = record.get(key)
-            if isinstance(value, (int, float)) and not math.isfinite(value):
+            value = record.get(key)  # the trainer writes a non-finite value as a string
+            if isinstance(value, str) or (isinstance(value, float) and not math.isfinite(value)):
                 return f"non-finite {key} at step {record.get('step')}"
         if isinstance(record.get("train/loss"), (int, float)) and "step" in record:
             by_step[int(record["step"])] = float(record["train/loss"])

@@ -6,10 +6,18 @@ from __future__ import annotations
 import fcntl
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
-from hpcm.train.curve_search import CurveError, reference_config, reference_curve, reference_key
+from hpcm.train import curve_search
+from hpcm.train.curve_search import (
+    CurveError,
+    reference_config,
+    reference_curve,
+    reference_key,
+    train_curve,
+)
 
 
 def test_the_reference_is_the_shipped_optimizer_group_with_its_base(make_cfg) -> None:
@@ -71,6 +79,42 @@ def test_a_trial_waits_for_the_reference_another_trial_is_training(make_cfg, tmp
     waiting.join(timeout=60)
     assert got == trained  # the other trial's curve, read once the lock is released
     assert not list(folder.glob("lambda_*"))
+
+
+def test_a_trial_trains_its_own_curve_while_another_trains_the_reference(
+    make_cfg, tmp_path, monkeypatch
+) -> None:
+    cache = tmp_path / "cache"
+    cfg = make_cfg(tmp_path / "run", "hparams_search=balanced_bdrate", f"curve.cache_dir={cache}")
+    folder = cache / reference_key(reference_config(cfg))
+    folder.mkdir(parents=True)
+    reference = {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr": [20.0, 21, 22, 23], "lambda": [1, 2, 3, 4]}
+    trial = {"bpp": [0.09, 0.18, 0.36, 0.72], "psnr": [20.0, 21, 22, 23], "lambda": [1, 2, 3, 4]}
+    trained: list[Path] = []  # the folders train_points was asked to fill, in order
+
+    def fake_points(point_cfg, out, multirun, stop=None):
+        trained.append(out)
+        out.mkdir(parents=True, exist_ok=True)
+        return reference if out == folder else trial
+
+    monkeypatch.setattr(curve_search, "train_points", fake_points)
+    with (folder / ".lock").open("w") as other_trial:  # another trial is training it
+        fcntl.flock(other_trial, fcntl.LOCK_EX)
+        assert reference_curve(cfg, True, wait=False) is None  # no waiting asked: at once
+        got: list[float] = []
+        trial_thread = threading.Thread(target=lambda: got.append(train_curve(cfg, True)))
+        trial_thread.start()
+        trial_thread.join(timeout=1.0)
+        # it trained its own curve and now waits for the reference
+        assert trained == [tmp_path / "run"] and trial_thread.is_alive() and not got
+        (folder / "curve.json").write_text(json.dumps(reference))
+    trial_thread.join(timeout=60)
+    assert got == [pytest.approx(-10.0)]  # 10% less rate at every quality
+    # with no other trial at it, the reference is trained first, then the trial's curve
+    (folder / "curve.json").unlink()
+    trained.clear()
+    assert train_curve(cfg, True) == pytest.approx(-10.0)
+    assert trained == [folder, tmp_path / "run"]
 
 
 def test_the_cpu_study_searches_in_the_factorials_regime(make_cfg) -> None:

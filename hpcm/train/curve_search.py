@@ -13,7 +13,7 @@ the config (the preset sets it), ``train.py`` runs :func:`train_curve` instead o
   everything that defines the runs (model, data, trainer, seed, initial weights, metric, the
   reference lambdas, the reference optimizer), so another model or seed gets its own reference
   and a resumed search reuses it; trials in parallel train it once (a file lock) and share
-  it. Balancing moves the trade-off a run trains at (from scratch, FAMO trained at 0.06-0.3x
+  it (a trial that finds another one training it trains its own curve meanwhile). Balancing moves the trade-off a run trains at (from scratch, FAMO trained at 0.06-0.3x
   its nominal lambda in docs/compare.md's pilot), so the reference spans a wider range than
   the trial's lambdas: the trial's curve then lies inside it and its BD-rate covers the
   trial's whole quality range;
@@ -127,9 +127,10 @@ def reference_key(ref: DictConfig) -> str:
 
 
 def reference_curve(
-    cfg: DictConfig, multirun: bool, stop: StopRequest | None = None
-) -> dict[str, list[float]]:
-    """The reference curve of ``cfg``, from the cache or trained (and cached) now."""
+    cfg: DictConfig, multirun: bool, stop: StopRequest | None = None, wait: bool = True
+) -> dict[str, list[float]] | None:
+    """The reference curve of ``cfg``, from the cache or trained (and cached) now; while another
+    trial is training it, that trial's curve once it is done, or None at once without ``wait``."""
     ref = reference_config(cfg)
     folder = Path(str(cfg.curve.cache_dir)) / reference_key(ref)
     cached = folder / CURVE_FILE
@@ -142,6 +143,8 @@ def reference_curve(
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                return None
             log.info("reference curve: another trial is training it into %s; waiting", folder)
             fcntl.flock(lock, fcntl.LOCK_EX)
         if cached.is_file():
@@ -157,9 +160,13 @@ def train_curve(cfg: DictConfig, multirun: bool = False, stop: StopRequest | Non
     for key in ("lambdas", "reference_lambdas"):
         if len(cfg.curve.get(key) or cfg.curve.lambdas) < MIN_POINTS:
             raise CurveError(f"curve.{key} needs at least {MIN_POINTS} values (a BD-rate's fit)")
-    reference = reference_curve(cfg, multirun, stop)
+    # The reference first, unless another trial is training it: then this trial's own curve
+    # first, so that two trials in parallel keep both workers busy, and the reference after.
+    reference = reference_curve(cfg, multirun, stop, wait=False)
     out = Path(str(cfg.paths.run_dir))
     curve = train_points(cfg, out, multirun, stop)
+    if reference is None:
+        reference = reference_curve(cfg, multirun, stop)
     result = bd_delta("rate", (reference["bpp"], reference["psnr"]), (curve["bpp"], curve["psnr"]))
     record: dict[str, Any] = {"curve": curve, "reference": reference, "bd_rate": result.value}
     (out / CURVE_FILE).write_text(json.dumps({**record, "note": result.note}, indent=1))

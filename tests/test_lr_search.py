@@ -132,7 +132,7 @@ def test_an_lr_that_diverges_at_a_grid_extreme_is_excluded(tmp_path, capsys):
     assert "diverged at lambda 0.001: training loss" in choice["excluded"]["balanced"]["0.004"]
     table = capsys.readouterr().out
     assert (
-        "| balanced | 0.6680 | **0.6484** | 0.6151 (diverged) | 0.002 (checked at 0.001, 0.05) |"
+        "| balanced | 0.6680 | **0.6484** | 0.6151 (excluded) | 0.002 (checked at 0.001, 0.05) |"
         in table
     )
     assert "| adam | " in table and "(unchecked)" in table

@@ -13,10 +13,11 @@ the config (the preset sets it), ``train.py`` runs :func:`train_curve` instead o
   everything that defines the runs (model, data, trainer, seed, initial weights, metric, the
   reference lambdas, the reference optimizer), so another model or seed gets its own reference
   and a resumed search reuses it; trials in parallel train it once (a file lock) and share
-  it (a trial that finds another one training it trains its own curve meanwhile). Balancing moves the trade-off a run trains at (from scratch, FAMO trained at 0.06-0.3x
-  its nominal lambda in docs/compare.md's pilot), so the reference spans a wider range than
-  the trial's lambdas: the trial's curve then lies inside it and its BD-rate covers the
-  trial's whole quality range;
+  it (a trial that finds another one training it trains its own curve meanwhile). Balancing
+  moves the trade-off a run trains at (from scratch, FAMO trained at 0.06-0.3x its nominal
+  lambda in docs/compare.md's pilot), so the reference spans a wider range than the trial's
+  lambdas: the trial's curve then lies inside it and its BD-rate covers the trial's whole
+  quality range;
 - the score: the BD-rate (%) of the trial's curve against the reference's, from the last
   validation of each run (estimated bpp from the likelihoods, PSNR); lower is better.
 

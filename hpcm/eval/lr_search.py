@@ -54,6 +54,7 @@ from hpcm.run_layout import (
     last_validation_record,
     read_config,
     read_metrics,
+    series,
 )
 
 log = logging.getLogger(__name__)
@@ -92,19 +93,16 @@ def divergence(records: Sequence[dict[str, Any]]) -> str | None:
     ``DIVERGENCE_RATIO`` times the lowest earlier window's (a loss that fell and then rose; on
     the factorial's pilot runs that trained, the largest such ratio is 1.10; balanced at lr
     8e-3 and nominal 0.001, which diverged, reaches 131)."""
-    by_step: dict[int, float] = {}  # after a resume, a step's latest record
     for record in records:
         for key in ("train/loss", "test/loss"):
             value = record.get(key)  # the trainer writes a non-finite value as a string
             if isinstance(value, str) or (isinstance(value, float) and not math.isfinite(value)):
                 return f"non-finite {key} at step {record.get('step')}"
-        if isinstance(record.get("train/loss"), (int, float)) and "step" in record:
-            by_step[int(record["step"])] = float(record["train/loss"])
-    steps = sorted(by_step)
+    steps, losses = series(records, "train/loss")  # after a resume, a step's latest value
     width = max(1, len(steps) // 10)
     lowest = math.inf
     for start in range(len(steps) - width + 1):
-        mean = statistics.fmean(by_step[s] for s in steps[start : start + width])
+        mean = statistics.fmean(losses[start : start + width])
         if mean > DIVERGENCE_RATIO * lowest:
             return (
                 f"training loss {mean:.3g} around step {steps[start + width - 1]}, "
@@ -183,11 +181,10 @@ Exclusions = dict[str, dict[float, str]]  # {optimizer: {lr: why it is excluded}
 
 def exclusions(runs: Sequence[ScoredRun], checks: Sequence[ScoredRun] = ()) -> Exclusions:
     """The learning rates that diverged, per optimizer: in a scored run, or in a check run (at
-    any lambda) of an optimizer the search scored."""
-    searched = {run.optimizer for run in runs}
+    any lambda; :func:`read_checks` keeps those of a scored optimizer and lr)."""
     excluded: Exclusions = {}
     for run in [*runs, *checks]:
-        if run.diverged and run.optimizer in searched:
+        if run.diverged:
             reasons = excluded.setdefault(run.optimizer, {})
             reasons.setdefault(run.lr, f"diverged at lambda {run.lmbda:g}: {run.diverged}")
     return excluded

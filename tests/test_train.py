@@ -106,10 +106,10 @@ def _check_factorial_preset(option: str, cfg) -> None:
             if "lr" not in option:
                 assert run.lmbda == grid[1]
                 assert run.optimizer.lr == lrs[arm.removeprefix("replay_")]
-        # the held-out arm of the gamma/w_lr search: balanced's grid and lr under its own name
-        tuned = ["optimizer=balanced", "optimizer.name=balanced_tuned", "point='1'"]
-        run = compose("train", overrides=[*overrides, *tuned])
         if "lr" not in option:
+            # the held-out arm of the gamma/w_lr search: balanced's grid and lr, its own name
+            tuned = ["optimizer=balanced", "optimizer.name=balanced_tuned", "point='1'"]
+            run = compose("train", overrides=[*overrides, *tuned])
             assert (run.lmbda, run.optimizer.lr) == (lambdas.famo[1], lrs.balanced)
     assert full.resume == "auto" and str(full.hydra.mode) == "RunMode.MULTIRUN"
     if option.endswith("_cpu"):

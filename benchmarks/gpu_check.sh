@@ -13,6 +13,9 @@
 #   5. coding on CUDA: cudnn.benchmark, TF32 ("medium") and autocast of a caller do not change
 #      the bitstreams, and they decode.
 # Usage:  bash benchmarks/gpu_check.sh [OUT_DIR]      (default: $OUT or gpu_check_results)
+#         DATA_FOLDERS="DIR ..." bash benchmarks/gpu_check.sh   (part 1 reads these photo folders
+#                                                      instead of ../shared/data, which a lent
+#                                                      machine may not have)
 #         DRY=1 bash benchmarks/gpu_check.sh DIR      (the same parts on the CPU with the tiny
 #                                                      model, batches 1 and 2, one round each,
 #                                                      gloo, no bf16: checks the script)
@@ -64,7 +67,13 @@ python -c 'import torch, os; print("torch", torch.__version__, "cuda", torch.ver
     "cpus", os.cpu_count())' 2>&1 | tee -a "$summary"
 
 note "== 1. data loader: images/s per worker (old, new, prepared) and with 8 workers"
-timeout "$data_timeout" python benchmarks/data.py "${data_args[@]}" --workers 8 --json "$out/data.json" \
+folders=()
+if [[ -n "${DATA_FOLDERS:-}" ]]; then
+    read -r -a folders <<<"$DATA_FOLDERS"
+    folders=(--folders "${folders[@]}")
+fi
+timeout "$data_timeout" python benchmarks/data.py "${data_args[@]}" "${folders[@]}" --workers 8 \
+    --json "$out/data.json" \
     >"$out/data.log" 2>&1
 status=$?
 grep -v -i warn "$out/data.log" | tail -8 | tee -a "$summary"

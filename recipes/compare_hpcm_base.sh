@@ -22,19 +22,19 @@
 # CKPT_DIR holding the official checkpoints as HPCM_Base_<lambda>.pth.tar (rename if needed).
 # Each run is one GPU; with several GPUs use the SLURM launcher (docs/sweeps.md) or trainer=ddp.
 #
-# Estimated cost per run on one H100, NOT measured yet (no GPU has been lent to this project):
-# from ~120 GFLOP per 256x256 forward of hpcm_base, a batch-32 step is ~11.5 TFLOP (Balanced exact
-# +3.8 for its no-grad re-forward), i.e. ~75 ms for adam at a plausible 40% of bf16 peak; balanced
-# x1.26 and balanced_qp x1.68 of that (the CPU ratios of benchmarks/train_step.py). Flickr2W's
-# ~20k images are ~650 steps per epoch at batch 32.
-#   finetune: 50 epochs = 32k steps: adam ~40 min, balanced ~51 min, balanced_qp ~68 min;
-#             54 runs ~48 GPU-hours.
-#   scratch:  300 epochs = 195k steps: adam ~4.1 h, balanced ~5.1 h, balanced_qp ~6.8 h;
-#             36 runs ~190 GPU-hours (the official 3001 epochs would be ten times that).
-#   factorial (300 epochs, replay twins cost as adam): pilot 8 runs ~37 GPU-hours; lr search 12
-#             runs ~55 GPU-hours; the factorial's 96 runs (per seed 8 adam-like, 8 FAMO, 8 replay)
-#             ~425 GPU-hours, ~520 in all; a 100-epoch schedule (trainer.epochs=100) is a third.
-# Replace these with measured step times: bash benchmarks/gpu_check.sh (batch-32 rows).
+# Cost per run on one GPU, from the step times measured on an H200 (docs/scale.md, "Measured on
+# an H200"; hpcm_base, batch 32 at 256x256, bf16 autocast, eager): adam 103 ms per step, balanced
+# (exact mode) 1.23x that; balanced_qp's ratio is the CPU's (1.68x, not measured on a GPU).
+# Flickr2W's ~20k images are ~650 steps per epoch at batch 32.
+#   finetune: 50 epochs = 32.5k steps: adam ~56 min, balanced ~69 min, balanced_qp ~94 min;
+#             54 runs ~66 GPU-hours.
+#   scratch:  300 epochs = 195k steps: adam ~5.6 h, balanced ~6.9 h, balanced_qp ~9.4 h;
+#             36 runs ~260 GPU-hours (the official 3001 epochs would be ten times that).
+#   factorial (300 epochs, replay twins cost as adam): pilot 8 runs ~50 GPU-hours; lr search 12
+#             runs ~75 GPU-hours; the factorial's 96 runs (per seed 8 adam-like, 8 FAMO, 8 replay)
+#             ~575 GPU-hours, ~700 in all; a 100-epoch schedule (trainer.epochs=100) is a third.
+# trainer.compile=true measured 0.70x of the eager bf16 step after ~2 minutes of compilation.
+#
 set -euo pipefail
 cd "$(dirname "$0")/.."
 recipe="${1:?usage: bash recipes/compare_hpcm_base.sh finetune|scratch|factorial_pilot|factorial_lr|factorial}"

@@ -4,6 +4,7 @@ on step time is measured on a GPU by benchmarks/gpu_check.sh."""
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import subprocess
 import sys
@@ -168,6 +169,44 @@ def test_the_run_states_its_memory_needs_first(make_cfg, tmp_path: Path, caplog)
     assert line == estimate.line(4)
     assert f"activations {estimate.activations_per_image / GIB:.2f} GiB per 256x256 image" in line
     assert "per rank" in estimate.line(4, shards=2)
+
+
+def _real_saved_bytes(model: torch.nn.Module, x: torch.Tensor, autocast) -> int:
+    """What autograd saves in a real training forward of ``x``, counted as the estimate counts
+    on fake tensors (by storage, the parameters themselves left out)."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    params = {StorageWeakRef(p.untyped_storage()) for p in model.parameters()}
+    saved: dict = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if StorageWeakRef(t.untyped_storage()) not in params:
+            saved[StorageWeakRef(t.untyped_storage())] = t.untyped_storage().nbytes()
+        return t
+
+    with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(saved.values())
+
+
+def test_autocast_weight_copies_are_counted_once_per_step_not_per_image() -> None:
+    # Under autocast every convolution saves a bf16 copy of its weight, once whatever the batch:
+    # counted per image, the estimate grew by those copies with every image of the batch.
+    from hpcm.train.memory import activation_bytes, estimate_memory
+
+    torch.manual_seed(0)
+    model = hpcm.build_model("tiny").train()
+    x = torch.rand(3, 3, 256, 256)
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    estimate = estimate_memory(model, (256, 256), bf16)
+    real = _real_saved_bytes(model, x, bf16)
+    assert estimate.activations(3) == real
+    assert 3 * activation_bytes(model, (256, 256), bf16) > real  # the old count per image
+    assert estimate.activations_per_step > 0
+    plain = estimate_memory(model, (256, 256))
+    assert plain.activations_per_step < 0.01 * plain.activations_per_image
+    assert plain.activations(3) == _real_saved_bytes(model, x, contextlib.nullcontext())
+    assert estimate.total(3) == 4 * plain.parameters + estimate.activations(3)  # + grads, moments
 
 
 @pytest.mark.slow

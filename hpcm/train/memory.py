@@ -4,8 +4,8 @@ Parameters and optimizer state are counted; the activations one training image k
 backward are measured by running the training forward on fake tensors (PyTorch's
 ``FakeTensorMode``: shapes and dtypes only, no memory, no arithmetic) and adding up every
 tensor autograd saves (``torch.autograd.graph.saved_tensors_hooks``), for batches of one and two
-images: what grows with the batch is per image, the rest is saved once per step (under autocast,
-the low-precision copies of the weights, which a per-image count multiplied by the batch
+images under autocast: what grows with the batch is per image, the rest is saved once per step
+(the low-precision copies of the weights, which a per-image count multiplied by the batch
 overstated: by 50% for hpcm_1b at batch 8 in bf16 on an H200, docs/scale.md). With activation
 checkpointing the blocks' inputs, which the recomputation keeps, are not counted: the figure is
 an estimate, a little low in that case, and it does not include the allocator's overhead.
@@ -102,11 +102,15 @@ def estimate_memory(
     crop: tuple[int, int],
     autocast: AbstractContextManager[Any] | None = None,
 ) -> MemoryEstimate:
-    """Parameters, Adam state and the activations of ``model`` per ``crop`` image and per step
-    (from the saved bytes of batches of one and of two images; ``autocast`` is entered once for
-    each, so it must be reusable, as ``torch.autocast`` is)."""
+    """Parameters, Adam state and the activations of ``model`` per ``crop`` image and, under
+    ``autocast``, per step (from the saved bytes of batches of one and of two images; ``autocast``
+    is entered once for each, so it must be reusable, as ``torch.autocast`` is)."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     one = activation_bytes(model, crop, autocast, 1)
+    if autocast is None or isinstance(autocast, nullcontext):
+        # Without autocast what does not grow with the batch is a few small tensors (0.2% of
+        # an image's activations on tiny): one forward (about a second on the CPU) suffices.
+        return MemoryEstimate(params, optimizer_state_bytes(model), one, tuple(crop))
     per_image = activation_bytes(model, crop, autocast, 2) - one
     return MemoryEstimate(
         params, optimizer_state_bytes(model), per_image, tuple(crop), max(one - per_image, 0)

@@ -101,7 +101,8 @@ def _check_factorial_preset(option: str, cfg) -> None:
         params = full.hydra.sweeper.params
         arms = params.optimizer.split(",")
         for arm in arms:
-            run = compose("train", overrides=[*overrides, f"optimizer={arm}", "point='1'"])
+            point = prepare_overrides(["point=1"])  # as typed: an int, quoted for OmegaConf
+            run = compose("train", overrides=[*overrides, f"optimizer={arm}", *point])
             grid = lambdas.famo if "famo" in arm or "balanced" in arm else lambdas.fixed
             if "lr" not in option:
                 assert run.lmbda == grid[1]
@@ -254,6 +255,8 @@ def test_prepare_overrides_quotes_lambdas_and_rejects_unknown_names() -> None:
     ]
     assert prepare(["lambda=0.0130"]) == ["lambda='0.013'"]
     assert prepare(["lambda=0.0018,0.0483"]) == ["lambda='0.0018','0.0483'"]
+    assert prepare(["point=1"]) == ["point='1'"]  # the factorial's index into a lambda grid
+    assert prepare(["point=0,3"]) == ["point='0','3'"]
     passed = ["-m", "trainer.epochs=3", "hydra/launcher=basic", "lmbda=0.02", "+model.M=64"]
     assert prepare(passed) == passed
     with pytest.raises(ConfigError, match="unknown model 'foo'; choose from hpcm_1b, hpcm_base, "):

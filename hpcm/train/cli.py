@@ -48,11 +48,17 @@ def prepare_overrides(args: Sequence[str], conf_dir: str | Path = CONF_DIR) -> l
 
     An unknown option of a group (``model=foo``) raises a one-line :class:`ConfigError`. Numeric
     ``lambda`` options are quoted (``lambda=0.0130`` -> ``lambda='0.013'``, the name of its
-    file); everything else (flags, other sweep syntax) goes to Hydra unchanged.
+    file), and so are the factorial's grid indices (``point=1`` -> ``point='1'``: OmegaConf
+    selects a list element in an interpolation by a string only); everything else (flags,
+    other sweep syntax) goes to Hydra unchanged.
     """
     conf_dir = Path(conf_dir)
     out = []
     for arg in args:
+        index = re.fullmatch(r"point=(\d+(?:,\d+)*)", arg)
+        if index:
+            out.append("point=" + ",".join(f"'{i}'" for i in index[1].split(",")))
+            continue
         match = re.fullmatch(r"(\w+(?:/\w+)*)=([\w.\-,]+)", arg)  # group or group/subgroup
         # hydra/... groups have options in Hydra's plugins too: Hydra checks those.
         if not match or match[1].startswith("hydra/") or not (conf_dir / match[1]).is_dir():

@@ -152,6 +152,9 @@ def test_too_few_points_and_non_monotone_give_message() -> None:
     three = ([0.1, 0.2, 0.4], [28.0, 30.0, 32.0])
     four = ([0.1, 0.2, 0.3, 0.4], [28.0, 29.0, 30.0, 31.0])
     assert "needs >= 4 points" in report.bd_delta("rate", four, three).note
+    # a search's short curves: pchip from 2 points when asked, the cubic fit never below 4
+    assert report.bd_delta("rate", four, three, min_points=2).value is not None
+    assert "needs >= 4 points" in report.bd_delta("rate", four, three, "cubic", min_points=2).note
     wobbly = ([0.1, 0.2, 0.3, 0.4], [28.0, 29.5, 29.0, 31.0])
     assert "does not rise" in report.bd_delta("rate", four, wobbly).note
 

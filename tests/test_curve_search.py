@@ -13,6 +13,7 @@ import pytest
 from hpcm.train import curve_search
 from hpcm.train.curve_search import (
     CurveError,
+    pareto_front,
     reference_config,
     reference_curve,
     reference_key,
@@ -126,5 +127,47 @@ def test_the_cpu_study_searches_in_the_factorials_regime(make_cfg) -> None:
     )
     ref = reference_config(trial)
     assert (ref.optimizer.name, ref.optimizer.lr) == ("adam", grid.lr.adam)
-    assert list(ref.curve.lambdas) == list(grid.lambdas.fixed)
+    ref_lambdas = list(ref.curve.lambdas)  # the fixed grid, and above it FAMO's highest rates
+    assert ref_lambdas[:4] == list(grid.lambdas.fixed) and ref_lambdas == sorted(ref_lambdas)
+    assert len(ref_lambdas) == 6 and trial.curve.min_points == 2
     assert trial.trainer.max_steps_per_epoch * trial.trainer.epochs == 600
+
+
+def test_a_curve_is_scored_by_its_pareto_front(make_cfg, tmp_path, monkeypatch) -> None:
+    # A point of more rate and no more quality than another is dropped, in the trial's curve and
+    # in the reference's; two points left are scored (pchip), one is not.
+    curve = {"bpp": [0.3, 0.1, 0.2, 0.25], "psnr": [23.0, 20.0, 21.0, 20.9], "lambda": [4, 1, 2, 3]}
+    assert pareto_front(curve) == {
+        "bpp": [0.1, 0.2, 0.3],
+        "psnr": [20.0, 21.0, 23.0],
+        "lambda": [1, 2, 4],
+    }
+    ties = {"bpp": [0.1, 0.1, 0.2], "psnr": [20.0, 20.5, 20.5], "lambda": [1, 2, 3]}
+    assert pareto_front(ties) == {"bpp": [0.1], "psnr": [20.5], "lambda": [2]}
+
+    cache = tmp_path / "cache"
+    cfg = make_cfg(tmp_path / "run", "hparams_search=balanced_bdrate", f"curve.cache_dir={cache}")
+    folder = cache / reference_key(reference_config(cfg))
+    reference = {"bpp": [0.1, 0.2, 0.4, 0.8, 0.9], "psnr": [20.0, 21, 22, 23, 22.5]}
+    # 10% less rate than the reference at 20 to 23 dB; 21.9 dB at 0.37 bpp is dominated
+    trial = {"bpp": [0.09, 0.18, 0.37, 0.36, 0.72], "psnr": [20.0, 21, 21.9, 22, 23]}
+
+    def fake_points(point_cfg, out, multirun, stop=None):
+        out.mkdir(parents=True, exist_ok=True)
+        return reference if out == folder else trial
+
+    monkeypatch.setattr(curve_search, "train_points", fake_points)
+    assert train_curve(cfg, True) == pytest.approx(-10.0)
+    record = json.loads((tmp_path / "run" / "curve.json").read_text())
+    assert record["front"]["bpp"] == [0.09, 0.18, 0.36, 0.72] and record["curve"] == trial
+    assert record["bd_rate"] == pytest.approx(-10.0)
+    trial = {
+        "bpp": [0.09, 0.18, 0.37, 0.36],
+        "psnr": [22.0, 21, 21.9, 20],
+    }  # one point on its front
+    with pytest.raises(CurveError, match="needs >= 2 points per curve"):
+        train_curve(cfg, True)
+    cfg.curve.min_points = None  # without the key: the report's 4 points
+    trial = {"bpp": [0.09, 0.18, 0.37, 0.36], "psnr": [20.0, 21, 21.9, 22]}
+    with pytest.raises(CurveError, match="needs >= 4 points per curve"):
+        train_curve(cfg, True)

@@ -211,7 +211,7 @@ def test_every_config_option_composes(make_cfg, tmp_path: Path, group: str, opti
             full = compose("train", overrides=overrides, return_hydra_config=True)
         sweeper, launcher = full.hydra.sweeper, full.hydra.launcher
         assert (sweeper.study_name, sweeper.n_jobs, sweeper.n_trials) == (
-            "balanced_bdrate_factorial_cpu",
+            "balanced_bdrate_cpu",
             2,
             12,
         )

@@ -240,17 +240,21 @@ def bd_delta(
     test: tuple[Sequence[float], Sequence[float]],
     method: str = "pchip",
     min_overlap: float = DEFAULT_MIN_OVERLAP,
+    min_points: int = MIN_POINTS,
 ) -> BDResult:
     """BD-rate (``kind="rate"``, %) or BD-metric (``kind="metric"``, dB) of ``test`` vs ``reference``.
 
     Each curve is ``(bpp, quality)`` sorted by bpp. BD-rate integrates over the shared quality
     range, BD-metric over the shared log-rate range; too little overlap gives a note, not a number.
+    ``min_points`` below 4 holds for pchip and akima only (a search's short curves): the cubic
+    fit needs 4 whatever it says.
     """
     import bjontegaard as bd
 
     (ref_bpp, ref_q), (test_bpp, test_q) = reference, test
-    if min(len(ref_bpp), len(test_bpp)) < MIN_POINTS:
-        return BDResult(None, f"n/a: needs >= {MIN_POINTS} points per curve")
+    floor = max(min_points, MIN_POINTS) if method == "cubic" else max(min_points, 2)
+    if min(len(ref_bpp), len(test_bpp)) < floor:
+        return BDResult(None, f"n/a: needs >= {floor} points per curve")
     if not (_increasing(ref_bpp) and _increasing(test_bpp)):
         return BDResult(None, "n/a: repeated bpp values")
     if not (_increasing(ref_q) and _increasing(test_q)):

@@ -24,8 +24,9 @@ the config (the preset sets it), ``train.py`` runs :func:`train_curve` instead o
   trial's curve, and the reference's, are first cut to their Pareto fronts
   (:func:`pareto_front`: a point with more rate and no more quality than another is one nobody
   would choose), and a front of ``curve.min_points`` (the presets: 2; 4 without the key) is
-  scored with the pchip fit, which is defined from two points: after 600 steps FAMO gives two nominal lambdas the same rate within noise, and the
-  first CPU study lost a trial to a curve whose quality dipped by 0.06 dB between them.
+  scored with the pchip fit, which is defined from two points: after 600 steps FAMO gives two
+  nominal lambdas the same rate within noise, and the first CPU study lost a trial to a curve
+  whose quality dipped by 0.06 dB between them.
 
 Every run goes through :func:`hpcm.train.build.train`, so a killed trial resumes its runs (a
 sweep job resumes with ``resume=auto``). A curve whose quality range overlaps the reference's

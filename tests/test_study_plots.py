@@ -62,7 +62,9 @@ def test_contour_log_axis_covers_the_trials_in_increasing_order() -> None:
     assert y_low == pytest.approx(0.02 - 0.05 * 0.07) and y_high == pytest.approx(
         0.09 + 0.05 * 0.07
     )
-    assert visible_ticks(ax.xaxis) == pytest.approx([0.002, 0.003])  # 2e-3, 3e-3 labelled
+    # under a decade: labelled at three plain values, not at every minor tick
+    assert visible_ticks(ax.xaxis) == pytest.approx([0.0015, 0.002, 0.003])
+    assert [t.get_text() for t in ax.xaxis.get_majorticklabels()] == ["0.0015", "0.002", "0.003"]
     assert ax.get_xlabel() == GAMMA and ax.get_ylabel() == W_LR
     # The points are the trials, coloured by their values; a filled contour between them.
     scatter = next(c for c in ax.collections if len(c.get_offsets()) == 3)
@@ -70,6 +72,16 @@ def test_contour_log_axis_covers_the_trials_in_increasing_order() -> None:
     study = study_of(points)
     assert np.allclose(scatter.get_array(), [t.value for t in study.trials])
     assert len(ax.collections) == 2
+
+
+def test_log_axis_ticks_are_few_and_round_whatever_the_span() -> None:
+    from hpcm.train.sweep import _log_ticks
+
+    # the first CPU study's gammas (1.05e-3 to 2.4e-3 with the margin): matplotlib labelled
+    # all six minor ticks from 1.2e-3 to 2.2e-3 in scientific notation, overlapping
+    assert _log_ticks(1.05e-3, 2.4e-3) == [0.0012, 0.0015, 0.002]
+    assert _log_ticks(1e-4, 0.03) == [0.0001, 0.001, 0.01]
+    assert _log_ticks(3e-4, 0.03) == [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02]
 
 
 def test_contour_of_one_trial_and_of_a_study_without_the_pair() -> None:

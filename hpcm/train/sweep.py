@@ -154,11 +154,36 @@ def _axis_range(values: np.ndarray, log: bool, pad: float = 0.05) -> tuple[float
     return (10**low, 10**high) if log else (low, high)
 
 
+def _log_ticks(low: float, high: float) -> list[float]:
+    """Tick values for a log axis from ``low`` to ``high``: the roundest mantissas that give at
+    least three ticks (decades; 1-2-5; then finer), so that a span of under a decade is labelled
+    at a few readable values instead of at every minor tick in scientific notation."""
+    mantissas = ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0))
+    mantissas += ((1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0),)
+    decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+    ticks: list[float] = []
+    for subs in mantissas:
+        ticks = [float(f"{m}e{e}") for e in decades for m in subs if low <= m * 10.0**e <= high]
+        if len(ticks) >= 3:
+            break
+    return ticks
+
+
+def _label_log_axis(axis: Any) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    low, high = sorted(axis.get_view_interval())
+    axis.set_major_locator(FixedLocator(_log_ticks(low, high)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def contour_plot(study: optuna.Study, params: Sequence[str] = CONTOUR_PARAMS) -> Any:
     """The objective over the ``params`` pair (x, y) of the study's finished trials (the axes):
     the trials as points coloured by their value, with contours interpolated between them
     (linearly over a Delaunay triangulation in the axes' scales) once three of them span an area.
-    A parameter searched on a log scale gets a log axis; both axes cover the trials' range."""
+    A parameter searched on a log scale gets a log axis, labelled at a few plain values
+    (:func:`_log_ticks`); both axes cover the trials' range."""
     import matplotlib.pyplot as plt
     from matplotlib.tri import Triangulation
 
@@ -190,6 +215,9 @@ def contour_plot(study: optuna.Study, params: Sequence[str] = CONTOUR_PARAMS) ->
     fig.colorbar(points, ax=ax, label="objective value")
     ax.set_xlim(*_axis_range(x, log_x))
     ax.set_ylim(*_axis_range(y, log_y))
+    for axis, log in ((ax.xaxis, log_x), (ax.yaxis, log_y)):
+        if log:
+            _label_log_axis(axis)
     ax.set_xlabel(x_name)
     ax.set_ylabel(y_name)
     ax.set_title(f"Objective over {len(trials)} finished trials")

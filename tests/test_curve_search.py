@@ -161,10 +161,8 @@ def test_a_curve_is_scored_by_its_pareto_front(make_cfg, tmp_path, monkeypatch) 
     record = json.loads((tmp_path / "run" / "curve.json").read_text())
     assert record["front"]["bpp"] == [0.09, 0.18, 0.36, 0.72] and record["curve"] == trial
     assert record["bd_rate"] == pytest.approx(-10.0)
-    trial = {
-        "bpp": [0.09, 0.18, 0.37, 0.36],
-        "psnr": [22.0, 21, 21.9, 20],
-    }  # one point on its front
+    # one point on its front: the lowest rate has the highest quality
+    trial = {"bpp": [0.09, 0.18, 0.37, 0.36], "psnr": [22.0, 21, 21.9, 20]}
     with pytest.raises(CurveError, match="needs >= 2 points per curve"):
         train_curve(cfg, True)
     cfg.curve.min_points = None  # without the key: the report's 4 points

@@ -48,7 +48,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpcm.configs import CONF_DIR
-from hpcm.eval.report import MIN_POINTS, bd_delta
+from hpcm.eval.report import MIN_POINTS, BDResult, bd_delta
 from hpcm.run_layout import METRICS_FILE, last_validation_record, read_metrics
 from hpcm.train.build import train
 from hpcm.train.interrupt import StopRequest
@@ -105,6 +105,21 @@ def pareto_front(curve: dict[str, list[float]]) -> dict[str, list[float]]:
         if not front or (point[1] > front[-1][1] and point[0] > front[-1][0]):
             front.append(point)
     return {k: [p[i] for p in front] for i, k in enumerate(keys)}
+
+
+def score_curve(
+    curve: dict[str, list[float]], reference: dict[str, list[float]], min_points: int
+) -> tuple[BDResult, dict[str, list[float]]]:
+    """The search's score: the BD-rate of ``curve``'s Pareto front against ``reference``'s
+    (pchip, at least ``min_points`` points each), and the front it scored."""
+    front, reference_front = pareto_front(curve), pareto_front(reference)
+    result = bd_delta(
+        "rate",
+        (reference_front["bpp"], reference_front["psnr"]),
+        (front["bpp"], front["psnr"]),
+        min_points=min_points,
+    )
+    return result, front
 
 
 def reference_config(cfg: DictConfig) -> DictConfig:
@@ -189,13 +204,7 @@ def train_curve(cfg: DictConfig, multirun: bool = False, stop: StopRequest | Non
     curve = train_points(cfg, out, multirun, stop)
     if reference is None:
         reference = reference_curve(cfg, multirun, stop)
-    front, reference_front = pareto_front(curve), pareto_front(reference)
-    result = bd_delta(
-        "rate",
-        (reference_front["bpp"], reference_front["psnr"]),
-        (front["bpp"], front["psnr"]),
-        min_points=min_points,
-    )
+    result, front = score_curve(curve, reference, min_points)
     record: dict[str, Any] = {
         "curve": curve,
         "front": front,

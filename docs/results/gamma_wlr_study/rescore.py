@@ -20,8 +20,7 @@ from pathlib import Path
 import optuna
 from omegaconf import OmegaConf
 
-from hpcm.eval.report import bd_delta
-from hpcm.train.curve_search import CURVE_FILE, pareto_front
+from hpcm.train.curve_search import CURVE_FILE, score_curve
 
 OLD, NEW = "balanced_bdrate_factorial_cpu", "balanced_bdrate_cpu"
 NEW_REFERENCE = "8c016c00f7f755be"  # reference_key of experiment=balanced_bdrate_cpu at bf79b2d
@@ -48,7 +47,6 @@ def main(study_dir: Path) -> None:
     reference = json.loads(
         (study_dir / "reference_curves" / NEW_REFERENCE / CURVE_FILE).read_text()
     )
-    ref_front = pareto_front(reference)
     folders = trial_folders(study_dir)
     for trial in old.trials:
         key = (trial.params["optimizer.balancer.gamma"], trial.params["optimizer.balancer.w_lr"])
@@ -56,13 +54,7 @@ def main(study_dir: Path) -> None:
         if folder is None or str(folder.relative_to(study_dir)) in carried:
             continue
         curve = json.loads((folder / CURVE_FILE).read_text())["curve"]
-        front = pareto_front(curve)
-        result = bd_delta(
-            "rate",
-            (ref_front["bpp"], ref_front["psnr"]),
-            (front["bpp"], front["psnr"]),
-            min_points=MIN_POINTS,
-        )
+        result, _ = score_curve(curve, reference, MIN_POINTS)  # as train_curve scores
         state = (
             optuna.trial.TrialState.COMPLETE
             if result.value is not None

@@ -65,6 +65,14 @@ def test_non_overlapping_curves_give_message() -> None:
     strict = report.bd_delta("rate", partial, shifted, min_overlap=0.75)
     assert strict.value is None and "overlap 9% < 75%" in strict.note
     assert report.bd_delta("rate", partial, partial).note == ""
+    # A short curve wholly inside the other's quality range is compared over all of its own
+    # range, though that is a small share of the joint one: the note says which.
+    inner = ([0.15, 0.25], [29.0, 29.5])
+    note = report.bd_delta("rate", partial, inner, min_points=2).note
+    assert note == "! shared quality range only: 17%, all of this curve's"
+    note = report.bd_delta("rate", inner, partial, min_points=2).note
+    assert note == "! shared quality range only: 17%, all of the reference's"
+    assert report.bd_delta("metric", partial, inner, min_points=2).note.endswith("this curve's")
 
 
 @pytest.mark.parametrize("method", report.METHODS)
@@ -129,7 +137,10 @@ def test_main_warns_on_partial_overlap(tmp_path: Path, capsys: pytest.CaptureFix
     argv = ["anchor:hpcm-base/kodak", "--reference", "anchor:vtm/kodak", "--out", str(tmp_path)]
     assert report.main(argv) == 0
     captured = capsys.readouterr()
-    assert "| hpcm-base/kodak | 6 | -16.02 (! shared quality range only: 41%) |" in captured.out
+    assert (
+        "| hpcm-base/kodak | 6 | -16.02 (! shared quality range only: 41%, all of this curve's) |"
+        in captured.out
+    )
     assert captured.err.startswith("warning: ") and "--min-overlap 0.75" in captured.err
     assert report.main([*argv, "--min-overlap", "0.75"]) == 0
     assert "n/a: quality overlap 41% < 75%" in capsys.readouterr().out

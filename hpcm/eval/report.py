@@ -230,6 +230,11 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
     return max(shared, 0.0) / joint if joint > 0 else 0.0
 
 
+def _inside(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether ``a``'s range lies within ``b``'s."""
+    return min(b) <= min(a) and max(a) <= max(b)
+
+
 def _increasing(values: Sequence[float]) -> bool:
     return all(x < y for x, y in itertools.pairwise(values))
 
@@ -272,7 +277,17 @@ def bd_delta(
     value = func(
         ref_bpp, ref_q, test_bpp, test_q, method, require_matching_points=False, min_overlap=0
     )
-    warning = f"! shared {domain} range only: {overlap:.0%}" if overlap < WARN_OVERLAP else ""
+    warning = ""
+    if overlap < WARN_OVERLAP:
+        # The share is of the joint range; a curve wholly inside the other's range is still
+        # compared over all of its own, which the share alone hides.
+        ref_d, test_d = (ref_q, test_q) if kind == "rate" else (ref_bpp, test_bpp)
+        whole = ""
+        if _inside(test_d, ref_d):
+            whole = ", all of this curve's"
+        elif _inside(ref_d, test_d):
+            whole = ", all of the reference's"
+        warning = f"! shared {domain} range only: {overlap:.0%}{whole}"
     return BDResult(float(value), warning)
 
 

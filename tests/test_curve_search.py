@@ -52,12 +52,10 @@ def test_the_reference_cache_key_holds_what_defines_the_runs(make_cfg, tmp_path)
     # Where the runs write and report, and the trial's own optimizer, leave the reference alone.
     assert key(f"paths.run_dir={tmp_path}", "logger=wandb", "optimizer.balancer.gamma=0.02") == same
     assert key("seed=1") != same  # another seed is another reference
-    # The reference's lambdas define it; the trial's do not, unless the reference uses them.
-    assert key("curve.reference_lambdas=[0.001,0.002,0.004,0.008]") != same
-    assert key("curve.lambdas=[0.001,0.002,0.004,0.008]") == same
-    assert key("curve.reference_lambdas=null", "curve.lambdas=[0.001,0.002,0.004,0.008]") != key(
-        "curve.reference_lambdas=null"
-    )
+    # Lambdas are not in the key: the runs of one key differ by their lambda alone, each in its
+    # own folder, so a reference extended by more lambdas keeps the runs it has.
+    assert key("curve.reference_lambdas=[0.001,0.002,0.004,0.008]") == same
+    assert key("curve.reference_lambdas=null", "curve.lambdas=[0.001,0.002,0.004,0.008]") == same
     assert key("trainer.max_steps_per_epoch=3") != same
     assert key("curve.reference=balanced") != same
     assert key("curve.reference_lr=1e-3") != same
@@ -68,7 +66,8 @@ def test_a_trial_waits_for_the_reference_another_trial_is_training(make_cfg, tmp
     cfg = make_cfg(tmp_path / "run", "hparams_search=balanced_bdrate", f"curve.cache_dir={cache}")
     folder = cache / reference_key(reference_config(cfg))
     folder.mkdir(parents=True)
-    trained = {"bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [20.0, 21, 22, 23], "lambda": [1, 2, 3, 4]}
+    lambdas = list(reference_config(cfg).curve.lambdas)
+    trained = {"bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [20.0, 21, 22, 23], "lambda": lambdas}
     got: dict = {}
     with (folder / ".lock").open("w") as other_trial:  # another trial is training it
         fcntl.flock(other_trial, fcntl.LOCK_EX)
@@ -89,7 +88,8 @@ def test_a_trial_trains_its_own_curve_while_another_trains_the_reference(
     cfg = make_cfg(tmp_path / "run", "hparams_search=balanced_bdrate", f"curve.cache_dir={cache}")
     folder = cache / reference_key(reference_config(cfg))
     folder.mkdir(parents=True)
-    reference = {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr": [20.0, 21, 22, 23], "lambda": [1, 2, 3, 4]}
+    lambdas = list(reference_config(cfg).curve.lambdas)
+    reference = {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr": [20.0, 21, 22, 23], "lambda": lambdas}
     trial = {"bpp": [0.09, 0.18, 0.36, 0.72], "psnr": [20.0, 21, 22, 23], "lambda": [1, 2, 3, 4]}
     trained: list[Path] = []  # the folders train_points was asked to fill, in order
 
@@ -116,6 +116,33 @@ def test_a_trial_trains_its_own_curve_while_another_trains_the_reference(
     trained.clear()
     assert train_curve(cfg, True) == pytest.approx(-10.0)
     assert trained == [folder, tmp_path / "run"]
+
+
+def test_a_reference_extended_by_more_lambdas_keeps_its_runs(
+    make_cfg, tmp_path, monkeypatch
+) -> None:
+    cache = tmp_path / "cache"
+    cfg = make_cfg(tmp_path / "run", "hparams_search=balanced_bdrate", f"curve.cache_dir={cache}")
+    calls: list[tuple[list[float], str]] = []  # (lambdas, resume mode) of each training
+
+    def fake_points(point_cfg, out, multirun, stop=None):
+        lambdas = [float(v) for v in point_cfg.curve.lambdas]
+        calls.append((lambdas, point_cfg.resume))
+        return {"bpp": [0.1 * (i + 1) for i in range(len(lambdas))],
+                "psnr": [20.0 + i for i in range(len(lambdas))], "lambda": lambdas}  # fmt: skip
+
+    monkeypatch.setattr(curve_search, "train_points", fake_points)
+    four = reference_curve(cfg, True)
+    assert reference_curve(cfg, True) == four and len(calls) == 1  # cached
+    six = [*calls[0][0], 0.5, 1.0]
+    cfg.curve.reference_lambdas = six
+    extended = reference_curve(cfg, True)
+    # The same folder, so the four finished runs are there; the curve of four is not taken for
+    # the curve of six, and the runs resume (finished ones are read, not trained again).
+    assert (cache / reference_key(reference_config(cfg))).is_dir()
+    assert len(list(cache.iterdir())) == 1
+    assert calls[1] == (six, "auto") and extended["lambda"] == six
+    assert reference_curve(cfg, True) == extended and len(calls) == 2
 
 
 def test_the_cpu_study_searches_in_the_factorials_regime(make_cfg) -> None:
@@ -146,9 +173,16 @@ def test_a_curve_is_scored_by_its_pareto_front(make_cfg, tmp_path, monkeypatch) 
     assert pareto_front(ties) == {"bpp": [0.1], "psnr": [20.5], "lambda": [2]}
 
     cache = tmp_path / "cache"
-    cfg = make_cfg(tmp_path / "run", "hparams_search=balanced_bdrate", f"curve.cache_dir={cache}")
+    lambdas = [1e-4, 2e-4, 4e-4, 8e-4, 9e-4]
+    cfg = make_cfg(
+        tmp_path / "run",
+        "hparams_search=balanced_bdrate",
+        f"curve.cache_dir={cache}",
+        f"curve.reference_lambdas=[{','.join(map(str, lambdas))}]",
+    )
     folder = cache / reference_key(reference_config(cfg))
     reference = {"bpp": [0.1, 0.2, 0.4, 0.8, 0.9], "psnr": [20.0, 21, 22, 23, 22.5]}
+    reference["lambda"] = lambdas
     # 10% less rate than the reference at 20 to 23 dB; 21.9 dB at 0.37 bpp is dominated
     trial = {"bpp": [0.09, 0.18, 0.37, 0.36, 0.72], "psnr": [20.0, 21, 21.9, 22, 23]}
 

@@ -10,11 +10,13 @@ the config (the preset sets it), ``train.py`` runs :func:`train_curve` instead o
   ``RUN_DIR/lambda_<value>``;
 - the reference: the same config with ``optimizer=curve.reference`` (its config file as
   shipped), one run per ``curve.reference_lambdas``, trained once per configuration and cached
-  in ``curve.cache_dir/<key>/`` with its curve in ``curve.json``; the key is a hash of
-  everything that defines the runs (model, data, trainer, seed, initial weights, metric, the
-  reference lambdas, the reference optimizer), so another model or seed gets its own reference
-  and a resumed search reuses it; trials in parallel train it once (a file lock) and share
-  it (a trial that finds another one training it trains its own curve meanwhile). Balancing
+  in ``curve.cache_dir/<key>/lambda_<value>`` with its curve in ``curve.json``; the key is a
+  hash of everything that defines a run but its lambda (model, data, trainer, seed, initial
+  weights, metric, the reference optimizer), so another model or seed gets its own reference,
+  a resumed search reuses it, and a reference extended by more lambdas trains only those (its
+  runs resume with ``resume=auto``: finished ones are read, not trained again); trials in
+  parallel train it once (a file lock) and share it (a trial that finds another one training
+  it trains its own curve meanwhile). Balancing
   moves the trade-off a run trains at (from scratch, FAMO trained at 0.06-0.3x its nominal
   lambda in docs/compare.md's pilot), so the reference spans a wider range than the trial's
   lambdas: the trial's curve then lies inside it and its BD-rate covers the trial's whole
@@ -136,6 +138,7 @@ def reference_config(cfg: DictConfig) -> DictConfig:
         if ref.curve.get("reference_lr") is not None:
             ref.optimizer.lr = float(ref.curve.reference_lr)
         ref.curve.lambdas = ref.curve.get("reference_lambdas") or ref.curve.lambdas
+        ref.resume = "auto"  # trained once: a finished run is read, an interrupted one resumes
     return ref
 
 
@@ -150,16 +153,24 @@ def _shipped_optimizer(name: str) -> DictConfig:
 
 
 def reference_key(ref: DictConfig) -> str:
-    """Hash of everything that defines the reference runs (not where they write or report)."""
+    """Hash of everything that defines a reference run but its lambda (not where it writes or
+    reports): the runs of one key differ by their lambda alone."""
     defining = {
         key: OmegaConf.to_container(ref[key], resolve=True) if OmegaConf.is_config(ref[key])
         else ref[key]
         for key in ref
         if key not in NOT_DEFINING
     }  # fmt: skip
-    defining["lambdas"] = [float(v) for v in ref.curve.lambdas]  # the reference's own
     text = json.dumps(defining, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cached_curve(path: Path, lambdas: list[float]) -> dict[str, list[float]] | None:
+    """The curve in ``path`` if it holds exactly ``lambdas`` (another list: None)."""
+    if not path.is_file():
+        return None
+    curve = json.loads(path.read_text())
+    return curve if sorted(curve["lambda"]) == sorted(lambdas) else None
 
 
 def reference_curve(
@@ -169,9 +180,10 @@ def reference_curve(
     trial is training it, that trial's curve once it is done, or None at once without ``wait``."""
     ref = reference_config(cfg)
     folder = Path(str(cfg.curve.cache_dir)) / reference_key(ref)
-    cached = folder / CURVE_FILE
-    if cached.is_file():
-        return json.loads(cached.read_text())
+    cached, lambdas = folder / CURVE_FILE, [float(v) for v in ref.curve.lambdas]
+    curve = _cached_curve(cached, lambdas)
+    if curve is not None:
+        return curve
     folder.mkdir(parents=True, exist_ok=True)
     # Trials running in parallel (hydra.sweeper.n_jobs > 1) share the cache: one trains the
     # reference, the others wait for it instead of training the same runs into the same folders.
@@ -183,8 +195,9 @@ def reference_curve(
                 return None
             log.info("reference curve: another trial is training it into %s; waiting", folder)
             fcntl.flock(lock, fcntl.LOCK_EX)
-        if cached.is_file():
-            return json.loads(cached.read_text())
+        curve = _cached_curve(cached, lambdas)
+        if curve is not None:
+            return curve
         log.info("reference curve (%s): training it once into %s", cfg.curve.reference, folder)
         curve = train_points(ref, folder, multirun, stop)
         cached.write_text(json.dumps(curve, indent=1))

@@ -1,0 +1,35 @@
+#!/bin/bash
+# Issue 19's readings over every committed seed, from the curves alone (docs/results.md):
+#   bash docs/results/readings/make.sh     (from the repository root; a few minutes on 2 cores)
+# Each reading is `bdrate.py CURVES -r REFERENCE`, paired by seed (95% Student-t interval across
+# seeds, 95% paired bootstrap over the 24 Kodak images), into docs/results/readings/NAME/.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+F=docs/results/factorial
+Q=docs/results/qp_finetune
+T=docs/results/tuned
+OUT=docs/results/readings
+reading() {  # NAME CURVE_GLOB REFERENCE_GLOB
+  local name=$1 curves=$2 reference=$3
+  if ! compgen -G "$curves" > /dev/null || ! compgen -G "$reference" > /dev/null; then
+    echo "$name: no curves yet ($curves, $reference)"
+    return
+  fi
+  echo "== $name"
+  python bdrate.py "$curves" -r "$reference" --out "$OUT/$name" | grep -v '^wrote'
+}
+# The factorial (from scratch, each arm at its chosen lr)
+reading adam_cautious_vs_adam "$F/seed*/eval/adam_cautious_seed*.json" "$F/seed*/eval/adam_seed*.json"
+reading balanced_vs_adam "$F/seed*/eval/balanced_seed*.json" "$F/seed*/eval/adam_seed*.json"
+reading famo_adam_vs_adam "$F/seed*/eval/famo_adam_seed*.json" "$F/seed*/eval/adam_seed*.json"
+reading balanced_vs_adam_cautious "$F/seed*/eval/balanced_seed*.json" "$F/seed*/eval/adam_cautious_seed*.json"
+reading famo_adam_vs_replay "$F/seed*/eval/famo_adam_seed*.json" "$F/seed*/eval/replay_famo_adam_seed*.json"
+reading balanced_vs_replay "$F/seed*/eval/balanced_seed*.json" "$F/seed*/eval/replay_balanced_seed*.json"
+# The study's best setting on held-out seeds, against the fixed arms extended upward
+reading tuned_vs_adam "$T/seed*/balanced_tuned_seed*.json" "$T/seed*/adam_seed*.json"
+reading tuned_vs_adam_cautious "$T/seed*/balanced_tuned_seed*.json" "$T/seed*/adam_cautious_seed*.json"
+reading tuned_vs_balanced "$T/seed*/balanced_tuned_seed*.json" "$F/seed*/eval/balanced_seed*.json"
+# QP fine-tuning against continuing the same models for the same steps
+reading qp_vs_adam_continued "$Q/seed*/eval/balanced_qp_seed*.json" "$Q/seed*/eval/adam_seed*.json"
+reading qp_vs_adam_cautious_continued "$Q/seed*/eval/balanced_qp_seed*.json" "$Q/seed*/eval/adam_cautious_seed*.json"
+reading adam_cautious_vs_adam_continued "$Q/seed*/eval/adam_cautious_seed*.json" "$Q/seed*/eval/adam_seed*.json"

@@ -68,7 +68,16 @@ def merge_curves(parts: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any]
     _same(parts, "name", lambda d: d["name"])
     _same(parts, "seed", lambda d: d.get("seed"))
     _same(parts, "rate measurement", _method)
-    _same(parts, "test images", lambda d: d["per_image"].get("images"))
+    first_path, first = parts[0]
+    for path, data in parts[1:]:
+        ours, theirs = first["per_image"].get("images") or [], data["per_image"].get("images") or []
+        if ours != theirs:
+            pairs = [(a, b) for a, b in zip(ours, theirs) if a != b]
+            where = f"{pairs[0][1]} where it has {pairs[0][0]}" if pairs else "a longer list"
+            raise MergeError(
+                f"{path}: other test images than {first_path}'s ({len(theirs)} vs "
+                f"{len(ours)} images; {where})"
+            )
     keys = [k for k in parts[0][1]["results"] if all(k in d["results"] for _, d in parts)]
     image_keys = [
         k
@@ -98,7 +107,6 @@ def merge_curves(parts: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any]
         )
     points.sort(key=lambda p: p[0])
     descriptions = list(dict.fromkeys(d.get("description", "") for _, d in parts))
-    first = parts[0][1]
     return {
         "name": first["name"],
         "description": " + ".join(descriptions),

@@ -16,11 +16,10 @@ the config (the preset sets it), ``train.py`` runs :func:`train_curve` instead o
   a resumed search reuses it, and a reference extended by more lambdas trains only those (its
   runs resume with ``resume=auto``: finished ones are read, not trained again); trials in
   parallel train it once (a file lock) and share it (a trial that finds another one training
-  it trains its own curve meanwhile). Balancing
-  moves the trade-off a run trains at (from scratch, FAMO trained at 0.06-0.3x its nominal
-  lambda in docs/compare.md's pilot), so the reference spans a wider range than the trial's
-  lambdas: the trial's curve then lies inside it and its BD-rate covers the trial's whole
-  quality range;
+  it trains its own curve meanwhile). Balancing moves the trade-off a run trains at (from
+  scratch, FAMO trained at 0.06-0.3x its nominal lambda in docs/compare.md's pilot), so the
+  reference spans a wider range than the trial's lambdas: the trial's curve then lies inside
+  it and its BD-rate covers the trial's whole quality range;
 - the score: the BD-rate (%) of the trial's curve against the reference's, from the last
   validation of each run (estimated bpp from the likelihoods, PSNR); lower is better. The
   trial's curve, and the reference's, are first cut to their Pareto fronts

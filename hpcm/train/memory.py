@@ -108,8 +108,9 @@ def estimate_memory(
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     one = activation_bytes(model, crop, autocast, 1)
     if not isinstance(autocast, torch.autocast):
-        # Without autocast (None, or SpeedOptions.autocast's no-op context) what does not grow with the batch is a few small tensors (0.2% of
-        # an image's activations on tiny): one forward (about a second on the CPU) suffices.
+        # Without autocast (None, or SpeedOptions.autocast's no-op context) what does not grow
+        # with the batch is a few small tensors (0.2% of an image's activations on tiny): one
+        # forward (about a second on the CPU) suffices.
         return MemoryEstimate(params, optimizer_state_bytes(model), one, tuple(crop))
     per_image = activation_bytes(model, crop, autocast, 2) - one
     return MemoryEstimate(

@@ -18,7 +18,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +52,29 @@ def _method(data: dict[str, Any]) -> str:
     return match.group(1) if match else ""
 
 
-def _same(parts: Sequence[tuple[Path, dict]], what: str, value) -> None:
+def _image_difference(ours: list[str], theirs: list[str]) -> str:
+    pairs = [(a, b) for a, b in zip(ours, theirs) if a != b]
+    where = f"{pairs[0][1]} where it has {pairs[0][0]}" if pairs else "a longer list"
+    return f"{len(theirs)} vs {len(ours)} images; {where}"
+
+
+def _same(
+    parts: Sequence[tuple[Path, dict]],
+    what: str,
+    value: Callable[[dict], Any],
+    detail: Callable[[Any, Any], str] | None = None,
+) -> None:
+    """Refuses a part whose ``value`` differs from the first part's, in one line: both values,
+    or ``detail(first's, its)`` for values too long to print."""
     first_path, first = parts[0]
+    ours = value(first)
     for path, data in parts[1:]:
-        if value(data) != value(first):
-            raise MergeError(
-                f"{path}: {what} {value(data)!r} differs from {first_path}'s {value(first)!r}"
-            )
+        theirs = value(data)
+        if theirs == ours:
+            continue
+        if detail is None:
+            raise MergeError(f"{path}: {what} {theirs!r} differs from {first_path}'s {ours!r}")
+        raise MergeError(f"{path}: {what} than {first_path}'s ({detail(ours, theirs)})")
 
 
 def merge_curves(parts: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
@@ -68,16 +84,10 @@ def merge_curves(parts: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any]
     _same(parts, "name", lambda d: d["name"])
     _same(parts, "seed", lambda d: d.get("seed"))
     _same(parts, "rate measurement", _method)
-    first_path, first = parts[0]
-    for path, data in parts[1:]:
-        ours, theirs = first["per_image"].get("images") or [], data["per_image"].get("images") or []
-        if ours != theirs:
-            pairs = [(a, b) for a, b in zip(ours, theirs) if a != b]
-            where = f"{pairs[0][1]} where it has {pairs[0][0]}" if pairs else "a longer list"
-            raise MergeError(
-                f"{path}: other test images than {first_path}'s ({len(theirs)} vs "
-                f"{len(ours)} images; {where})"
-            )
+    _same(
+        parts, "other test images", lambda d: d["per_image"].get("images") or [], _image_difference
+    )
+    first = parts[0][1]
     keys = [k for k in parts[0][1]["results"] if all(k in d["results"] for _, d in parts)]
     image_keys = [
         k

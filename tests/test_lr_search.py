@@ -4,6 +4,7 @@ loss at the target trade-off, whatever its nominal lambda, and each optimizer's 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,7 +137,24 @@ def test_an_lr_that_diverges_at_a_grid_extreme_is_excluded(tmp_path, capsys):
         in table
     )
     assert "| adam | " in table and "(unchecked)" in table
-    assert "| balanced | 0.004 | 0.05 | 100 | 0.1000 | 50.0 | no |" in table
+    assert (
+        "| balanced | 0.004 | 0.05 | 100 | 0.1000 | 50.0 | no | extremes/0.05/balanced_lr0.004 |"
+        in table
+    )
+    # the same run in two check folders (a sweep and a copy of it): one row each, named apart
+    shutil.copytree(check / "0.05", tmp_path / "copy")
+    assert (
+        lr_search.main([str(sweep), "--check", str(check), "--check", str(tmp_path / "copy")]) == 0
+    )
+    rows = [
+        r
+        for r in capsys.readouterr().out.splitlines()
+        if r.startswith("| balanced | 0.004 | 0.05 ")
+    ]
+    assert [r.rsplit("|", 2)[1].strip() for r in rows] == [
+        "copy/balanced_lr0.004",
+        "extremes/0.05/balanced_lr0.004",
+    ]
     # a check folder with nothing of the search in it is a one-line error
     (tmp_path / "other").mkdir()
     assert lr_search.main([str(sweep), "--check", str(tmp_path / "other")]) == 1

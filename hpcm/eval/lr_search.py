@@ -81,6 +81,7 @@ class ScoredRun:
     mse: float  # 255^2 MSE, from test/distortion / lambda
     step: int  # the step of that validation
     diverged: str | None = None  # why the run counts as diverged (:func:`divergence`)
+    where: str = ""  # the folder it was read from (its name) and the path below it
 
     def score(self, target: float) -> float:
         """``J = bpp + lambda_t * 255^2 * MSE`` at the target trade-off ``lambda_t``."""
@@ -146,8 +147,15 @@ def read_run(run_dir: Path) -> tuple[ScoredRun, float | None] | None:
 
 def read_runs(sweep_dir: Path) -> list[tuple[ScoredRun, float | None]]:
     """Every validated run below ``sweep_dir`` with the target lambda its config records."""
-    found = (read_run(metrics.parent) for metrics in sorted(sweep_dir.rglob(METRICS_FILE)))
-    return [run for run in found if run is not None]
+    runs = []
+    for metrics in sorted(sweep_dir.rglob(METRICS_FILE)):
+        found = read_run(metrics.parent)
+        if found is not None:  # the same run may lie in two folders (a sweep, a copy of it)
+            found[0].where = (
+                Path(sweep_dir.resolve().name) / metrics.parent.relative_to(sweep_dir)
+            ).as_posix()
+            runs.append(found)
+    return runs
 
 
 def read_search(sweep_dir: Path, target: float | None = None) -> tuple[list[ScoredRun], float]:
@@ -257,13 +265,13 @@ def markdown(
             "",
             "Checks (not scored): each run's end, trained at its own lambda",
             "",
-            "| optimizer | lr | lambda | seed | bpp | 255^2 MSE | diverged |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| optimizer | lr | lambda | seed | bpp | 255^2 MSE | diverged | run |",
+            "|---|---:|---:|---:|---:|---:|---|---|",
         ]
         for c in checks:
             lines.append(
                 f"| {c.optimizer} | {c.lr:g} | {c.lmbda:g} | {c.seed} | {c.bpp:.4f} | "
-                f"{c.mse:.1f} | {c.diverged or 'no'} |"
+                f"{c.mse:.1f} | {c.diverged or 'no'} | {c.where} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -279,7 +287,7 @@ def read_checks(check_dirs: Sequence[Path], runs: Sequence[ScoredRun]) -> list[S
         if not found:
             raise LrSearchError(f"{check_dir}: no validated run of a searched optimizer and lr")
         checks += found
-    return sorted(checks, key=lambda r: (r.optimizer, r.lr, r.lmbda, r.seed or 0))
+    return sorted(checks, key=lambda r: (r.optimizer, r.lr, r.lmbda, r.seed or 0, r.where))
 
 
 def write_report(

@@ -4,6 +4,7 @@ whole `experiment=compare` sweep with a toy budget."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -167,6 +168,37 @@ def test_bdrate_pairs_seeds_and_writes_table_csv_and_plot(tmp_path: Path, capsys
     globbed = [str(ev / "balanced_seed*.json"), "-r", str(ev / "adam_seed*.json")]
     assert report.main([*globbed, "--bootstrap", "0", "--out", str(tmp_path / "g")]) == 0
     assert "| **balanced mean** | 2 seeds | 4 | **-10.00** |" in capsys.readouterr().out
+
+
+def test_the_report_says_where_each_lambda_lands_over_the_seeds(tmp_path: Path) -> None:
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    for s, scale in ((0, 1.0), (1, 1.1), (2, 1.05)):  # adam's rates move with the seed
+        write(ev / f"adam_seed{s}.json", per_image_curve("adam", s, scale))
+        if s < 2:
+            write(ev / f"balanced_seed{s}.json", per_image_curve("balanced", s, 0.9))
+    no_lambdas = per_image_curve("balanced", 2, 0.9)
+    del no_lambdas["lambda"]  # a curve without lambdas: its points by index
+    write(ev / "balanced_seed2.json", no_lambdas)
+    out = tmp_path / "report"
+    assert report.main([str(ev), "-r", "adam", "--bootstrap", "0", "--out", str(out)]) == 0
+    table = (out / "points_psnr.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith(("| adam", "| balanced"))]
+    # the reference first, then the others in the order they were read
+    assert rows[0] == "| adam | 0.0018 | 3 | 0.1050 ± 0.0050 | 28.00 ± 0.00 |"
+    assert rows[4] == "| balanced | 0.0018 | 2 | 0.0900 ± 0.0000 | 28.00 ± 0.00 |"
+    assert rows[-4:][0] == "| balanced | point 0 | 1 | 0.0900 | 28.00 |"
+    assert len(rows) == 4 + 4 + 4
+    with (out / "points_psnr.csv").open() as handle:
+        lines = list(csv.DictReader(handle))
+    first = [(r["seed"], float(r["bpp"])) for r in lines if r["curve"] == "adam"][:3]
+    assert first == [
+        ("0", pytest.approx(0.1)),
+        ("1", pytest.approx(0.11)),
+        ("2", pytest.approx(0.105)),
+    ]
+    no_lambda_rows = {r["lambda"] for r in lines if r["curve"] == "balanced" and r["seed"] == "2"}
+    assert no_lambda_rows == {f"point {i}" for i in range(4)}
 
 
 def test_an_ms_ssim_comparison_finds_its_reference_curves(tmp_path: Path, monkeypatch) -> None:

@@ -507,7 +507,14 @@ def _run_seeds(
     """The seed-paired comparison: table, CSV and plot; returns the table and whether a cell
     integrates over a partly shared range only."""
     from hpcm.eval import seeds  # scipy and matplotlib: imported when needed (--help stays fast)
-    from hpcm.eval.seed_report import plot_seeds, seeds_markdown, write_seeds_csv
+    from hpcm.eval.seed_report import (
+        plot_seeds,
+        points_by_lambda,
+        points_markdown,
+        seeds_markdown,
+        write_points_csv,
+        write_seeds_csv,
+    )
 
     try:
         groups = seeds.pair_by_seed(curves, refs)
@@ -523,6 +530,11 @@ def _run_seeds(
     table = seeds_markdown(rows, refs[0].label, title, settings, args.bootstrap)
     write_seeds_csv(rows, refs[0].label, metric_key, args.method, paths[1])
     plot_seeds([*refs, *curves], refs[0].label, metric_key, title, paths[2])
+    points = points_by_lambda([*refs, *curves], metric_key)
+    stem = paths[0].stem.removeprefix("bdrate_")
+    paths += [args.out / f"points_{stem}.md", args.out / f"points_{stem}.csv"]
+    paths[3].write_text(points_markdown(points, title), encoding="utf-8")
+    write_points_csv(points, metric_key, paths[4])
     return table, any("! shared" in row.note for row in rows)
 
 

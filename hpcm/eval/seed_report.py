@@ -1,9 +1,11 @@
 """Tables and plots of seed-paired comparisons (:mod:`hpcm.eval.seeds`): Markdown, CSV and an R-D
-plot with every seed drawn thin and each group's mean over seeds drawn bold."""
+plot with every seed drawn thin and each group's mean over seeds drawn bold, and where each curve's
+points lie (per lambda, mean and standard deviation over the seeds)."""
 
 from __future__ import annotations
 
 import csv
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -105,3 +107,75 @@ def plot_seeds(
             ax.plot(*mean, color=color, linewidth=2.4, marker="o", markersize=4, label=name + seeds)
     heading = f"R-D curves, {title}: thin lines one seed each, bold the mean"
     save_rd(fig, ax, f"{title} (dB)", heading, path)
+
+
+def points_by_lambda(curves: Sequence[Any], metric_key: str) -> list[dict[str, Any]]:
+    """Where each group's points lie: one row per curve label and lambda (by point index, in bpp
+    order, for curves without lambdas), the seeds' rates and qualities with their mean and
+    sample standard deviation (None for one seed). Groups in the order they first appear."""
+    cells: dict[tuple[str, Any], dict[str, list[float]]] = {}
+    for curve in curves:
+        quality = curve.results.get(metric_key)
+        if quality is None:
+            continue
+        lambdas = curve.lambdas or [None] * len(curve.bpp)
+        keys = [f"point {i}" if lam is None else lam for i, lam in enumerate(lambdas)]
+        for key, bpp, value in zip(keys, curve.bpp, quality):
+            cell = cells.setdefault((curve.label, key), {"seeds": [], "bpp": [], "quality": []})
+            cell["seeds"].append(curve.seed)
+            cell["bpp"].append(bpp)
+            cell["quality"].append(value)
+    order: dict[str, int] = {}
+    for label, _ in cells:
+        order.setdefault(label, len(order))
+
+    def position(item: tuple[tuple[str, Any], Any]) -> tuple:
+        (label, key), _ = item
+        numeric = isinstance(key, (int, float))
+        return order[label], not numeric, key if numeric else str(key)
+
+    rows = []
+    for (label, key), cell in sorted(cells.items(), key=position):
+        row: dict[str, Any] = {"curve": label, "lambda": key, "seeds": cell["seeds"]}
+        for name in ("bpp", "quality"):
+            values = cell[name]
+            row[name] = values
+            row[f"{name}_mean"] = statistics.fmean(values)
+            row[f"{name}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+        rows.append(row)
+    return rows
+
+
+def points_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
+    """The rows of :func:`points_by_lambda` as a Markdown table."""
+
+    def spread(row: dict[str, Any], name: str, digits: int) -> str:
+        sd = row[f"{name}_sd"]
+        text = f"{row[f'{name}_mean']:.{digits}f}"
+        return text if sd is None else f"{text} ± {sd:.{digits}f}"
+
+    lines = [
+        f"Points per lambda: mean ± standard deviation over the seeds (bpp, {title} dB)",
+        "",
+        f"| curve | lambda | seeds | bpp | {title} (dB) |",
+        "|---|---:|---:|---|---|",
+    ]
+    for row in rows:
+        key = row["lambda"]
+        key = f"{key:g}" if isinstance(key, (int, float)) else key
+        lines.append(
+            f"| {_escape(row['curve'])} | {key} | {len(row['seeds'])} | {spread(row, 'bpp', 4)} "
+            f"| {spread(row, 'quality', 2)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_points_csv(rows: Sequence[dict[str, Any]], metric_key: str, path: Path) -> None:
+    """One line per curve, lambda and seed: where every point lies, for plots of one's own."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["curve", "lambda", "seed", "bpp", metric_key])
+        for row in rows:
+            for seed, bpp, value in zip(row["seeds"], row["bpp"], row["quality"]):
+                seed = "" if seed is None else seed
+                writer.writerow([row["curve"], row["lambda"], seed, repr(bpp), repr(value)])

@@ -445,6 +445,29 @@ def test_trade_off_report_of_a_sweep(tmp_path: Path, capsys, write_trade_off_run
     assert capsys.readouterr().err.count("error: ") == 2
 
 
+def test_seeds_reported_apart_join_from_their_csvs(tmp_path: Path, write_trade_off_run) -> None:
+    # two seeds, each swept (on its own machine) and reported into its own folder, then joined
+    # from the two effective_lambda.csv files: the same table as one report of both sweeps
+    for seed in (0, 1):
+        for lmbda in (0.001, 0.004):
+            ratio = 0.5 if seed == 0 else 0.3
+            write_trade_off_run(
+                tmp_path / f"s{seed}" / f"b_{lmbda}", "balanced", lmbda, seed, ratio
+            )
+        assert trade_off.main([str(tmp_path / f"s{seed}")]) == 0
+    both = trade_off.write_report([tmp_path / "s0", tmp_path / "s1"], tmp_path / "both")
+    csvs = [str(tmp_path / f"s{seed}" / "report" / "effective_lambda.csv") for seed in (0, 1)]
+    assert trade_off.main([*csvs, "--out", str(tmp_path / "joined")]) == 0
+    joined = (tmp_path / "joined" / "effective_lambda.md").read_text()
+    assert joined == both[1].read_text()
+    assert "| balanced | 0.004 | 2 |" in joined
+    assert (tmp_path / "joined" / "effective_lambda.csv").read_text() == both[0].read_text()
+    # a CSV of something else, or a CSV without --out, is a one-line error
+    (tmp_path / "other.csv").write_text("curve,bpp\nadam,0.1\n")
+    assert trade_off.main([str(tmp_path / "other.csv"), "--out", str(tmp_path / "x")]) == 1
+    assert trade_off.main([csvs[0]]) == 1
+
+
 def test_one_optimizer_has_one_colour_in_every_figure(
     tmp_path: Path, monkeypatch, write_trade_off_run
 ) -> None:

@@ -14,7 +14,10 @@ writes, into ``OUT``:
   along training, one thin line per run.
 
 ``python -m hpcm.eval.trade_off SWEEP_DIR... [--out DIR] [--tail 0.2]``; the comparison
-(``experiment=compare``) writes it into ``SWEEP/report`` after the BD-rate report.
+(``experiment=compare``) writes it into ``SWEEP/report`` after the BD-rate report. Its
+``effective_lambda.csv`` files are inputs too: seeds run on different machines, each reported
+into its own folder, are joined from those files alone (the plot then has no training curves for
+them).
 """
 
 from __future__ import annotations
@@ -106,12 +109,46 @@ def read_run_trade_off(run_dir: Path, tail: float = 0.2) -> RunTradeOff | None:
     )
 
 
+def read_csv(path: Path) -> list[RunTradeOff]:
+    """The runs of an ``effective_lambda.csv`` written by :func:`write_csv` (their means over the
+    tail of training, without the logged series)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TradeOffError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    runs = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            seed = int(row["seed"]) if row["seed"] else None
+            weights = {
+                key.removeprefix("weight_"): float(value)
+                for key, value in row.items()
+                if key.startswith("weight_") and value
+            }
+            lmbda, effective = float(row["lambda"]), float(row["effective_lambda"])
+            name = f"{row['optimizer']}_{row['lambda']}_seed{row['seed']}"
+            runs.append(
+                RunTradeOff(name, row["optimizer"], lmbda, seed, effective, [], [], weights)
+            )
+        except (KeyError, TypeError, ValueError):
+            raise TradeOffError(
+                f"{path}, line {line}: not a row of {STEM}.csv (optimizer, seed, lambda, "
+                "effective_lambda, weight_*)"
+            ) from None
+    return runs
+
+
 def read_sweep(sweep_dirs: Path | Sequence[Path], tail: float = 0.2) -> list[RunTradeOff]:
-    """Every run below the sweep directories (any depth) that logged an effective lambda, sorted
-    by optimizer, lambda and seed."""
+    """Every run below the sweep directories (any depth) that logged an effective lambda, and
+    those of the ``effective_lambda.csv`` files among them, sorted by optimizer, lambda and
+    seed."""
     sweep_dirs = [sweep_dirs] if isinstance(sweep_dirs, Path) else list(sweep_dirs)
     runs = []
     for sweep_dir in sweep_dirs:
+        if sweep_dir.is_file():
+            runs += read_csv(sweep_dir)
+            continue
         for metrics in sorted(sweep_dir.rglob(METRICS_FILE)):
             run = read_run_trade_off(metrics.parent, tail)
             if run is not None:
@@ -275,9 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(table, CSV and plot).",
     )
     parser.add_argument(
-        "sweeps", type=Path, nargs="+", help="sweep directories (runs at any depth below them)"
+        "sweeps",
+        type=Path,
+        nargs="+",
+        help="sweep directories (runs at any depth below them) or effective_lambda.csv files "
+        "this tool wrote (e.g. one per seed)",
     )
-    parser.add_argument("--out", type=Path, help="output folder (default: FIRST_SWEEP/report)")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: FIRST_SWEEP/report; needed for CSVs)"
+    )
     parser.add_argument(
         "--tail", type=_fraction, default=0.2, help="fraction of training to average (0.2)"
     )
@@ -293,9 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    missing = [str(path) for path in args.sweeps if not path.is_dir()]
+    missing = [str(path) for path in args.sweeps if not path.exists()]
     if missing:
-        print(f"error: {', '.join(missing)}: no such sweep directory", file=sys.stderr)
+        print(f"error: {', '.join(missing)}: no such sweep directory or file", file=sys.stderr)
+        return 1
+    if args.out is None and args.sweeps[0].is_file():
+        print(f"error: {args.sweeps[0]} is a file: give --out DIR", file=sys.stderr)
         return 1
     try:
         runs = read_sweep(args.sweeps, args.tail)

@@ -2,7 +2,9 @@
 # Issue 19's readings over every committed seed, from the curves alone (docs/results.md):
 #   bash docs/results/readings/make.sh     (from the repository root; a few minutes on 2 cores)
 # Each reading is `bdrate.py CURVES -r REFERENCE`, paired by seed (95% Student-t interval across
-# seeds, 95% paired bootstrap over the 24 Kodak images), into docs/results/readings/NAME/.
+# seeds, 95% paired bootstrap over the 24 Kodak images), into docs/results/readings/NAME/ (with
+# points_psnr.md: where each arm's points land, mean ± sd over the seeds); then the effective
+# lambda of every arm over the seeds, from each seed's report (python -m hpcm.eval.trade_off).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 F=docs/results/factorial
@@ -33,3 +35,12 @@ reading tuned_vs_balanced "$T/seed*/balanced_tuned_seed*.json" "$F/seed*/eval/ba
 reading qp_vs_adam_continued "$Q/seed*/eval/balanced_qp_seed*.json" "$Q/seed*/eval/adam_seed*.json"
 reading qp_vs_adam_cautious_continued "$Q/seed*/eval/balanced_qp_seed*.json" "$Q/seed*/eval/adam_cautious_seed*.json"
 reading adam_cautious_vs_adam_continued "$Q/seed*/eval/adam_cautious_seed*.json" "$Q/seed*/eval/adam_seed*.json"
+# Where every arm trained, over the seeds: the effective lambda from each seed's report
+trade_off() {  # NAME CSV_GLOB
+  if ! compgen -G "$2" > /dev/null; then echo "$1: no reports yet ($2)"; return; fi
+  echo "== $1"
+  python -m hpcm.eval.trade_off $2 --out "$OUT/$1" | grep -v '^written'
+}
+trade_off factorial_effective_lambda "$F/seed*/report/effective_lambda.csv"
+trade_off tuned_effective_lambda "$T/seed*/effective_lambda.csv"
+trade_off qp_effective_lambda "$Q/seed*/report/effective_lambda.csv"

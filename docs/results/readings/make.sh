@@ -20,7 +20,9 @@ reading() {  # NAME CURVE_GLOB REFERENCE_GLOB
   echo "== $name"
   python bdrate.py "$curves" -r "$reference" --out "$OUT/$name" | grep -v '^wrote'
 }
-# The factorial (from scratch, each arm at its chosen lr)
+# The factorial (from scratch, each arm at its chosen lr): every arm against Adam in one table and
+# figure, then each reading on its own
+reading factorial_vs_adam "$F/seed*/eval/*_seed*.json" "$F/seed*/eval/adam_seed*.json"
 reading adam_cautious_vs_adam "$F/seed*/eval/adam_cautious_seed*.json" "$F/seed*/eval/adam_seed*.json"
 reading balanced_vs_adam "$F/seed*/eval/balanced_seed*.json" "$F/seed*/eval/adam_seed*.json"
 reading famo_adam_vs_adam "$F/seed*/eval/famo_adam_seed*.json" "$F/seed*/eval/adam_seed*.json"

@@ -131,8 +131,8 @@ def points_by_lambda(curves: Sequence[Any], metric_key: str) -> list[dict[str, A
 
     def position(item: tuple[tuple[str, Any], Any]) -> tuple:
         (label, key), _ = item
-        numeric = isinstance(key, (int, float))
-        return order[label], not numeric, key if numeric else str(key)
+        numeric = isinstance(key, (int, float))  # else "point I": by I
+        return order[label], not numeric, key if numeric else int(key.split()[-1])
 
     rows = []
     for (label, key), cell in sorted(cells.items(), key=position):

@@ -236,7 +236,8 @@ def plot(runs: Sequence[RunTradeOff], path: Path) -> Path:
     left.legend(fontsize="small")
     right.set_xlabel("step")
     right.set_ylabel("effective lambda")
-    right.set_title("Along training: one line per run")
+    along = "one line per run" if any(r.steps for r in runs) else "not in the CSV files read"
+    right.set_title(f"Along training: {along}")
     if rows == 2:
         for ax, (key, (label, scale)) in zip(axes[1], DIAGNOSTICS.items(), strict=True):
             for r in runs:

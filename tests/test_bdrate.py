@@ -159,6 +159,34 @@ def test_older_compressai_keys_are_read(tmp_path: Path) -> None:
     assert report.parse_curve(both, "x").results["psnr-rgb"] == [28.0, 29.0]
 
 
+def test_pareto_fronts_score_curves_whose_quality_dips(tmp_path: Path, capsys) -> None:
+    # FAMO after 600 steps: two nominal lambdas at nearly one rate, the second 0.05 dB lower
+    ref = ([0.02, 0.03, 0.04, 0.05], [20.5, 22.1, 22.8, 22.9])
+    dip = ([0.0335, 0.0341, 0.0414, 0.0517], [22.70, 22.65, 23.02, 23.38])
+    assert report.bd_delta("rate", ref, dip).note == "n/a: quality does not rise with rate"
+    result = report.bd_delta("rate", ref, dip, front=True)  # 3 points: below the default 4
+    assert result.value is None
+    assert result.note == "n/a: needs >= 4 points per curve; front of this curve: 3 of 4 points"
+    result = report.bd_delta("rate", ref, dip, min_points=3, front=True)
+    kept = ([0.0335, 0.0414, 0.0517], [22.70, 23.02, 23.38])  # the dominated point dropped
+    assert result.value == pytest.approx(report.bd_delta("rate", ref, kept, min_points=3).value)
+    assert result.note.endswith("front of this curve: 3 of 4 points")
+    # a curve already on its front is scored as without --front, with no note about it
+    plain = report.bd_delta("rate", ref, kept, min_points=3)
+    cut = report.bd_delta("rate", ref, kept, min_points=3, front=True)
+    assert (cut.value, cut.note) == (plain.value, plain.note)
+    # from the command line: the header says how the curves were scored
+    write_curve(tmp_path / "ref.json", "adam", *map(list, ref))
+    write_curve(tmp_path / "dip.json", "balanced", *map(list, dip))
+    argv = [str(tmp_path / "dip.json"), "-r", str(tmp_path / "ref.json"), "--out", str(tmp_path)]
+    assert report.main([*argv, "--front", "--min-points", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "min overlap 0%; Pareto fronts; >= 3 points" in out.splitlines()[0]
+    assert "front of this curve: 3 of 4 points" in out
+    assert report.main([*argv, "--min-points", "1"]) == 1
+    assert "--min-points must be 2 or more" in capsys.readouterr().err
+
+
 def test_too_few_points_and_non_monotone_give_message() -> None:
     three = ([0.1, 0.2, 0.4], [28.0, 30.0, 32.0])
     four = ([0.1, 0.2, 0.3, 0.4], [28.0, 29.0, 30.0, 31.0])

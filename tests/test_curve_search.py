@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from hpcm.eval.report import pareto_front
 from hpcm.train import curve_search
 from hpcm.train.curve_search import (
     CurveError,
-    pareto_front,
     reference_config,
     reference_curve,
     reference_key,

@@ -239,6 +239,28 @@ def _increasing(values: Sequence[float]) -> bool:
     return all(x < y for x, y in itertools.pairwise(values))
 
 
+def pareto_front(curve: dict[str, list[float]]) -> dict[str, list[float]]:
+    """The points of a curve (its first two keys: rate, then quality; any others ride along)
+    sorted by rate whose quality exceeds that of every point of lower rate (and, of equal rates,
+    the best): the operating points worth choosing."""
+    keys = list(curve)
+    points = sorted(zip(*(curve[k] for k in keys)), key=lambda p: (p[0], -p[1]))
+    front: list[tuple[float, ...]] = []
+    for point in points:
+        if not front or (point[1] > front[-1][1] and point[0] > front[-1][0]):
+            front.append(point)
+    return {k: [p[i] for p in front] for i, k in enumerate(keys)}
+
+
+def _notes(*notes: str) -> str:
+    return "; ".join(note for note in notes if note)
+
+
+def _front(bpp: Sequence[float], quality: Sequence[float]) -> tuple[list[float], list[float]]:
+    front = pareto_front({"bpp": list(bpp), "quality": list(quality)})
+    return front["bpp"], front["quality"]
+
+
 def bd_delta(
     kind: str,
     reference: tuple[Sequence[float], Sequence[float]],
@@ -246,24 +268,34 @@ def bd_delta(
     method: str = "pchip",
     min_overlap: float = DEFAULT_MIN_OVERLAP,
     min_points: int = MIN_POINTS,
+    front: bool = False,
 ) -> BDResult:
     """BD-rate (``kind="rate"``, %) or BD-metric (``kind="metric"``, dB) of ``test`` vs ``reference``.
 
     Each curve is ``(bpp, quality)`` sorted by bpp. BD-rate integrates over the shared quality
     range, BD-metric over the shared log-rate range; too little overlap gives a note, not a number.
     ``min_points`` below 4 holds for pchip and akima only (a search's short curves): the cubic
-    fit needs 4 whatever it says.
+    fit needs 4 whatever it says. ``front``: both curves are first cut to their Pareto fronts
+    (:func:`pareto_front`; a curve whose quality does not rise with rate then still has a value,
+    from the points worth choosing), and the note says which lost points.
     """
     import bjontegaard as bd
 
     (ref_bpp, ref_q), (test_bpp, test_q) = reference, test
+    cut = []
+    if front:
+        sizes = len(test_bpp), len(ref_bpp)
+        (test_bpp, test_q), (ref_bpp, ref_q) = _front(test_bpp, test_q), _front(ref_bpp, ref_q)
+        for name, before, after in zip(("this curve", "reference"), sizes, (test_bpp, ref_bpp)):
+            if len(after) < before:
+                cut.append(f"front of {name}: {len(after)} of {before} points")
     floor = max(min_points, MIN_POINTS) if method == "cubic" else max(min_points, 2)
     if min(len(ref_bpp), len(test_bpp)) < floor:
-        return BDResult(None, f"n/a: needs >= {floor} points per curve")
+        return BDResult(None, _notes(f"n/a: needs >= {floor} points per curve", *cut))
     if not (_increasing(ref_bpp) and _increasing(test_bpp)):
-        return BDResult(None, "n/a: repeated bpp values")
+        return BDResult(None, _notes("n/a: repeated bpp values", *cut))
     if not (_increasing(ref_q) and _increasing(test_q)):
-        return BDResult(None, "n/a: quality does not rise with rate")
+        return BDResult(None, _notes("n/a: quality does not rise with rate", *cut))
     if kind == "rate":
         domain, overlap, func = "quality", _overlap(ref_q, test_q), bd.bd_rate
     elif kind == "metric":
@@ -271,9 +303,11 @@ def bd_delta(
     else:
         raise ValueError(f"kind must be 'rate' or 'metric', not {kind!r}")
     if overlap == 0:
-        return BDResult(None, f"n/a: {domain} ranges do not overlap")
+        return BDResult(None, _notes(f"n/a: {domain} ranges do not overlap", *cut))
     if overlap < min_overlap:
-        return BDResult(None, f"n/a: {domain} overlap {overlap:.0%} < {min_overlap:.0%}")
+        return BDResult(
+            None, _notes(f"n/a: {domain} overlap {overlap:.0%} < {min_overlap:.0%}", *cut)
+        )
     value = func(
         ref_bpp, ref_q, test_bpp, test_q, method, require_matching_points=False, min_overlap=0
     )
@@ -288,7 +322,7 @@ def bd_delta(
         elif _inside(ref_d, test_d):
             whole = ", all of the reference's"
         warning = f"! shared {domain} range only: {overlap:.0%}{whole}"
-    return BDResult(float(value), warning)
+    return BDResult(float(value), _notes(warning, *cut))
 
 
 @dataclass(frozen=True)
@@ -304,8 +338,11 @@ def compare(
     metric_key: str,
     method: str = "pchip",
     min_overlap: float = DEFAULT_MIN_OVERLAP,
+    min_points: int = MIN_POINTS,
+    front: bool = False,
 ) -> list[Row]:
-    """One table row per curve: BD-rate and BD-metric against ``reference``."""
+    """One table row per curve: BD-rate and BD-metric against ``reference`` (the last three
+    arguments as :func:`bd_delta` takes them)."""
     ref = (reference.bpp, reference.results[metric_key])
     rows = []
     for curve in curves:
@@ -317,8 +354,8 @@ def compare(
         rows.append(
             Row(
                 curve,
-                bd_delta("rate", ref, test, method, min_overlap),
-                bd_delta("metric", ref, test, method, min_overlap),
+                bd_delta("rate", ref, test, method, min_overlap, min_points, front),
+                bd_delta("metric", ref, test, method, min_overlap, min_points, front),
             )
         )
     return rows
@@ -329,12 +366,17 @@ def _md(text: str) -> str:
 
 
 def markdown_table(
-    rows: Sequence[Row], reference: Curve, metric_key: str, method: str, min_overlap: float
+    rows: Sequence[Row],
+    reference: Curve,
+    metric_key: str,
+    method: str,
+    min_overlap: float,
+    scoring: str = "",
 ) -> str:
     title = METRIC_TITLES[metric_key]
     header = (
         f"Reference: {_md(reference.label)} ({len(reference.bpp)} points); metric {metric_key}; "
-        f"method {method}; min overlap {min_overlap:.0%}"
+        f"method {method}; min overlap {min_overlap:.0%}{scoring}"
     )
     lines = [
         header,
@@ -428,6 +470,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="replicates of the paired bootstrap over test images (0: none)",
     )
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument(
+        "--front",
+        action="store_true",
+        help="cut every curve to its Pareto front first (drop a point with more rate and no "
+        "more quality than another; in every bootstrap replicate too)",
+    )
+    parser.add_argument(
+        "--min-points",
+        type=int,
+        default=MIN_POINTS,
+        help=f"fewest points a curve (or its front) needs for a value (default {MIN_POINTS}; "
+        "pchip and akima go down to 2, cubic needs 4)",
+    )
     parser.add_argument("--out", type=Path, default=Path("report"), help="output folder")
     parser.add_argument("--list-anchors", action="store_true", help="list shipped anchors")
     return parser
@@ -454,11 +509,19 @@ def split_reference(
     return refs, [c for c in curves if c.source not in sources]
 
 
+def _scoring(args: argparse.Namespace) -> str:
+    """What the table header adds for non-default scoring (Pareto fronts, the point floor)."""
+    text = "; Pareto fronts" if args.front else ""
+    return text + (f"; >= {args.min_points} points" if args.min_points != MIN_POINTS else "")
+
+
 def run(args: argparse.Namespace) -> None:
     """Load, compare, print and write; raises ``ReportError`` on bad inputs."""
     metric_key = METRICS[args.metric]
     if not 0.0 <= args.min_overlap <= 1.0:
         raise ReportError("--min-overlap must lie in [0, 1]")
+    if args.min_points < 2:
+        raise ReportError("--min-points must be 2 or more")
     loaded = [c for spec in args.curves for c in load_curves(spec, metric_key)]
     refs, curves = split_reference(args.reference, loaded, metric_key)
     if any(metric_key not in r.results for r in refs):
@@ -477,8 +540,18 @@ def run(args: argparse.Namespace) -> None:
             if len(refs) != 1:
                 raise ReportError(f"{args.reference}: the reference must be a single curve")
             curves = unique_labels(loaded)  # the reference's own row reads 0 (a check)
-            rows = compare(curves, refs[0], metric_key, args.method, args.min_overlap)
-            table = markdown_table(rows, refs[0], metric_key, args.method, args.min_overlap)
+            rows = compare(
+                curves,
+                refs[0],
+                metric_key,
+                args.method,
+                args.min_overlap,
+                args.min_points,
+                args.front,
+            )
+            table = markdown_table(
+                rows, refs[0], metric_key, args.method, args.min_overlap, _scoring(args)
+            )
             notes = [r.note for row in rows for r in (row.bd_rate, row.bd_metric)]
             partial = any(note.startswith("!") for note in notes)
             write_csv(rows, refs[0], metric_key, args.method, paths[1])
@@ -522,11 +595,12 @@ def _run_seeds(
         raise ReportError(str(exc)) from None
 
     def bd(kind: str, ref: tuple, test: tuple) -> BDResult:
-        return bd_delta(kind, ref, test, args.method, args.min_overlap)
+        return bd_delta(kind, ref, test, args.method, args.min_overlap, args.min_points, args.front)
 
     rows = seeds.compare_seeds(groups, metric_key, bd, args.bootstrap, args.bootstrap_seed)
     title = METRIC_TITLES[metric_key]
     settings = f"metric {metric_key}; method {args.method}; min overlap {args.min_overlap:.0%}"
+    settings += _scoring(args)
     table = seeds_markdown(rows, refs[0].label, title, settings, args.bootstrap)
     write_seeds_csv(rows, refs[0].label, metric_key, args.method, paths[1])
     plot_seeds([*refs, *curves], refs[0].label, metric_key, title, paths[2])

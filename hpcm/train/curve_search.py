@@ -49,7 +49,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpcm.configs import CONF_DIR
-from hpcm.eval.report import MIN_POINTS, BDResult, bd_delta
+from hpcm.eval.report import MIN_POINTS, BDResult, bd_delta, pareto_front
 from hpcm.run_layout import METRICS_FILE, last_validation_record, read_metrics
 from hpcm.train.build import train
 from hpcm.train.interrupt import StopRequest
@@ -94,18 +94,6 @@ def train_points(
         points.append((*last_validation(run_dir), float(lmbda)))
     points.sort()
     return {k: [p[i] for p in points] for i, k in enumerate(("bpp", "psnr", "lambda"))}
-
-
-def pareto_front(curve: dict[str, list[float]]) -> dict[str, list[float]]:
-    """The points of a curve sorted by bpp whose quality exceeds that of every point of lower
-    rate (and, of equal rates, the best): the operating points worth choosing."""
-    keys = list(curve)
-    points = sorted(zip(*(curve[k] for k in keys)), key=lambda p: (p[0], -p[1]))
-    front: list[tuple[float, ...]] = []
-    for point in points:
-        if not front or (point[1] > front[-1][1] and point[0] > front[-1][0]):
-            front.append(point)
-    return {k: [p[i] for p in front] for i, k in enumerate(keys)}
 
 
 def score_curve(

@@ -3,15 +3,17 @@
 #   bash docs/results/readings/make.sh     (from the repository root; a few minutes on 2 cores)
 # Each reading is `bdrate.py CURVES -r REFERENCE`, paired by seed (95% Student-t interval across
 # seeds, 95% paired bootstrap over the 24 Kodak images), into docs/results/readings/NAME/ (with
-# points_psnr.md: where each arm's points land, mean ± sd over the seeds); then the effective
-# lambda of every arm over the seeds, from each seed's report (python -m hpcm.eval.trade_off).
+# points_psnr.md: where each arm's points land, mean ± sd over the seeds), and the same on the
+# curves' Pareto fronts into docs/results/readings/front/NAME/ (only its mean rows printed); then
+# the effective lambda of every arm over the seeds, from each seed's report
+# (python -m hpcm.eval.trade_off).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 F=docs/results/factorial
 Q=docs/results/qp_finetune
 T=docs/results/tuned
 OUT=docs/results/readings
-reading() {  # NAME CURVE_GLOB REFERENCE_GLOB
+reading() {  # NAME CURVE_GLOB REFERENCE_GLOB: as designed, then on the curves' Pareto fronts
   local name=$1 curves=$2 reference=$3
   if ! compgen -G "$curves" > /dev/null || ! compgen -G "$reference" > /dev/null; then
     echo "$name: no curves yet ($curves, $reference)"
@@ -19,6 +21,11 @@ reading() {  # NAME CURVE_GLOB REFERENCE_GLOB
   fi
   echo "== $name"
   python bdrate.py "$curves" -r "$reference" --out "$OUT/$name" | grep -v '^wrote'
+  # The sensitivity reading: FAMO's short trainings can put two lambdas at one rate with the
+  # quality dipping between them (no BD value as designed); scored as the BD-rate search scores
+  # curves (Pareto fronts, from two points: docs/sweeps.md), every arm alike
+  python bdrate.py "$curves" -r "$reference" --front --min-points 2 --out "$OUT/front/$name" \
+    2> /dev/null | grep -v '^wrote' | grep '^| \*\*' || true
 }
 # The factorial (from scratch, each arm at its chosen lr): every arm against Adam in one table and
 # figure, then each reading on its own

@@ -6,7 +6,8 @@
 # points_psnr.md: where each arm's points land, mean ± sd over the seeds), and the same on the
 # curves' Pareto fronts into docs/results/readings/front/NAME/ (only its mean rows printed); then
 # the effective lambda of every arm over the seeds, from each seed's report
-# (python -m hpcm.eval.trade_off).
+# (python -m hpcm.eval.trade_off). The Markdown and CSV files are committed with docs/results.md,
+# and of the figures the one it shows (.gitignore).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 F=docs/results/factorial

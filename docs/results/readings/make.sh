@@ -15,18 +15,28 @@ Q=docs/results/qp_finetune
 T=docs/results/tuned
 OUT=docs/results/readings
 reading() {  # NAME CURVE_GLOB REFERENCE_GLOB: as designed, then on the curves' Pareto fronts
-  local name=$1 curves=$2 reference=$3
-  if ! compgen -G "$curves" > /dev/null || ! compgen -G "$reference" > /dev/null; then
+  local name=$1 curves=$2 reference=$3 seeds=" " files=() waiting=() f
+  for f in $reference; do  # the seeds that have a reference curve (FILE_seedN.json)
+    [[ $f =~ _seed([0-9]+)\.json$ ]] && seeds+="${BASH_REMATCH[1]} "
+  done
+  for f in $curves; do  # a curve is read once its seed's reference is committed too
+    [[ $f =~ _seed([0-9]+)\.json$ ]] || continue
+    if [[ $seeds == *" ${BASH_REMATCH[1]} "* ]]; then files+=("$f"); else waiting+=("$f"); fi
+  done
+  if [ ${#files[@]} -eq 0 ]; then
     echo "$name: no curves yet ($curves, $reference)"
     return
   fi
   echo "== $name"
-  python bdrate.py "$curves" -r "$reference" --out "$OUT/$name" | grep -v '^wrote'
+  [ ${#waiting[@]} -eq 0 ] || echo "(not yet read: ${waiting[*]}: no reference of their seed)"
+  { python bdrate.py "${files[@]}" -r "$reference" --out "$OUT/$name" || echo "$name failed"; } \
+    | grep -v '^wrote'
   # The sensitivity reading: FAMO's short trainings can put two lambdas at one rate with the
   # quality dipping between them (no BD value as designed); scored as the BD-rate search scores
   # curves (Pareto fronts, from two points: docs/sweeps.md), every arm alike
-  python bdrate.py "$curves" -r "$reference" --front --min-points 2 --out "$OUT/front/$name" \
-    2> /dev/null | grep -v '^wrote' | grep '^| \*\*' || true
+  { python bdrate.py "${files[@]}" -r "$reference" --front --min-points 2 \
+      --out "$OUT/front/$name" 2> /dev/null || echo "$name (front) failed"; } \
+    | grep -v '^wrote' | grep -E '^\| \*\*|failed' || true
 }
 # The factorial (from scratch, each arm at its chosen lr): every arm against Adam in one table and
 # figure, then each reading on its own

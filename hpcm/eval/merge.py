@@ -88,7 +88,7 @@ def merge_curves(parts: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any]
         parts, "other test images", lambda d: d["per_image"].get("images") or [], _image_difference
     )
     first = parts[0][1]
-    keys = [k for k in parts[0][1]["results"] if all(k in d["results"] for _, d in parts)]
+    keys = [k for k in first["results"] if all(k in d["results"] for _, d in parts)]
     image_keys = [
         k
         for k in parts[0][1]["per_image"]

@@ -113,13 +113,15 @@ def points_by_lambda(curves: Sequence[Any], metric_key: str) -> list[dict[str, A
     """Where each group's points lie: one row per curve label and lambda (by point index, in bpp
     order, for curves without lambdas), the seeds' rates and qualities with their mean and
     sample standard deviation (None for one seed). Groups in the order they first appear."""
-    cells: dict[tuple[str, Any], dict[str, list[float]]] = {}
+    # a point's key: (False, its lambda), or (True, its index) without lambdas: sorts lambdas
+    # first, each kind by value
+    cells: dict[tuple[str, tuple[bool, float]], dict[str, list[float]]] = {}
     for curve in curves:
         quality = curve.results.get(metric_key)
         if quality is None:
             continue
         lambdas = curve.lambdas or [None] * len(curve.bpp)
-        keys = [f"point {i}" if lam is None else lam for i, lam in enumerate(lambdas)]
+        keys = [(True, i) if lam is None else (False, lam) for i, lam in enumerate(lambdas)]
         for key, bpp, value in zip(keys, curve.bpp, quality):
             cell = cells.setdefault((curve.label, key), {"seeds": [], "bpp": [], "quality": []})
             cell["seeds"].append(curve.seed)
@@ -129,14 +131,12 @@ def points_by_lambda(curves: Sequence[Any], metric_key: str) -> list[dict[str, A
     for label, _ in cells:
         order.setdefault(label, len(order))
 
-    def position(item: tuple[tuple[str, Any], Any]) -> tuple:
-        (label, key), _ = item
-        numeric = isinstance(key, (int, float))  # else "point I": by I
-        return order[label], not numeric, key if numeric else int(key.split()[-1])
-
     rows = []
-    for (label, key), cell in sorted(cells.items(), key=position):
-        row: dict[str, Any] = {"curve": label, "lambda": key, "seeds": cell["seeds"]}
+    for (label, (by_index, key)), cell in sorted(
+        cells.items(), key=lambda item: (order[item[0][0]], item[0][1])
+    ):
+        point = f"point {key}" if by_index else key
+        row: dict[str, Any] = {"curve": label, "lambda": point, "seeds": cell["seeds"]}
         for name in ("bpp", "quality"):
             values = cell[name]
             row[name] = values

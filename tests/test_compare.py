@@ -132,6 +132,20 @@ def test_bootstrap_interval_widens_with_image_scatter() -> None:
     assert interval.low <= rows[-1].rate <= interval.high
 
 
+def test_a_seeds_note_names_each_front_cut_once() -> None:
+    # the rate and the metric cell both report the cut of the same curve: the row says it once
+    refs = [curve(per_image_curve("adam", 0))]
+    dip = per_image_curve("balanced", 0)
+    dip["results"]["psnr-rgb"][1] = dip["results"]["psnr-rgb"][0] - 0.05  # a dominated point
+
+    def front(kind: str, ref: tuple, test: tuple) -> report.BDResult:
+        return report.bd_delta(kind, ref, test, "pchip", 0.0, 2, front=True)
+
+    rows = seeds.compare_seeds(seeds.pair_by_seed([curve(dip)], refs), "psnr-rgb", front, 20)
+    assert rows[0].rate is not None
+    assert rows[0].note == "front of this curve: 3 of 4 points"
+
+
 # ----------------------------------------------------------------------------- the command
 def write(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data))

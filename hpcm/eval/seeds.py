@@ -176,7 +176,9 @@ def compare_seeds(
             test = (pair.test.bpp, pair.test.results[metric_key])
             rate, metric = bd("rate", ref, test), bd("metric", ref, test)
             values.append((rate.value, metric.value))
-            note = "; ".join(n for n in (rate.note, metric.note) if n)
+            # the two cells share the notes about the curves themselves (a front's cut): once
+            parts = (part for n in (rate.note, metric.note) if n for part in n.split("; "))
+            note = "; ".join(dict.fromkeys(parts))
             row = SeedRow(label, pair.seed, len(pair.test.bpp), *values[-1], note)
             rows.append(_with_images(row, images))
         if any(v is None for pair_values in values for v in pair_values):

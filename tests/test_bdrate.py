@@ -41,7 +41,7 @@ def test_published_large_vs_base_matches_bjontegaard(method: str) -> None:
     test = report.load_curves("anchor:hpcm-large/kodak")[0]
     assert ref.bpp == BASE_BPP and ref.results["psnr-rgb"] == BASE_PSNR
     assert test.bpp == LARGE_BPP and test.results["psnr-rgb"] == LARGE_PSNR
-    (row,) = report.compare([test], ref, "psnr-rgb", method)
+    (row,) = report.compare([test], ref, "psnr-rgb", method=method)
     assert row.bd_rate.value == bd.bd_rate(BASE_BPP, BASE_PSNR, LARGE_BPP, LARGE_PSNR, method)
     assert row.bd_metric.value == bd.bd_psnr(BASE_BPP, BASE_PSNR, LARGE_BPP, LARGE_PSNR, method)
     # HPCM-Large spends fewer bits than HPCM-Base for the same PSNR.
@@ -83,7 +83,7 @@ def test_hpcm_base_against_vtm_anchor_is_near_the_paper(method: str) -> None:
     curves = report.load_curves("anchor:hpcm-base/kodak") + report.load_curves(
         "anchor:hpcm-large/kodak"
     )
-    base, large = report.compare(curves, vtm, "psnr-rgb", method)
+    base, large = report.compare(curves, vtm, "psnr-rgb", method=method)
     assert base.bd_rate.value == pytest.approx(-15.31, abs=1.5)
     assert large.bd_rate.value == pytest.approx(-19.19, abs=1.5)
     assert base.bd_rate.note.startswith("! shared quality range only")
@@ -114,7 +114,7 @@ def test_hpcm_against_vtm_on_clic_and_tecnick(dataset: str, method: str) -> None
     curves = report.load_curves(f"anchor:hpcm-base/{dataset}") + report.load_curves(
         f"anchor:hpcm-large/{dataset}"
     )
-    rows = report.compare(curves, vtm, "psnr-rgb", method)
+    rows = report.compare(curves, vtm, "psnr-rgb", method=method)
     for row, measured, paper in zip(
         rows, MEASURED_VS_VTM[dataset][method], PAPER_VS_VTM22[dataset], strict=True
     ):

@@ -336,13 +336,14 @@ def compare(
     curves: Sequence[Curve],
     reference: Curve,
     metric_key: str,
+    *,
     method: str = "pchip",
     min_overlap: float = DEFAULT_MIN_OVERLAP,
     min_points: int = MIN_POINTS,
     front: bool = False,
 ) -> list[Row]:
-    """One table row per curve: BD-rate and BD-metric against ``reference`` (the last three
-    arguments as :func:`bd_delta` takes them)."""
+    """One table row per curve: BD-rate and BD-metric against ``reference`` (the keyword
+    options as :func:`bd_delta` takes them)."""
     ref = (reference.bpp, reference.results[metric_key])
     rows = []
     for curve in curves:
@@ -544,10 +545,10 @@ def run(args: argparse.Namespace) -> None:
                 curves,
                 refs[0],
                 metric_key,
-                args.method,
-                args.min_overlap,
-                args.min_points,
-                args.front,
+                method=args.method,
+                min_overlap=args.min_overlap,
+                min_points=args.min_points,
+                front=args.front,
             )
             table = markdown_table(
                 rows, refs[0], metric_key, args.method, args.min_overlap, _scoring(args)

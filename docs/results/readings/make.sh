@@ -6,8 +6,9 @@
 # points_psnr.md: where each arm's points land, mean ± sd over the seeds), and the same on the
 # curves' Pareto fronts into docs/results/readings/front/NAME/ (only its mean rows printed); then
 # the effective lambda of every arm over the seeds, from each seed's report
-# (python -m hpcm.eval.trade_off). The Markdown and CSV files are committed with docs/results.md,
-# and of the figures the one it shows (.gitignore).
+# (python -m hpcm.eval.trade_off); last, every reading in one table (summary.py -> summary.md).
+# The Markdown and CSV files are committed with docs/results.md, and of the figures the one it
+# shows (.gitignore).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 F=docs/results/factorial
@@ -64,3 +65,5 @@ trade_off() {  # NAME CSV_GLOB
 trade_off factorial_effective_lambda "$F/seed*/report/effective_lambda.csv"
 trade_off tuned_effective_lambda "$T/seed*/effective_lambda.csv"
 trade_off qp_effective_lambda "$Q/seed*/report/effective_lambda.csv"
+# Every reading in one table (summary.md): per seed, the mean with both intervals, the answer
+python docs/results/readings/summary.py

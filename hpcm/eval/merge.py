@@ -91,7 +91,7 @@ def merge_curves(parts: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any]
     keys = [k for k in first["results"] if all(k in d["results"] for _, d in parts)]
     image_keys = [
         k
-        for k in parts[0][1]["per_image"]
+        for k in first["per_image"]
         if k != "images" and all(k in d["per_image"] for _, d in parts)
     ]
     points = []  # (bpp, lambda, checkpoint, {key: value}, {key: per-image values})

@@ -72,13 +72,11 @@ def row(question: str, path: Path) -> str | None:
     mean = means[0]
     seeds = []
     for line in per_seed:
-        value = _signed(_number(line["bd_rate_percent"]))
-        found = RANGE.search(line["note"])
-        if value == "n/a":  # why, as bd_delta said it (its first note)
-            value += f" ({line['note'].split('; ')[0].removeprefix('n/a: ')})"
-        elif found:
-            value += f" ({found.group(1)}%)"
-        seeds.append(value)
+        rate, found = _number(line["bd_rate_percent"]), RANGE.search(line["note"])
+        if rate is None:  # why, as bd_delta said it (its first note)
+            seeds.append(f"n/a ({line['note'].split('; ')[0].removeprefix('n/a: ')})")
+        else:
+            seeds.append(_signed(rate) + (f" ({found.group(1)}%)" if found else ""))
     if mean["bd_rate_percent"]:
         low, high = mean["bd_rate_ci_seeds_low"], mean["bd_rate_ci_seeds_high"]
         cells = [_signed(_number(mean["bd_rate_percent"])), _interval(low, high)]

@@ -96,7 +96,8 @@ def table(folder: Path) -> list[str]:
     return header + [r for r in rows if r is not None]
 
 
-def main() -> int:
+def render(folder: Path = HERE) -> str:
+    """summary.md's text from the readings under ``folder`` (as designed; fronts in front/)."""
     intro = (
         "Written by `docs/results/readings/summary.py` from the readings' `bdrate_psnr.csv`"
         " (`make.sh`). BD-rate (%) of the first arm against the second on Kodak, paired by seed;"
@@ -109,15 +110,19 @@ def main() -> int:
         "",
         "## As designed",
         "",
-        *table(HERE),
+        *table(folder),
         "",
         "## On the curves' Pareto fronts (`bdrate.py --front --min-points 2`)",
         "",
-        *table(HERE / "front"),
+        *table(folder / "front"),
         "",
     ]
+    return "\n".join(text)
+
+
+def main() -> int:
     out = HERE / "summary.md"
-    out.write_text("\n".join(text), encoding="utf-8")
+    out.write_text(render(), encoding="utf-8")
     print(f"wrote {out}")
     return 0
 

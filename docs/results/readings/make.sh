@@ -7,7 +7,7 @@
 # curves' Pareto fronts into docs/results/readings/front/NAME/ (only its mean rows printed); then
 # the effective lambda of every arm over the seeds, from each seed's report
 # (python -m hpcm.eval.trade_off); last, every reading in one table (summary.py -> summary.md).
-# The Markdown and CSV files are committed with docs/results.md, and of the figures the one it
+# The Markdown and CSV files are committed with docs/results.md, and of the figures the ones it
 # shows (.gitignore).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."

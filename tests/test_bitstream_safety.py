@@ -3,7 +3,6 @@ the fuzzer (benchmarks/fuzz_bitstreams.py) on a seeded subset."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_modules import load_script
 
 from hpcm.codec import CodecError, Encoded, decode_image, encode_image
 from hpcm.codec.__main__ import main
@@ -22,15 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FUZZER = ROOT / "benchmarks" / "fuzz_bitstreams.py"
 
 
-def load_fuzzer():
-    spec = importlib.util.spec_from_file_location("fuzz_bitstreams", FUZZER)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = load_fuzzer()
+fuzz = load_script(FUZZER, "fuzz_bitstreams")
 
 
 @pytest.fixture(scope="module")

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from script_modules import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "data.py"
 
 
 def test_one_run_times_every_variant(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("data_benchmark", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_script(SCRIPT, "data_benchmark")
     folder = tmp_path / "photos"
     folder.mkdir()
     rng = np.random.default_rng(0)

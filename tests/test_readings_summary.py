@@ -6,10 +6,10 @@ CSV files."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "docs" / "results" / "readings" / "summary.py"
@@ -19,10 +19,7 @@ COLUMNS += ["bd_rate_ci_images_low", "bd_rate_ci_images_high", "note"]
 
 @pytest.fixture(scope="module")
 def summary():
-    spec = importlib.util.spec_from_file_location("readings_summary", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "readings_summary")
 
 
 def write(path: Path, rows: list[dict[str, str]]) -> Path:
